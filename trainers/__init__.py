@@ -1,0 +1,33 @@
+"""Trial workers: one file per training method, each a plain `train(config, reporter)` function.
+
+The registry maps a spec's `task:` to its trainer and refuses duplicate names. Trainers are imported
+lazily so that reading the registry costs nothing (torch and transformers load only in the worker).
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Callable
+
+_TRAINERS: dict[str, str] = {}
+
+
+def register_trainer(task: str, module: str) -> None:
+    if task in _TRAINERS:
+        raise ValueError(f"trainer for task {task!r} is already registered ({_TRAINERS[task]})")
+    _TRAINERS[task] = module
+
+
+def trainer_for(task: str) -> Callable:
+    if task not in _TRAINERS:
+        raise KeyError(f"no trainer for task {task!r}; registered: {', '.join(sorted(_TRAINERS))}")
+    return importlib.import_module(_TRAINERS[task]).train
+
+
+def registered_tasks() -> list[str]:
+    return sorted(_TRAINERS)
+
+
+register_trainer("token_tagging", "trainers.token_tagging")
+register_trainer("sequence_classification", "trainers.sequence_classification")
+register_trainer("causal_lm_sft", "trainers.causal_lm_sft")

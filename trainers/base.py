@@ -1,0 +1,101 @@
+"""The contract between the controller and a trial worker.
+
+A trainer is a plain function `train(config: TrialConfig, reporter: Reporter) -> TrialOutcome`. It
+evaluates on the holdout once per round, calls `reporter.report(metrics, checkpoint_dir)` after every
+round, and stops by itself on holdout-loss patience. The controller wraps the reporter around Ray
+Tune; tests pass `ListReporter`, so a trainer runs and is tested without Ray.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal, Protocol
+
+from pydantic import BaseModel, ConfigDict, Field
+
+Task = Literal["token_tagging", "sequence_classification", "causal_lm_sft"]
+StopReason = Literal["completed", "patience", "max_rounds"]
+
+
+class HyperParams(BaseModel):
+    """Every knob a trial trains with. No defaults: each comes from the search space or `fixed:`."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    learning_rate: float = Field(gt=0)
+    batch_size: int = Field(ge=1, description="effective batch size (micro-batch x accumulation)")
+    num_epochs: int = Field(ge=1)
+    lr_scheduler_type: Literal["linear", "cosine", "constant", "constant_with_warmup", "polynomial"]
+    warmup_ratio: float = Field(ge=0, lt=1)
+    weight_decay: float = Field(ge=0)
+    lora_r: int = Field(ge=1)
+    lora_alpha: float = Field(gt=0)
+    lora_dropout: float = Field(ge=0, lt=1)
+
+
+HYPERPARAMETERS: tuple[str, ...] = tuple(HyperParams.model_fields)
+
+
+class DataFiles(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    format: Literal["restaurant8k", "csv", "jsonl"]
+    train: str
+    holdout: str
+    test: str | None = None
+
+
+class TrialConfig(BaseModel):
+    """Everything one trial needs, resolved: absolute paths, concrete hyperparameters."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    task: Task
+    model_path: str
+    data: DataFiles
+    hparams: HyperParams
+    seed: int
+    output_dir: str
+    max_seq_length: int = Field(ge=8)
+    evals_per_epoch: int = Field(ge=1)
+    patience: int = Field(ge=1)
+    min_delta: float = Field(ge=0)
+    max_micro_batch: int | None = Field(default=None, ge=1)
+    torch_threads: int | None = Field(default=None, ge=1)
+    max_rounds: int | None = Field(default=None, ge=1, description="stop after this many rounds (re-runs)")
+    generation_eval_examples: int = Field(default=32, ge=0, description="causal LM: holdout rows decoded per round")
+
+
+class Reporter(Protocol):
+    """Where a trainer sends each round's metrics and checkpoint."""
+
+    def report(self, metrics: dict[str, float | int | str], checkpoint_dir: str | None) -> None:
+        """Called once per evaluation round, after the checkpoint of that round is written."""
+
+    def resume_from(self) -> str | None:
+        """A checkpoint directory to continue from (after a retry), or None to start fresh."""
+
+
+@dataclass
+class ListReporter:
+    """A reporter that keeps every round in memory: for tests, re-runs and benchmarks."""
+
+    checkpoint: str | None = None
+    rounds: list[dict] = field(default_factory=list)
+    checkpoints: list[str | None] = field(default_factory=list)
+
+    def report(self, metrics, checkpoint_dir):
+        self.rounds.append(dict(metrics))
+        self.checkpoints.append(checkpoint_dir)
+
+    def resume_from(self):
+        return self.checkpoint
+
+
+@dataclass
+class TrialOutcome:
+    stop_reason: StopReason
+    best_round: int
+    best_eval_loss: float
+    rounds: int
+    device: str

@@ -1,0 +1,229 @@
+"""The training loop every trainer shares: HF Trainer + LoRA, one report per evaluation round.
+
+A round is one holdout evaluation (`evals_per_epoch` per epoch). After each round the adapter, optimizer
+and scheduler are saved as an HF checkpoint and handed to the reporter, so a retried trial resumes from
+its last round instead of from zero. Training stops by itself when the holdout loss has not improved by
+`min_delta` for `patience` rounds. The sampled batch size is the effective batch: the micro-batch is what
+fits the device, the rest is gradient accumulation, and a CUDA out-of-memory error halves the micro-batch.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+from peft import LoraConfig, TaskType, get_peft_model
+from transformers import EarlyStoppingCallback, PrinterCallback, Trainer, TrainerCallback, TrainingArguments
+from transformers.utils import logging as hf_logging
+from transformers.trainer_utils import get_last_checkpoint, set_seed
+
+from trainers.base import Reporter, TrialConfig, TrialOutcome
+
+CPU_MICRO_BATCH = 32  # larger micro-batches bring nothing on a CPU but memory
+HF_BOOKKEEPING = {"epoch", "num_input_tokens_seen"}  # reported under our own names
+
+
+@dataclass
+class Prepared:
+    """What a task file hands to the loop."""
+
+    model_factory: Callable[[], torch.nn.Module]
+    train_dataset: object
+    eval_dataset: object
+    collator: Callable
+    compute_metrics: Callable | None
+    lora_task_type: TaskType
+    lora_target_modules: list[str] | str | None = None
+    preprocess_logits: Callable | None = None
+    extra_metrics: Callable[[torch.nn.Module], dict[str, float]] | None = None
+    timings: dict[str, float] | None = None
+
+
+def device_name() -> str:
+    return torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu"
+
+
+def split_batch(effective: int, max_micro: int) -> tuple[int, int]:
+    """(micro-batch, accumulation steps) whose product is exactly `effective`, micro <= max_micro."""
+    micro = min(effective, max_micro)
+    while effective % micro:
+        micro -= 1
+    return micro, effective // micro
+
+
+def lora_model(prepared: Prepared, config: TrialConfig) -> torch.nn.Module:
+    hp = config.hparams
+    lora = LoraConfig(
+        task_type=prepared.lora_task_type,
+        r=hp.lora_r,
+        lora_alpha=hp.lora_alpha,
+        lora_dropout=hp.lora_dropout,
+        target_modules=prepared.lora_target_modules,
+    )
+    return get_peft_model(prepared.model_factory(), lora)
+
+
+def training_arguments(config: TrialConfig, micro: int, accumulation: int, round_steps: int) -> TrainingArguments:
+    hp = config.hparams
+    cuda = torch.cuda.is_available()
+    return TrainingArguments(
+        output_dir=config.output_dir,
+        per_device_train_batch_size=micro,
+        per_device_eval_batch_size=max(micro, 32),
+        gradient_accumulation_steps=accumulation,
+        max_steps=hp.num_epochs * config.evals_per_epoch * round_steps,
+        learning_rate=hp.learning_rate,
+        lr_scheduler_type=hp.lr_scheduler_type,
+        warmup_steps=hp.warmup_ratio,  # a float in [0, 1) is a ratio of the total steps
+        weight_decay=hp.weight_decay,
+        eval_strategy="steps",
+        eval_steps=round_steps,
+        save_strategy="steps",
+        save_steps=round_steps,
+        save_total_limit=2,  # the reporter copies each round's checkpoint out; keep the disk bounded
+        logging_strategy="steps",
+        logging_steps=round_steps,
+        metric_for_best_model="eval_loss",
+        greater_is_better=False,
+        include_num_input_tokens_seen=True,
+        report_to="none",
+        disable_tqdm=True,
+        seed=config.seed,
+        data_seed=config.seed,
+        use_cpu=not cuda,
+        bf16=cuda and torch.cuda.is_bf16_supported(),
+        dataloader_num_workers=0,
+        remove_unused_columns=False,
+    )
+
+
+class RoundReporter(TrainerCallback):
+    """Reports each evaluation round, with its checkpoint, once the checkpoint is on disk."""
+
+    def __init__(self, config: TrialConfig, reporter: Reporter, prepared: Prepared, round_steps: int):
+        self.config, self.reporter, self.prepared, self.round_steps = config, reporter, prepared, round_steps
+        self.timings = dict(prepared.timings or {})
+        self.timings.update(time_eval_s=0.0, time_checkpoint_s=0.0, time_report_s=0.0)
+        self.pending: dict | None = None
+        self.best_loss, self.best_round = math.inf, 0
+        self.model = None
+        self.last_mark = time.perf_counter()
+
+    def on_train_begin(self, args, state, control, model=None, **kwargs):
+        self.model = model
+
+    def on_evaluate(self, args, state, control, metrics=None, **kwargs):
+        eval_started = time.perf_counter()
+        extra = self.prepared.extra_metrics(self.model) if self.prepared.extra_metrics else {}
+        self.timings["time_eval_s"] += metrics.get("eval_runtime", 0.0) + time.perf_counter() - eval_started
+        kept = {k: v for k, v in metrics.items() if k not in HF_BOOKKEEPING and not k.endswith(("_runtime", "_per_second"))}
+        self.pending = {k if k == "eval_loss" else k.removeprefix("eval_"): v for k, v in kept.items()}
+        self.pending.update(extra)
+        self.last_mark = time.perf_counter()
+
+    def on_save(self, args, state, control, **kwargs):
+        if self.pending is None:  # a save with no evaluation before it (not expected with equal step counts)
+            return
+        self.timings["time_checkpoint_s"] += time.perf_counter() - self.last_mark
+        round_ = state.global_step // self.round_steps
+        if self.pending["eval_loss"] < self.best_loss:
+            self.best_loss, self.best_round = self.pending["eval_loss"], round_
+        if self.config.max_rounds and round_ >= self.config.max_rounds:
+            control.should_training_stop = True
+        metrics = {
+            **self.pending,
+            "round": round_,
+            "epoch": round(state.epoch or 0.0, 4),
+            "train_loss": _last_train_loss(state),
+            "examples_seen": state.global_step * self.config.hparams.batch_size,
+            "tokens_seen": int(getattr(state, "num_input_tokens_seen", 0) or 0),
+            "stop_reason": self._stop_reason(state, control, round_),
+            "device": device_name(),
+            **{k: round(v, 4) for k, v in self.timings.items()},
+        }
+        checkpoint = os.path.join(args.output_dir, f"checkpoint-{state.global_step}")
+        started = time.perf_counter()
+        self.reporter.report(metrics, checkpoint)
+        self.timings["time_report_s"] += time.perf_counter() - started
+        self.pending = None
+
+    def _stop_reason(self, state, control, round_: int) -> str:
+        if not control.should_training_stop:
+            return ""
+        if state.global_step >= state.max_steps:
+            return "completed"
+        if self.config.max_rounds and round_ >= self.config.max_rounds:
+            return "max_rounds"
+        return "patience"
+
+
+def _last_train_loss(state) -> float:
+    losses = [entry["loss"] for entry in state.log_history if "loss" in entry]
+    return float(losses[-1]) if losses else float("nan")
+
+
+def run(config: TrialConfig, reporter: Reporter, prepared: Prepared) -> TrialOutcome:
+    """Train with LoRA until completed, out of patience or stopped by the controller."""
+    if config.torch_threads:
+        torch.set_num_threads(config.torch_threads)
+    hf_logging.set_verbosity_error()  # head-initialisation notices would repeat in every trial's log
+    cuda = torch.cuda.is_available()
+    effective = config.hparams.batch_size
+    max_micro = config.max_micro_batch or (effective if cuda else CPU_MICRO_BATCH)
+    micro, accumulation = split_batch(effective, max_micro)
+    steps_per_epoch = max(1, math.ceil(len(prepared.train_dataset) / effective))
+    round_steps = max(1, math.ceil(steps_per_epoch / config.evals_per_epoch))
+    resume = reporter.resume_from()
+    while True:
+        started = time.perf_counter()
+        set_seed(config.seed)
+        model = lora_model(prepared, config)
+        load_s = time.perf_counter() - started
+        prepared.timings = {**(prepared.timings or {}), "time_load_s": round(load_s, 4)}
+        callback = RoundReporter(config, reporter, prepared, round_steps)
+        trainer = Trainer(
+            model=model,
+            args=training_arguments(config, micro, accumulation, round_steps),
+            train_dataset=prepared.train_dataset,
+            eval_dataset=prepared.eval_dataset,
+            data_collator=prepared.collator,
+            compute_metrics=prepared.compute_metrics,
+            preprocess_logits_for_metrics=prepared.preprocess_logits,
+            callbacks=[EarlyStoppingCallback(config.patience, config.min_delta), callback],
+        )
+        trainer.remove_callback(PrinterCallback)  # rounds are reported, not printed
+        try:
+            trainer.train(resume_from_checkpoint=resume)
+            break
+        except torch.OutOfMemoryError:
+            if micro == 1:
+                raise
+            del trainer, model
+            torch.cuda.empty_cache()
+            micro, accumulation = split_batch(effective, micro // 2)  # halve, keep the effective batch
+            resume = get_last_checkpoint(config.output_dir) or resume
+    outcome = TrialOutcome(
+        stop_reason=_final_stop_reason(trainer, config),
+        best_round=callback.best_round,
+        best_eval_loss=callback.best_loss,
+        rounds=trainer.state.global_step // round_steps,
+        device=device_name(),
+    )
+    del trainer, model
+    if cuda:
+        torch.cuda.empty_cache()  # free the GPU for the next trial in a reused actor
+    return outcome
+
+
+def _final_stop_reason(trainer: Trainer, config: TrialConfig) -> str:
+    state = trainer.state
+    if state.global_step >= state.max_steps:
+        return "completed"
+    round_steps = trainer.args.eval_steps
+    if config.max_rounds and state.global_step // round_steps >= config.max_rounds:
+        return "max_rounds"
+    return "patience"
