@@ -55,22 +55,31 @@ def split_batch(effective: int, max_micro: int) -> tuple[int, int]:
     return micro, effective // micro
 
 
-def lora_model(prepared: Prepared, config: TrialConfig) -> torch.nn.Module:
+def lora_kwargs(config: TrialConfig) -> dict:
     hp = config.hparams
-    lora = LoraConfig(
-        task_type=prepared.lora_task_type,
-        r=hp.lora_r,
-        lora_alpha=hp.lora_alpha,
-        lora_dropout=hp.lora_dropout,
-        target_modules=prepared.lora_target_modules,
-    )
+    return {"r": hp.lora_r, "lora_alpha": hp.lora_alpha, "lora_dropout": hp.lora_dropout}
+
+
+def lora_model(prepared: Prepared, config: TrialConfig) -> torch.nn.Module:
+    lora = LoraConfig(task_type=prepared.lora_task_type, target_modules=prepared.lora_target_modules,
+                      **lora_kwargs(config))
     return get_peft_model(prepared.model_factory(), lora)
 
 
-def training_arguments(config: TrialConfig, micro: int, accumulation: int, round_steps: int) -> TrainingArguments:
+def schedule(config: TrialConfig, n_train: int, max_micro: int | None = None) -> tuple[int, int, int]:
+    """(micro-batch, accumulation, steps per round) for a training set of n_train examples."""
+    effective = config.hparams.batch_size
+    default_micro = effective if torch.cuda.is_available() else CPU_MICRO_BATCH
+    micro, accumulation = split_batch(effective, max_micro or config.max_micro_batch or default_micro)
+    steps_per_epoch = max(1, math.ceil(n_train / effective))
+    return micro, accumulation, max(1, math.ceil(steps_per_epoch / config.evals_per_epoch))
+
+
+def training_kwargs(config: TrialConfig, micro: int, accumulation: int, round_steps: int) -> dict:
+    """The TrainingArguments of a trial, as plain values (the export records them)."""
     hp = config.hparams
     cuda = torch.cuda.is_available()
-    return TrainingArguments(
+    return dict(
         output_dir=config.output_dir,
         per_device_train_batch_size=micro,
         per_device_eval_batch_size=max(micro, 32),
@@ -99,6 +108,10 @@ def training_arguments(config: TrialConfig, micro: int, accumulation: int, round
         dataloader_num_workers=0,
         remove_unused_columns=False,
     )
+
+
+def training_arguments(config: TrialConfig, micro: int, accumulation: int, round_steps: int) -> TrainingArguments:
+    return TrainingArguments(**training_kwargs(config, micro, accumulation, round_steps))
 
 
 class RoundReporter(TrainerCallback):
@@ -173,10 +186,7 @@ def run(config: TrialConfig, reporter: Reporter, prepared: Prepared) -> TrialOut
     hf_logging.set_verbosity_error()  # head-initialisation notices would repeat in every trial's log
     cuda = torch.cuda.is_available()
     effective = config.hparams.batch_size
-    max_micro = config.max_micro_batch or (effective if cuda else CPU_MICRO_BATCH)
-    micro, accumulation = split_batch(effective, max_micro)
-    steps_per_epoch = max(1, math.ceil(len(prepared.train_dataset) / effective))
-    round_steps = max(1, math.ceil(steps_per_epoch / config.evals_per_epoch))
+    micro, accumulation, round_steps = schedule(config, len(prepared.train_dataset))
     resume = reporter.resume_from()
     while True:
         started = time.perf_counter()

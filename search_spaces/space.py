@@ -1,0 +1,101 @@
+"""A search space as data: typed parameter definitions, optionally conditional, sampled through Optuna.
+
+A conditional parameter (`when:`) is sampled only when every named parameter took one of the listed
+values; otherwise it takes its `otherwise` value, so a trial always receives a complete config.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal, Union
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+
+class _Param(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    when: dict[str, list[Any]] | None = None
+    otherwise: Any = None
+
+    @model_validator(mode="after")
+    def _otherwise_with_when(self):
+        if self.when and self.otherwise is None:
+            raise ValueError("a conditional parameter (when:) needs an `otherwise:` value")
+        return self
+
+
+class FloatParam(_Param):
+    type: Literal["float"]
+    low: float
+    high: float
+    log: bool = False
+
+    @model_validator(mode="after")
+    def _bounds(self):
+        if not self.low < self.high:
+            raise ValueError(f"low ({self.low}) must be below high ({self.high})")
+        if self.log and self.low <= 0:
+            raise ValueError("a log-scale range needs low > 0")
+        return self
+
+
+class IntParam(_Param):
+    type: Literal["int"]
+    low: int
+    high: int
+    log: bool = False
+
+    @model_validator(mode="after")
+    def _bounds(self):
+        if not self.low <= self.high:
+            raise ValueError(f"low ({self.low}) must not exceed high ({self.high})")
+        if self.log and self.low <= 0:
+            raise ValueError("a log-scale range needs low > 0")
+        return self
+
+
+class CategoricalParam(_Param):
+    type: Literal["categorical"]
+    choices: list[Union[int, float, str, bool]] = Field(min_length=1)
+
+
+Param = Annotated[Union[FloatParam, IntParam, CategoricalParam], Field(discriminator="type")]
+
+
+class SearchSpace(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = "inline"
+    description: str = ""
+    params: dict[str, Param] = Field(min_length=1)
+
+    @model_validator(mode="after")
+    def _conditions_refer_to_earlier_params(self):
+        seen: list[str] = []
+        for name, param in self.params.items():
+            for other in (param.when or {}):
+                if other not in seen:
+                    raise ValueError(f"{name}.when refers to {other!r}, which must be defined before {name!r}")
+            seen.append(name)
+        return self
+
+    def upper_bound(self, name: str) -> Any:
+        """The largest value a parameter can take (used to size ASHA's max rounds)."""
+        param = self.params[name]
+        values = param.choices if isinstance(param, CategoricalParam) else [param.high]
+        return max(values + ([param.otherwise] if param.when else []))
+
+    def sample(self, trial) -> dict[str, Any]:
+        """Define-by-run sampling with an Optuna trial; returns the values not sampled (conditions unmet)."""
+        chosen: dict[str, Any] = {}
+        constants: dict[str, Any] = {}
+        for name, param in self.params.items():
+            if param.when and any(chosen.get(k, constants.get(k)) not in v for k, v in param.when.items()):
+                constants[name] = param.otherwise
+            elif isinstance(param, FloatParam):
+                chosen[name] = trial.suggest_float(name, param.low, param.high, log=param.log)
+            elif isinstance(param, IntParam):
+                chosen[name] = trial.suggest_int(name, param.low, param.high, log=param.log)
+            else:
+                chosen[name] = trial.suggest_categorical(name, param.choices)
+        return constants

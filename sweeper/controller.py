@@ -1,0 +1,255 @@
+"""The sweep controller: Ray Tune + Optuna (TPE) + ASHA. The only module of sweeper that imports Ray.
+
+One sweep is one Tune experiment named after the sweep, under `storage.tune_path`. Its Optuna study
+lives in the store's database, so `sweeper run` on an interrupted sweep restores the experiment (trials
+continue from their last checkpoints) instead of starting again. Trial workers are the plain trainer
+functions of `trainers/`, wrapped here with a reporter that speaks to Tune.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import optuna
+import ray
+from ray import tune
+from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
+from ray.tune.search import ConcurrencyLimiter
+from ray.tune.search.optuna import OptunaSearch
+
+from sweeper.spec import Spec
+from sweeper.store import TrialStore
+from trainers import trainer_for
+from trainers.base import TrialConfig
+
+BEST_FILE = "sweeper_best.json"  # the running best objective, kept with each checkpoint for resumes
+WORKER_ENV = {"HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false", "TRANSFORMERS_NO_ADVISORY_WARNINGS": "1"}
+STATUS_BY_REASON = {"completed": "completed", "max_rounds": "completed", "patience": "early_stopped",
+                    "asha": "stopped", "time_budget": "stopped"}
+
+
+# -- the worker side ---------------------------------------------------------------------------------
+class TuneReporter:
+    """Reporter for trainers: sends each round to Tune as `objective` = best value so far.
+
+    ASHA and Optuna then judge a trial by the best round it reached (its selectable checkpoint), not by
+    its last round, which early stopping and overfitting make worse by design.
+    """
+
+    def __init__(self, metric: str, mode: str):
+        self.metric, self.mode = metric, mode
+        self.best = math.inf if mode == "min" else -math.inf
+        self.checkpoint = tune.get_checkpoint()
+        if self.checkpoint is not None:
+            self.resume_dir = self.checkpoint.to_directory()
+            best_file = Path(self.resume_dir) / BEST_FILE
+            if best_file.is_file():
+                self.best = json.loads(best_file.read_text())["objective"]
+        else:
+            self.resume_dir = None
+
+    def report(self, metrics, checkpoint_dir):
+        value = metrics.get(self.metric)
+        if value is not None and not (isinstance(value, float) and math.isnan(value)):
+            self.best = min(self.best, value) if self.mode == "min" else max(self.best, value)
+        metrics = {**metrics, "objective": self.best}
+        checkpoint = None
+        if checkpoint_dir:
+            (Path(checkpoint_dir) / BEST_FILE).write_text(json.dumps({"objective": self.best}))
+            checkpoint = tune.Checkpoint.from_directory(checkpoint_dir)
+        tune.report(metrics, checkpoint=checkpoint)
+
+    def resume_from(self):
+        return self.resume_dir
+
+
+def trial_worker(params: dict, job: dict) -> None:
+    """A Tune function trainable: one trial of the sweep, run by the task's trainer."""
+    output_dir = tempfile.mkdtemp(prefix=f"sweeper-{tune.get_context().get_trial_id()}-")
+    try:
+        config = TrialConfig.model_validate({**job["trial"], "hparams": {**job["fixed"], **params},
+                                             "output_dir": output_dir})
+        trainer_for(config.task)(config, TuneReporter(job["metric"], job["mode"]))
+    finally:
+        shutil.rmtree(output_dir, ignore_errors=True)  # Tune has copied every reported checkpoint
+
+
+# -- the driver side ---------------------------------------------------------------------------------
+class StoreCallback(tune.Callback):
+    """Mirrors Tune's trial events into the trial store (idempotent, so replays after a resume are safe)."""
+
+    def __init__(self, database_url: str, sweep_name: str, time_budget_s: float | None):
+        self.database_url, self.sweep_name, self.time_budget_s = database_url, sweep_name, time_budget_s
+        self.started = time.monotonic()
+        self._store: TrialStore | None = None
+
+    def __getstate__(self):  # Tune pickles callbacks with the experiment state; an engine does not pickle
+        return {**self.__dict__, "_store": None}
+
+    @property
+    def store(self) -> TrialStore:
+        if self._store is None:
+            self._store = TrialStore(self.database_url)
+        return self._store
+
+    def setup(self, **info):
+        self.started = time.monotonic()
+
+    def on_trial_start(self, iteration, trials, trial, **info):
+        self.store.trial_started(self.sweep_name, trial.trial_id, trial.config)
+
+    def on_trial_result(self, iteration, trials, trial, result, **info):
+        self.store.round_reported(self.sweep_name, trial.trial_id, result)
+
+    def on_checkpoint(self, iteration, trials, trial, checkpoint, **info):
+        self.store.checkpoint_saved(self.sweep_name, trial.trial_id, int(trial.last_result.get("round", 0)),
+                                    checkpoint.path)
+
+    def on_trial_complete(self, iteration, trials, trial, **info):
+        reason = trial.last_result.get("stop_reason") or self._stopped_by()
+        self.store.trial_finished(self.sweep_name, trial.trial_id, STATUS_BY_REASON[reason], reason)
+
+    def on_trial_error(self, iteration, trials, trial, **info):
+        self.store.trial_finished(self.sweep_name, trial.trial_id, "failed", "error", _error_text(trial))
+
+    def _stopped_by(self) -> str:
+        over_time = self.time_budget_s and time.monotonic() - self.started >= self.time_budget_s
+        return "time_budget" if over_time else "asha"
+
+
+def _error_text(trial) -> str:
+    path = getattr(trial, "error_file", None)
+    if path and os.path.isfile(path):
+        return Path(path).read_text(errors="replace")
+    return str(getattr(trial, "error_msg", "") or "trial failed")
+
+
+@dataclass
+class SweepResult:
+    finished: bool  # False: interrupted (Ctrl+C) or some trials did not end; run again to resume
+    experiment_path: str
+    resumed: bool
+
+
+def _job(spec: Spec, model_path: str, threads: int) -> dict:
+    return {
+        "fixed": spec.fixed,
+        "metric": spec.objective.metric,
+        "mode": spec.objective.mode,
+        "trial": {
+            "task": spec.task,
+            "model_path": model_path,
+            "data": spec.data.model_dump(exclude={"max_seq_length"}),
+            "seed": spec.seed,
+            "max_seq_length": spec.data.max_seq_length,
+            "evals_per_epoch": spec.scheduler.evals_per_epoch,
+            "patience": spec.early_stopping.patience,
+            "min_delta": spec.early_stopping.min_delta,
+            "max_micro_batch": spec.resources.max_micro_batch,
+            "torch_threads": threads,
+            "generation_eval_examples": spec.generation_eval_examples,
+        },
+    }
+
+
+def _searcher(spec: Spec, database_url: str) -> ConcurrencyLimiter:
+    # A few random points first, then TPE; constant_liar keeps concurrent trials from proposing one point.
+    startup = max(2, min(10, spec.budget.trials // 3))
+    sampler = optuna.samplers.TPESampler(seed=spec.seed, n_startup_trials=startup, constant_liar=True)
+    searcher = OptunaSearch(
+        space=spec.space().sample,
+        metric="objective",
+        mode=spec.objective.mode,
+        sampler=sampler,
+        study_name=spec.name,
+        storage=optuna.storages.RDBStorage(database_url, engine_kwargs={"pool_pre_ping": True}),
+    )
+    return ConcurrencyLimiter(searcher, max_concurrent=spec.budget.max_concurrent)
+
+
+def _scheduler(spec: Spec):
+    if spec.scheduler.type == "none":
+        return FIFOScheduler()
+    return ASHAScheduler(time_attr="round", metric="objective", mode=spec.objective.mode, max_t=spec.max_rounds(), grace_period=spec.scheduler.grace_period,
+                         reduction_factor=spec.scheduler.reduction_factor)
+
+
+def _trainable(spec: Spec, job: dict):
+    resources = {"cpu": spec.resources.cpus, "gpu": spec.resources.gpus}
+    return tune.with_resources(tune.with_parameters(trial_worker, job=job), resources)
+
+
+def start_ray(address: str | None, env: dict[str, str]) -> None:
+    """Connect to a cluster (`auto`, `ray://host:10001`) or start a private local one."""
+    if ray.is_initialized():
+        return
+    runtime_env = {"env_vars": {**WORKER_ENV, **env}}
+    if address:
+        ray.init(address=address, runtime_env=runtime_env, log_to_driver=False)
+    else:
+        temp = os.environ.get("RAY_TMPDIR") or os.path.join(tempfile.gettempdir(), "sweeper-ray")
+        ray.init(include_dashboard=False, runtime_env=runtime_env, log_to_driver=False, _temp_dir=temp)
+
+
+def tracking_callbacks(spec: Spec, sweep_dir: Path) -> list:
+    if spec.tracking.mode == "none":
+        return []
+    from ray.air.integrations.wandb import WandbLoggerCallback
+
+    wandb_dir = sweep_dir / "wandb-runs"
+    wandb_dir.mkdir(parents=True, exist_ok=True)
+    return [WandbLoggerCallback(project=spec.tracking.project, group=spec.name, job_type="trial",
+                                mode=spec.tracking.mode, dir=str(wandb_dir), log_config=True,
+                                excludes=["stop_reason", "device"])]
+
+
+def run_sweep(spec: Spec, database_url: str, tune_path: str, sweep_dir: Path, model_path: str,
+              address: str | None = None, env: dict[str, str] | None = None) -> SweepResult:
+    """Run (or resume) the sweep to its budget; trial events land in the store as they happen."""
+    threads = spec.resources.torch_threads or max(1, int(spec.resources.cpus))
+    start_ray(address, env or {})
+    experiment_path = f"{tune_path.rstrip('/')}/{spec.name}"
+    trainable = _trainable(spec, _job(spec, model_path, threads))
+    resumed = tune.Tuner.can_restore(experiment_path)
+    if resumed:
+        tuner = tune.Tuner.restore(experiment_path, trainable, resume_unfinished=True, resume_errored=True)
+    else:
+        tuner = tune.Tuner(
+            trainable,
+            tune_config=tune.TuneConfig(
+                search_alg=_searcher(spec, database_url),
+                scheduler=_scheduler(spec),
+                num_samples=spec.budget.trials,
+                time_budget_s=spec.budget.time_budget_s,
+                reuse_actors=True,
+            ),
+            run_config=tune.RunConfig(
+                name=spec.name,
+                storage_path=tune_path,
+                callbacks=[StoreCallback(database_url, spec.name, spec.budget.time_budget_s),
+                           *tracking_callbacks(spec, sweep_dir)],
+                failure_config=tune.FailureConfig(max_failures=spec.budget.max_failures),
+                checkpoint_config=tune.CheckpointConfig(num_to_keep=2, checkpoint_score_attribute="objective",
+                                                        checkpoint_score_order=spec.objective.mode),
+                verbose=0,
+            ),
+        )
+    started = time.monotonic()
+    results = tuner.fit()
+    trials = results._experiment_analysis.trials
+    ended = all(t.status in ("TERMINATED", "ERROR") for t in trials)
+    budget = spec.budget.time_budget_s
+    spent = len(trials) >= spec.budget.trials or bool(budget and time.monotonic() - started >= budget)
+    return SweepResult(finished=ended and spent, experiment_path=experiment_path, resumed=resumed)
+
+
+def shutdown() -> None:
+    if ray.is_initialized():
+        ray.shutdown()

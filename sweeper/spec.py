@@ -1,0 +1,244 @@
+"""The sweep spec: one YAML file, validated into typed settings before anything runs.
+
+Unknown keys are refused, and every problem is reported at once with its path (`data.train: ...`), so a
+user fixes a spec in one pass. Relative data paths are relative to the spec file.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+import search_spaces
+from search_spaces.space import SearchSpace
+from trainers.base import HYPERPARAMETERS, HyperParams, Task
+from trainers.models import ModelNotFound, check_model
+
+TASK_METRICS: dict[str, tuple[str, ...]] = {
+    "token_tagging": ("eval_loss", "f1_micro", "precision_micro", "recall_micro"),
+    "sequence_classification": ("eval_loss", "accuracy", "f1_macro"),
+    "causal_lm_sft": ("eval_loss", "f1_micro", "json_valid_rate", "exact_match"),
+}
+PER_FIELD_TASKS = ("token_tagging", "causal_lm_sft")  # these also report f1_<field>
+
+
+class SpecError(ValueError):
+    """A spec that cannot run; `errors` lists (path, message) for every problem found."""
+
+    def __init__(self, errors: list[tuple[str, str]], source: str = "spec"):
+        self.errors = errors
+        lines = "\n".join(f"  {path or '(top level)'}: {msg}" for path, msg in errors)
+        super().__init__(f"{source}: {len(errors)} problem(s)\n{lines}")
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class DataSpec(_Strict):
+    format: Literal["restaurant8k", "csv", "jsonl"]
+    train: str
+    holdout: str
+    test: str | None = None
+    max_seq_length: int = Field(default=128, ge=8, le=8192)
+
+
+class Objective(_Strict):
+    metric: str = "eval_loss"
+    direction: Literal["minimize", "maximize"] | None = None
+
+    @property
+    def mode(self) -> str:
+        """Ray Tune's word for the direction; losses are minimised unless the spec says otherwise."""
+        direction = self.direction or ("minimize" if self.metric.endswith("loss") else "maximize")
+        return "min" if direction == "minimize" else "max"
+
+
+class Budget(_Strict):
+    trials: int = Field(ge=1, le=10_000)
+    max_concurrent: int = Field(default=1, ge=1)
+    time_budget_s: float | None = Field(default=None, gt=0)
+    max_failures: int = Field(default=2, ge=0, description="retries of a failed trial, from its last checkpoint")
+
+
+class Scheduler(_Strict):
+    type: Literal["asha", "none"] = "asha"
+    grace_period: int = Field(default=1, ge=1, description="rounds every trial gets before ASHA may stop it")
+    reduction_factor: float = Field(default=2.0, gt=1)
+    evals_per_epoch: int = Field(default=1, ge=1, le=100)
+
+
+class EarlyStopping(_Strict):
+    patience: int = Field(ge=1, description="rounds without holdout-loss improvement before a trial stops")
+    min_delta: float = Field(default=0.0, ge=0)
+
+
+class Resources(_Strict):
+    cpus: float = Field(default=1.0, gt=0)
+    gpus: float = Field(default=0.0, ge=0, description="whole or fractional GPUs per trial")
+    torch_threads: int | None = Field(default=None, ge=1)
+    max_micro_batch: int | None = Field(default=None, ge=1)
+
+
+class Storage(_Strict):
+    root: str = Field(default=".sweeper", description="local folder for the SQLite store, exports and W&B runs")
+    database_url: str | None = Field(default=None, description="SQLAlchemy URL; SWEEPER_DATABASE_URL overrides")
+    tune_path: str | None = Field(default=None, description="Ray Tune storage: a shared path, s3:// or gs://")
+
+
+class Tracking(_Strict):
+    mode: Literal["offline", "online", "none"] = "offline"
+    project: str = "sweeper"
+
+
+class Spec(_Strict):
+    name: str = Field(pattern=r"^[a-z0-9][a-z0-9_-]{0,62}$")
+    description: str = ""
+    task: Task
+    model: str
+    data: DataSpec
+    search_space: str | SearchSpace
+    fixed: dict[str, Any] = Field(default_factory=dict)
+    objective: Objective = Field(default_factory=Objective)
+    budget: Budget
+    scheduler: Scheduler = Field(default_factory=Scheduler)
+    early_stopping: EarlyStopping
+    resources: Resources = Field(default_factory=Resources)
+    seed: int = Field(ge=0)
+    generation_eval_examples: int = Field(default=32, ge=0)
+    storage: Storage = Field(default_factory=Storage)
+    tracking: Tracking = Field(default_factory=Tracking)
+
+    @field_validator("search_space")
+    @classmethod
+    def _known_space(cls, value):
+        if isinstance(value, str) and value not in search_spaces.registered_search_spaces():
+            known = ", ".join(search_spaces.registered_search_spaces())
+            raise ValueError(f"unknown search space {value!r}; use one of {known} or write the space inline")
+        return value
+
+    def space(self) -> SearchSpace:
+        return search_spaces.get_search_space(self.search_space) if isinstance(self.search_space, str) else self.search_space
+
+    def max_rounds(self) -> int:
+        """Rounds of the longest possible trial: ASHA's max_t."""
+        epochs = self.fixed.get("num_epochs") or self.space().upper_bound("num_epochs")
+        return int(epochs) * self.scheduler.evals_per_epoch
+
+    def database_url(self) -> str:
+        return os.environ.get("SWEEPER_DATABASE_URL") or self.storage.database_url or \
+            f"sqlite:///{Path(self.storage.root).resolve() / 'sweeper.db'}"
+
+    def fingerprint(self) -> str:
+        """Hash of the resolved spec: a sweep name is bound to one spec, so a resume cannot change it."""
+        return hashlib.sha256(json.dumps(self.model_dump(mode="json"), sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _file_and_model_errors(raw: dict) -> list[tuple[str, str]]:
+    """Checks that need only the raw mapping, so they are reported alongside type errors."""
+    errors = []
+    data = raw.get("data") if isinstance(raw.get("data"), dict) else {}
+    for role in ("train", "holdout", "test"):
+        path = data.get(role)
+        if isinstance(path, str) and not Path(path).is_file():
+            errors.append((f"data.{role}", f"file not found: {path}"))
+    if isinstance(raw.get("model"), str):
+        try:
+            check_model(raw["model"])
+        except ModelNotFound as exc:
+            errors.append(("model", str(exc)))
+    return errors
+
+
+def _hyperparameter_errors(spec: Spec) -> list[tuple[str, str]]:
+    """No untuned defaults: every hyperparameter is searched or fixed, never both, none unknown."""
+    searched, errors = spec.space().params, []
+    for name in HYPERPARAMETERS:
+        if name in searched and name in spec.fixed:
+            errors.append((f"fixed.{name}", "both searched and fixed; remove it from one of them"))
+        elif name not in searched and name not in spec.fixed:
+            errors.append((f"fixed.{name}", "neither searched nor fixed: no untuned defaults, add it to `fixed:` "
+                           "or to the search space"))
+    for where, names in (("search_space.params", searched), ("fixed", spec.fixed)):
+        errors += [(f"{where}.{k}", f"unknown hyperparameter; known: {', '.join(HYPERPARAMETERS)}")
+                   for k in names if k not in HYPERPARAMETERS]
+    return errors
+
+
+def _semantic_errors(spec: Spec) -> list[tuple[str, str]]:
+    errors = _hyperparameter_errors(spec)
+    known = TASK_METRICS[spec.task]
+    if spec.objective.metric not in known and not (
+        spec.task in PER_FIELD_TASKS and spec.objective.metric.startswith("f1_")
+    ):
+        errors.append(("objective.metric", f"{spec.objective.metric!r} is not reported by task {spec.task}; "
+                       f"choose one of {', '.join(known)}"))
+    try:
+        HyperParams.model_validate({**_fixed_probe(spec), **spec.fixed})
+    except ValidationError as exc:
+        errors += [(f"fixed.{e['loc'][0]}", e["msg"]) for e in exc.errors() if e["loc"] and e["loc"][0] in spec.fixed and e["loc"][0] in HYPERPARAMETERS]
+    return errors
+
+
+def _fixed_probe(spec: Spec) -> dict[str, Any]:
+    """Valid stand-ins for the searched parameters, so validating `fixed:` reports only fixed values."""
+    probe = dict(learning_rate=1e-3, batch_size=8, num_epochs=1, lr_scheduler_type="linear", warmup_ratio=0.0,
+                 weight_decay=0.0, lora_r=8, lora_alpha=16, lora_dropout=0.0)
+    return {k: v for k, v in probe.items() if k not in spec.fixed}
+
+
+def _resolve_paths(raw: dict, base: Path) -> dict:
+    data = raw.get("data")
+    if isinstance(data, dict):
+        for role in ("train", "holdout", "test"):
+            if isinstance(data.get(role), str) and not os.path.isabs(data[role]):
+                data[role] = str((base / data[role]).resolve())
+    return raw
+
+
+def parse_spec(raw: Any, base: Path = Path("."), source: str = "spec") -> Spec:
+    if not isinstance(raw, dict):
+        raise SpecError([("", "the spec must be a YAML mapping of settings")], source)
+    raw = _resolve_paths(raw, base)
+    errors = _file_and_model_errors(raw)
+    try:
+        spec = Spec.model_validate(raw)
+    except ValidationError as exc:
+        errors += [(".".join(str(p) for p in e["loc"]), _message(e)) for e in exc.errors()]
+        raise SpecError(errors, source) from None
+    errors += _semantic_errors(spec)
+    if errors:
+        raise SpecError(errors, source)
+    return spec
+
+
+def _message(error: dict) -> str:
+    if error["type"] == "extra_forbidden":
+        return "unknown key (check the spelling; see the spec reference in the README)"
+    if error["type"] == "missing":
+        return "required: add this setting"
+    return re.sub(r"^Value error, ", "", error["msg"])
+
+
+def load_spec(path: str | Path) -> Spec:
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise SpecError([("", f"spec file not found: {path}")], str(path)) from None
+    except UnicodeDecodeError:
+        raise SpecError([("", "the spec is not UTF-8 text")], str(path)) from None
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        raise SpecError([("", f"not valid YAML{where}: {getattr(exc, 'problem', exc)}")], str(path)) from None
+    return parse_spec(raw, path.resolve().parent, str(path))

@@ -1,0 +1,320 @@
+"""The trial store: sweeps, trials, per-round metrics, promotions and exports, in any SQLAlchemy database.
+
+SQLite in the working folder by default, PostgreSQL on a cluster. Every write is idempotent (keyed by
+sweep name, trial id and round), so replaying Ray's events after a resume never duplicates a row.
+Database errors become `StoreError` with the URL's password hidden; a dropped connection is retried
+with backoff before giving up.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from contextlib import contextmanager
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Iterator
+
+from sqlalchemy import JSON, DateTime, Float, ForeignKey, Integer, String, Text, UniqueConstraint, create_engine, select
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import OperationalError, SQLAlchemyError
+from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, relationship, sessionmaker
+
+
+RETRIES = 5
+
+
+class StoreError(RuntimeError):
+    """A store operation failed; the message never contains the database password."""
+
+
+def now() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+def safe_url(url: str) -> str:
+    return make_url(url).render_as_string(hide_password=True)
+
+
+class Base(DeclarativeBase):
+    type_annotation_map = {dict[str, Any]: JSON, datetime: DateTime(timezone=True)}
+
+
+class Sweep(Base):
+    __tablename__ = "sweeper_sweeps"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    name: Mapped[str] = mapped_column(String(64), unique=True)
+    spec: Mapped[dict[str, Any]]
+    spec_fingerprint: Mapped[str] = mapped_column(String(64))
+    objective_metric: Mapped[str] = mapped_column(String(128))
+    objective_mode: Mapped[str] = mapped_column(String(3))
+    status: Mapped[str] = mapped_column(String(16), default="created")
+    message: Mapped[str] = mapped_column(Text, default="")
+    experiment_path: Mapped[str] = mapped_column(Text, default="")
+    audit: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    created_at: Mapped[datetime] = mapped_column(default=now)
+    updated_at: Mapped[datetime] = mapped_column(default=now, onupdate=now)
+
+    trials: Mapped[list[Trial]] = relationship(back_populates="sweep", order_by="Trial.id")
+
+
+class Trial(Base):
+    __tablename__ = "sweeper_trials"
+    __table_args__ = (UniqueConstraint("sweep_id", "trial_key"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    sweep_id: Mapped[int] = mapped_column(ForeignKey("sweeper_sweeps.id", ondelete="CASCADE"), index=True)
+    trial_key: Mapped[str] = mapped_column(String(64))
+    params: Mapped[dict[str, Any]]
+    status: Mapped[str] = mapped_column(String(16), default="running")
+    stop_reason: Mapped[str] = mapped_column(String(32), default="")
+    error: Mapped[str] = mapped_column(Text, default="")
+    rounds: Mapped[int] = mapped_column(Integer, default=0)
+    best_round: Mapped[int | None] = mapped_column(Integer)
+    best_value: Mapped[float | None] = mapped_column(Float)
+    wall_time_s: Mapped[float] = mapped_column(Float, default=0.0)
+    device: Mapped[str] = mapped_column(String(128), default="")
+    examples_seen: Mapped[int] = mapped_column(Integer, default=0)
+    tokens_seen: Mapped[int] = mapped_column(Integer, default=0)
+    retries: Mapped[int] = mapped_column(Integer, default=0)
+    started_at: Mapped[datetime] = mapped_column(default=now)
+    finished_at: Mapped[datetime | None]
+
+    sweep: Mapped[Sweep] = relationship(back_populates="trials")
+    round_rows: Mapped[list[Round]] = relationship(back_populates="trial", order_by="Round.round")
+
+
+class Round(Base):
+    __tablename__ = "sweeper_rounds"
+    __table_args__ = (UniqueConstraint("trial_id", "round"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    trial_id: Mapped[int] = mapped_column(ForeignKey("sweeper_trials.id", ondelete="CASCADE"), index=True)
+    round: Mapped[int] = mapped_column(Integer)
+    eval_loss: Mapped[float | None] = mapped_column(Float)
+    metrics: Mapped[dict[str, Any]]
+    checkpoint: Mapped[str] = mapped_column(Text, default="")
+    recorded_at: Mapped[datetime] = mapped_column(default=now)
+
+    trial: Mapped[Trial] = relationship(back_populates="round_rows")
+
+
+def _reason(exc: SQLAlchemyError) -> str:
+    detail = str(getattr(exc, "orig", None) or exc).strip()
+    return detail.splitlines()[0] if detail else type(exc).__name__
+
+
+def _better(value: float, best: float | None, mode: str) -> bool:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return False
+    return best is None or (value < best if mode == "min" else value > best)
+
+
+class TrialStore:
+    """All reads and writes of sweep state. Construct with a SQLAlchemy URL."""
+
+    def __init__(self, url: str):
+        self.url = url
+        if url.startswith("sqlite:///"):
+            Path(make_url(url).database).parent.mkdir(parents=True, exist_ok=True)
+        self.engine = create_engine(url, pool_pre_ping=True, future=True)
+        self._sessions = sessionmaker(self.engine, expire_on_commit=False)
+
+    # -- schema --------------------------------------------------------------------------------------
+    def upgrade(self) -> None:
+        """Create or migrate the schema to the newest revision (Alembic)."""
+        from sweeper import migrations
+
+        self._retrying(lambda: migrations.upgrade(self.engine))
+
+    def ensure_current(self) -> None:
+        """Raise a StoreError that says what to run when the schema is missing or behind."""
+        from sweeper import migrations
+
+        state = self._retrying(lambda: migrations.schema_state(self.engine))
+        if state != "current":
+            raise StoreError(f"the store at {safe_url(self.url)} is {state}; run `sweeper db upgrade`")
+
+    # -- sessions ------------------------------------------------------------------------------------
+    def _retrying(self, work):
+        for attempt in range(RETRIES + 1):
+            try:
+                return work()
+            except OperationalError as exc:  # connection lost or refused, database locked: worth a retry
+                if attempt == RETRIES:
+                    raise StoreError(f"database {safe_url(self.url)} unavailable after {RETRIES} retries: "
+                                     f"{_reason(exc)}") from None
+                time.sleep(min(0.5 * 2**attempt, 8))
+            except SQLAlchemyError as exc:
+                raise StoreError(f"database {safe_url(self.url)} refused the operation: {_reason(exc)}") from None
+
+    @contextmanager
+    def session(self) -> Iterator[Session]:
+        with self._sessions() as session:
+            try:
+                yield session
+                session.commit()
+            except SQLAlchemyError:
+                session.rollback()
+                raise
+
+    def _write(self, work):
+        """Run `work(session)` in one transaction, retrying on a lost connection."""
+
+        def attempt():
+            with self.session() as session:
+                return work(session)
+
+        return self._retrying(attempt)
+
+    def _read(self, work):
+        def attempt():
+            with self._sessions() as session:
+                return work(session)
+
+        return self._retrying(attempt)
+
+    # -- sweeps --------------------------------------------------------------------------------------
+    def open_sweep(self, name: str, spec: dict, fingerprint: str, metric: str, mode: str) -> Sweep:
+        """The sweep of this name, created if new; refused if it exists with a different spec."""
+
+        def work(session: Session) -> Sweep:
+            sweep = session.scalar(select(Sweep).where(Sweep.name == name))
+            if sweep is None:
+                sweep = Sweep(name=name, spec=spec, spec_fingerprint=fingerprint, objective_metric=metric,
+                              objective_mode=mode)
+                session.add(sweep)
+            elif sweep.spec_fingerprint != fingerprint:
+                raise StoreError(f"sweep {name!r} already exists with a different spec; give the new spec another "
+                                 f"`name:` (or delete the old sweep with `sweeper delete {name}`)")
+            session.flush()
+            return sweep
+
+        return self._write(work)
+
+    def update_sweep(self, name: str, **fields) -> None:
+        def work(session: Session):
+            sweep = session.scalar(select(Sweep).where(Sweep.name == name))
+            for key, value in fields.items():
+                setattr(sweep, key, value)
+
+        self._write(work)
+
+    def get_sweep(self, name: str) -> Sweep | None:
+        return self._read(lambda s: s.scalar(select(Sweep).where(Sweep.name == name)))
+
+    def list_sweeps(self) -> list[Sweep]:
+        return self._read(lambda s: list(s.scalars(select(Sweep).order_by(Sweep.id))))
+
+    def delete_sweep(self, name: str) -> bool:
+        def work(session: Session) -> bool:
+            sweep = session.scalar(select(Sweep).where(Sweep.name == name))
+            if sweep is None:
+                return False
+            for trial in sweep.trials:
+                for row in trial.round_rows:
+                    session.delete(row)
+                session.delete(trial)
+            session.delete(sweep)
+            return True
+
+        return self._write(work)
+
+    # -- trials --------------------------------------------------------------------------------------
+    def _trial(self, session: Session, sweep_name: str, key: str) -> Trial | None:
+        return session.scalar(select(Trial).join(Sweep).where(Sweep.name == sweep_name, Trial.trial_key == key))
+
+    def trial_started(self, sweep_name: str, key: str, params: dict) -> None:
+        """Record a trial start; a restart of a known trial (retry or resume) counts as a retry."""
+
+        def work(session: Session):
+            trial = self._trial(session, sweep_name, key)
+            if trial is None:
+                sweep_id = session.scalar(select(Sweep.id).where(Sweep.name == sweep_name))
+                session.add(Trial(sweep_id=sweep_id, trial_key=key, params=params))
+            elif trial.status != "running" or trial.rounds:
+                trial.retries += 1
+                trial.status, trial.finished_at = "running", None
+
+        self._write(work)
+
+    def round_reported(self, sweep_name: str, key: str, metrics: dict) -> None:
+        def work(session: Session):
+            trial = self._trial(session, sweep_name, key)
+            sweep = trial.sweep
+            number = int(metrics["round"])
+            row = session.scalar(select(Round).where(Round.trial_id == trial.id, Round.round == number))
+            clean = {k: v for k, v in metrics.items() if isinstance(v, (int, float, str, bool)) and v == v}
+            if row is None:
+                session.add(Round(trial_id=trial.id, round=number, eval_loss=metrics.get("eval_loss"), metrics=clean))
+            else:
+                row.metrics, row.eval_loss = clean, metrics.get("eval_loss")
+            value = metrics.get(sweep.objective_metric)
+            if _better(value, trial.best_value, sweep.objective_mode):
+                trial.best_value, trial.best_round = float(value), number
+            trial.rounds = max(trial.rounds, number)
+            trial.device = str(metrics.get("device", trial.device))
+            trial.examples_seen = int(metrics.get("examples_seen", trial.examples_seen))
+            trial.tokens_seen = int(metrics.get("tokens_seen", trial.tokens_seen))
+            trial.wall_time_s = float(metrics.get("time_total_s", trial.wall_time_s))
+
+        self._write(work)
+
+    def checkpoint_saved(self, sweep_name: str, key: str, round_: int, path: str) -> None:
+        def work(session: Session):
+            trial = self._trial(session, sweep_name, key)
+            row = session.scalar(select(Round).where(Round.trial_id == trial.id, Round.round == round_))
+            if row is not None:
+                row.checkpoint = path
+
+        self._write(work)
+
+    def best_checkpoint(self, trial: Trial) -> str:
+        """The checkpoint of the trial's best round ('' if Ray has not persisted it)."""
+        row = self._read(lambda s: s.scalar(select(Round).where(Round.trial_id == trial.id, Round.round == trial.best_round)))
+        return row.checkpoint if row else ""
+
+    def trial_finished(self, sweep_name: str, key: str, status: str, stop_reason: str = "", error: str = "") -> None:
+        def work(session: Session):
+            trial = self._trial(session, sweep_name, key)
+            trial.status, trial.stop_reason, trial.error, trial.finished_at = status, stop_reason, error[-4000:], now()
+
+        self._write(work)
+
+    def mark_unfinished(self, sweep_name: str, status: str, reason: str) -> int:
+        """Mark trials still 'running' (their driver died) with a status and reason; returns how many."""
+
+        def work(session: Session) -> int:
+            trials = session.scalars(select(Trial).join(Sweep).where(Sweep.name == sweep_name, Trial.status == "running"))
+            count = 0
+            for trial in trials:
+                trial.status, trial.stop_reason, count = status, reason, count + 1
+            return count
+
+        return self._write(work)
+
+    def trials(self, sweep_name: str) -> list[Trial]:
+        return self._read(lambda s: list(s.scalars(select(Trial).join(Sweep).where(Sweep.name == sweep_name).order_by(Trial.id))))
+
+    def rounds(self, sweep_name: str) -> dict[str, list[Round]]:
+        """Per-round rows of every trial of a sweep, keyed by trial key."""
+
+        def work(session: Session):
+            rows = session.execute(select(Trial.trial_key, Round).join(Round.trial).join(Trial.sweep)
+                                   .where(Sweep.name == sweep_name).order_by(Trial.id, Round.round))
+            out: dict[str, list[Round]] = {}
+            for key, row in rows:
+                out.setdefault(key, []).append(row)
+            return out
+
+        return self._read(work)
+
+    def best_trial(self, sweep_name: str) -> Trial | None:
+        """The trial with the best value of the objective at any of its rounds (not its last round)."""
+        sweep = self.get_sweep(sweep_name)
+        candidates = [t for t in self.trials(sweep_name) if t.best_value is not None]
+        if sweep is None or not candidates:
+            return None
+        pick = min if sweep.objective_mode == "min" else max
+        return pick(candidates, key=lambda t: t.best_value)
