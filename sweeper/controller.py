@@ -30,6 +30,8 @@ from trainers import trainer_for
 from trainers.base import TrialConfig
 
 BEST_FILE = "sweeper_best.json"  # the running best objective, kept with each checkpoint for resumes
+# Tune warns whenever num_to_keep forces an experiment snapshot; with one checkpoint a round that is always.
+os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
 WORKER_ENV = {"HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false", "TRANSFORMERS_NO_ADVISORY_WARNINGS": "1"}
 STATUS_BY_REASON = {"completed": "completed", "max_rounds": "completed", "patience": "early_stopped",
                     "asha": "stopped", "time_budget": "stopped"}
@@ -236,7 +238,7 @@ def run_sweep(spec: Spec, database_url: str, tune_path: str, sweep_dir: Path, mo
                 callbacks=[StoreCallback(database_url, spec.name, spec.budget.time_budget_s),
                            *tracking_callbacks(spec, sweep_dir)],
                 failure_config=tune.FailureConfig(max_failures=spec.budget.max_failures),
-                checkpoint_config=tune.CheckpointConfig(num_to_keep=2, checkpoint_score_attribute="objective",
+                checkpoint_config=tune.CheckpointConfig(num_to_keep=2, checkpoint_score_attribute=spec.objective.metric,
                                                         checkpoint_score_order=spec.objective.mode),
                 verbose=0,
             ),

@@ -101,7 +101,7 @@ def export_sweep(store: TrialStore, sweep_name: str, out: Path, model_path: str,
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir(parents=True)
     _copy_adapter(store.best_checkpoint(best), staging / "adapter")
-    (staging / "winner.yaml").write_text(yaml.safe_dump(record, sort_keys=False))
+    (staging / "winner.yaml").write_text(yaml.safe_dump(record, sort_keys=False, width=1000))
     (staging / "winner.json").write_text(json.dumps(record, indent=2))
     shutil.rmtree(out, ignore_errors=True)
     staging.rename(out)  # nothing half-written: the export appears whole or not at all

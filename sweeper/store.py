@@ -106,9 +106,20 @@ def _reason(exc: SQLAlchemyError) -> str:
 
 
 def _better(value: float, best: float | None, mode: str) -> bool:
-    if value is None or (isinstance(value, float) and math.isnan(value)):
+    try:
+        value = float(value)  # numpy scalars too: np.float32 is no `float`, and its NaN must not become best
+    except (TypeError, ValueError):
+        return False
+    if math.isnan(value):
         return False
     return best is None or (value < best if mode == "min" else value > best)
+
+
+def _json_scalar(value: Any) -> bool:
+    """A metric value that strict JSON can hold (PostgreSQL's json type rejects NaN and Infinity)."""
+    if isinstance(value, float):
+        return math.isfinite(value)
+    return isinstance(value, (int, str, bool))
 
 
 class TrialStore:
@@ -245,7 +256,7 @@ class TrialStore:
             sweep = trial.sweep
             number = int(metrics["round"])
             row = session.scalar(select(Round).where(Round.trial_id == trial.id, Round.round == number))
-            clean = {k: v for k, v in metrics.items() if isinstance(v, (int, float, str, bool)) and v == v}
+            clean = {k: v for k, v in metrics.items() if _json_scalar(v)}
             if row is None:
                 session.add(Round(trial_id=trial.id, round=number, eval_loss=metrics.get("eval_loss"), metrics=clean))
             else:

@@ -184,6 +184,7 @@ def run(config: TrialConfig, reporter: Reporter, prepared: Prepared) -> TrialOut
     if config.torch_threads:
         torch.set_num_threads(config.torch_threads)
     hf_logging.set_verbosity_error()  # head-initialisation notices would repeat in every trial's log
+    hf_logging.disable_progress_bar()
     cuda = torch.cuda.is_available()
     effective = config.hparams.batch_size
     micro, accumulation, round_steps = schedule(config, len(prepared.train_dataset))

@@ -1,0 +1,85 @@
+"""Shared fixtures: small real specs in a temporary folder, and the sweeper CLI as a subprocess.
+
+Each test that starts Ray gives it its own RAY_TMPDIR, so the processes it started can be found (by
+that folder in their command line) and stopped by id, never by name.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import psutil
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+EXAMPLES = ROOT / "examples"
+SWEEPER = [sys.executable, "-m", "sweeper"]
+
+
+def small_spec(tmp_path: Path, **overrides) -> Path:
+    """The quickstart spec cut down to restaurant8k-small: a real sweep in well under a minute."""
+    spec = yaml.safe_load((EXAMPLES / "restaurant8k-minilm.yaml").read_text())
+    data = tmp_path / "data"
+    shutil.copytree(EXAMPLES / "data" / "restaurant8k-small", data, dirs_exist_ok=True)
+    spec.update(
+        name="small-sweep",
+        data={"format": "restaurant8k", "train": str(data / "train.json"), "holdout": str(data / "holdout.json"),
+              "test": str(data / "test.json"), "max_seq_length": 40},
+        budget={"trials": 4, "max_concurrent": 2},
+        scheduler={"type": "asha", "grace_period": 1, "reduction_factor": 2, "evals_per_epoch": 2},
+        storage={"root": str(tmp_path / "state")},
+        tracking={"mode": "none"},
+    )
+    for key, value in overrides.items():
+        spec[key] = value
+    path = tmp_path / "spec.yaml"
+    path.write_text(yaml.safe_dump(spec, sort_keys=False))
+    return path
+
+
+def ray_tmp(tmp_path: Path) -> Path:
+    """A short private Ray temp folder (Ray's socket paths must stay under 107 bytes)."""
+    path = Path("/tmp") / f"swt-{hashlib.sha1(str(tmp_path).encode()).hexdigest()[:10]}"
+    path.mkdir(exist_ok=True)
+    return path
+
+
+def cli_env(tmp_path: Path) -> dict[str, str]:
+    return {**os.environ, "RAY_TMPDIR": str(ray_tmp(tmp_path)), "HF_HUB_OFFLINE": "1", "WANDB_MODE": "offline",
+            "PYTHONUNBUFFERED": "1"}
+
+
+def run_cli(args: list[str], tmp_path: Path, timeout: float = 600, check: bool = False) -> subprocess.CompletedProcess:
+    result = subprocess.run([*SWEEPER, *map(str, args)], cwd=tmp_path, env=cli_env(tmp_path), capture_output=True,
+                            text=True, timeout=timeout)
+    if check and result.returncode != 0:
+        raise AssertionError(f"sweeper {args} exited {result.returncode}\n{result.stdout}\n{result.stderr}")
+    return result
+
+
+def start_cli(args: list[str], tmp_path: Path) -> subprocess.Popen:
+    log = open(tmp_path / f"cli-{time.monotonic_ns()}.log", "w")
+    return subprocess.Popen([*SWEEPER, *map(str, args)], cwd=tmp_path, env=cli_env(tmp_path), stdout=log,
+                            stderr=subprocess.STDOUT, start_new_session=True)
+
+
+def ray_processes(tmp_path: Path) -> list[psutil.Process]:
+    """Processes of the Ray instance this test started (identified by its private temp folder)."""
+    marker = str(ray_tmp(tmp_path))
+    found = []
+    for proc in psutil.process_iter(["cmdline"]):
+        try:
+            if any(marker in part for part in proc.info["cmdline"] or []):
+                found.append(proc)
+        except (psutil.NoSuchProcess, psutil.AccessDenied):
+            continue
+    return found
+
+

@@ -1,0 +1,115 @@
+"""End to end through the CLI: real local Ray, real MiniLM training, SQLite store, export, re-run."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import signal
+import sqlite3
+import time
+from pathlib import Path
+
+import optuna
+import pytest
+import yaml
+
+from helpers import ray_processes, run_cli, small_spec, start_cli
+
+pytestmark = pytest.mark.slow
+
+
+def store_rows(db: Path, sql: str) -> list[tuple]:
+    with sqlite3.connect(db) as con:
+        return con.execute(sql).fetchall()
+
+
+def study_trials(db: Path, name: str) -> list[optuna.trial.FrozenTrial]:
+    return optuna.load_study(study_name=name, storage=f"sqlite:///{db}").get_trials(deepcopy=False)
+
+
+def test_sweep_runs_records_and_exports(tmp_path, ray_cleanup):
+    spec = small_spec(tmp_path)
+    result = run_cli(["run", spec], tmp_path, check=True)
+    db = tmp_path / "state" / "sweeper.db"
+
+    trials = store_rows(db, "select trial_key, status, stop_reason, rounds, best_round, best_value from sweeper_trials")
+    assert len(trials) == 4
+    assert {t[1] for t in trials} <= {"completed", "early_stopped", "stopped"}
+    assert any(t[2] in ("asha", "patience") for t in trials), f"no trial stopped early: {trials}"
+    for key, _, _, rounds, best_round, best_value in trials:
+        logged = store_rows(db, f"select round, eval_loss from sweeper_rounds join sweeper_trials t on t.id = trial_id "
+                                f"where t.trial_key = '{key}' order by round")
+        assert [r for r, _ in logged] == list(range(1, rounds + 1))
+        assert all(loss is not None and loss > 0 for _, loss in logged)
+        assert 1 <= best_round <= rounds and 0.0 <= best_value <= 1.0
+
+    assert sorted(t.state.name for t in study_trials(db, "small-sweep")) == ["COMPLETE"] * 4
+    export = tmp_path / "state" / "sweeps" / "small-sweep" / "export"
+    assert str(export / "winner.yaml") in result.stdout.replace("\n", "")
+    record = yaml.safe_load((export / "winner.yaml").read_text())
+    assert record == json.loads((export / "winner.json").read_text())
+    best = max(trials, key=lambda t: t[5])
+    assert record["winner"]["trial_key"] == best[0] and record["winner"]["best_round"] == best[4]
+    assert (export / "adapter" / "adapter_config.json").is_file()
+    assert (export / "adapter" / "adapter_model.safetensors").stat().st_size > 10_000
+    for role in ("train", "holdout", "test"):
+        entry = record["data_fingerprints"][role]
+        assert entry["sha256"] == hashlib.sha256(Path(entry["path"]).read_bytes()).hexdigest()
+    assert record["training_arguments"]["learning_rate"] == record["trial"]["hparams"]["learning_rate"]
+    assert record["lora_config"]["r"] == record["trial"]["hparams"]["lora_r"]
+    assert record["versions"]["torch"].startswith("2.13.0")
+    assert record["reproduce"].startswith("sweeper train ") and f"--rounds {best[4]}" in record["reproduce"]
+
+    listing = run_cli(["trials", "small-sweep", "--db", f"sqlite:///{db}"], tmp_path, check=True).stdout
+    assert all(t[0] in listing for t in trials)
+    status = run_cli(["status", "--db", f"sqlite:///{db}"], tmp_path, check=True).stdout
+    assert "small-sweep" in status and "completed" in status
+
+    # The exported config re-runs without Ray and reproduces the recorded holdout metric on CPU.
+    rerun = run_cli(["train", export / "winner.yaml", "--rounds", record["winner"]["best_round"]], tmp_path, check=True)
+    comparison = json.loads(rerun.stdout.strip().splitlines()[-1])
+    assert comparison["rerun"] == pytest.approx(comparison["recorded"], abs=1e-6)
+
+    again = run_cli(["run", spec], tmp_path, check=True)
+    assert "already completed" in again.stdout
+    assert len(store_rows(db, "select id from sweeper_trials")) == 4
+
+
+def _wait_for_rounds(db: Path, count: int, timeout: float = 300) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            if store_rows(db, "select count(*) from sweeper_rounds")[0][0] >= count:
+                return
+        except sqlite3.OperationalError:
+            pass  # the schema is not there yet
+        time.sleep(0.5)
+    raise AssertionError(f"the sweep reported fewer than {count} rounds in {timeout} s")
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGKILL], ids=["sigint", "sigkill"])
+def test_interrupted_sweep_resumes_without_duplicates(tmp_path, ray_cleanup, sig):
+    spec = small_spec(tmp_path)
+    db = tmp_path / "state" / "sweeper.db"
+    driver = start_cli(["run", spec], tmp_path)
+    _wait_for_rounds(db, 3)
+    driver.send_signal(sig)
+    assert driver.wait(timeout=120) != 0
+    assert store_rows(db, "select count(*) from sweeper_trials where status != 'running'")[0][0] < 4
+
+    deadline = time.monotonic() + 30  # the local Ray shares the driver's fate
+    while ray_processes(tmp_path) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert not ray_processes(tmp_path)
+
+    result = run_cli(["run", spec], tmp_path, check=True)
+    keys = [k for (k,) in store_rows(db, "select trial_key from sweeper_trials")]
+    assert len(keys) == len(set(keys)) == 4
+    assert store_rows(db, "select status from sweeper_sweeps") == [("completed",)]
+    assert not store_rows(db, "select trial_key from sweeper_trials where status = 'running'")
+    rounds = store_rows(db, "select trial_id, round, count(*) from sweeper_rounds group by trial_id, round having count(*) > 1")
+    assert rounds == []
+    study = study_trials(db, "small-sweep")
+    assert sorted(t.state.name for t in study) == ["COMPLETE"] * 4
+    assert len({json.dumps(t.params, sort_keys=True) for t in study}) == 4
+    assert "winner.yaml" in result.stdout
