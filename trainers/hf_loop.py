@@ -120,7 +120,7 @@ class RoundReporter(TrainerCallback):
     def __init__(self, config: TrialConfig, reporter: Reporter, prepared: Prepared, round_steps: int):
         self.config, self.reporter, self.prepared, self.round_steps = config, reporter, prepared, round_steps
         self.timings = dict(prepared.timings or {})
-        self.timings.update(time_eval_s=0.0, time_checkpoint_s=0.0, time_report_s=0.0)
+        self.timings.update(time_train_s=0.0, time_eval_s=0.0, time_checkpoint_s=0.0, time_report_s=0.0)
         self.pending: dict | None = None
         self.best_loss, self.best_round = math.inf, 0
         self.model = None
@@ -128,6 +128,12 @@ class RoundReporter(TrainerCallback):
 
     def on_train_begin(self, args, state, control, model=None, **kwargs):
         self.model = model
+
+    def on_step_begin(self, args, state, control, **kwargs):
+        self.step_started = time.perf_counter()
+
+    def on_step_end(self, args, state, control, **kwargs):
+        self.timings["time_train_s"] += time.perf_counter() - self.step_started
 
     def on_evaluate(self, args, state, control, metrics=None, **kwargs):
         eval_started = time.perf_counter()
