@@ -1,0 +1,143 @@
+"""The spec: every problem reported at once, with its path; the rules a sweep must follow."""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+import pytest
+import yaml
+
+from helpers import EXAMPLES
+from sweeper.spec import SpecError, load_spec, parse_spec
+
+QUICKSTART = yaml.safe_load((EXAMPLES / "restaurant8k-minilm.yaml").read_text())
+
+
+def errors_of(raw: dict) -> dict[str, str]:
+    with pytest.raises(SpecError) as info:
+        parse_spec(raw, EXAMPLES)
+    return dict(info.value.errors)
+
+
+def mutated(**changes) -> dict:
+    raw = copy.deepcopy(QUICKSTART)
+    for dotted, value in changes.items():
+        node, *path = raw, *dotted.split("__")
+        for key in path[:-1]:
+            node = node[key]
+        node[path[-1]] = value
+    return raw
+
+
+def test_examples_are_valid():
+    for path in sorted(EXAMPLES.glob("*.yaml")):
+        spec = load_spec(path)
+        assert spec.name == path.stem
+        assert Path(spec.data.train).is_absolute() and Path(spec.data.train).is_file()
+
+
+@pytest.mark.parametrize(
+    "changes, path, fragment",
+    [
+        ({"budget__trials": 0}, "budget.trials", "greater than or equal to 1"),
+        ({"budget__max_concurrent": "two"}, "budget.max_concurrent", "integer"),
+        ({"scheduler__type": "hyperband"}, "scheduler.type", "'asha' or 'none'"),
+        ({"scheduler__reduction_factor": 1}, "scheduler.reduction_factor", "greater than 1"),
+        ({"early_stopping__patience": 0}, "early_stopping.patience", "greater than or equal to 1"),
+        ({"task": "regression"}, "task", "token_tagging"),
+        ({"name": "Has Spaces"}, "name", "pattern"),
+        ({"data__train": "missing.json"}, "data.train", "file not found"),
+        ({"data__format": "parquet"}, "data.format", "restaurant8k"),
+        ({"model": "/nonexistent/model"}, "model", "neither a named model"),
+        ({"search_space": "nope"}, "search_space", "unknown search space 'nope'"),
+        ({"objective__metric": "accuracy"}, "objective.metric", "not reported by task token_tagging"),
+        ({"resources__gpus": -1}, "resources.gpus", "greater than or equal to 0"),
+        ({"tracking__mode": "cloud"}, "tracking.mode", "offline"),
+        ({"fixed": {"lora_r": 8}}, "fixed.lora_r", "both searched and fixed"),
+        ({"fixed": {"momentum": 0.9}}, "fixed.momentum", "unknown hyperparameter"),
+        ({"typo_key": 1}, "typo_key", "unknown key"),
+        ({"data__holdout_file": "x.json"}, "data.holdout_file", "unknown key"),
+    ],
+)
+def test_each_bad_field_is_reported_with_its_path(changes, path, fragment):
+    errors = errors_of(mutated(**changes))
+    assert path in errors, errors
+    assert fragment in errors[path]
+
+
+def test_all_problems_are_reported_at_once():
+    errors = errors_of(mutated(budget__trials=0, data__train="missing.json", typo=1, model="/nope"))
+    assert {"budget.trials", "data.train", "typo", "model"} <= set(errors)
+
+
+def test_missing_required_settings_are_named():
+    raw = {k: v for k, v in QUICKSTART.items() if k not in ("budget", "seed", "early_stopping")}
+    errors = errors_of(raw)
+    assert {"budget", "seed", "early_stopping"} <= set(errors)
+    assert all("required" in errors[k] for k in ("budget", "seed", "early_stopping"))
+
+
+def test_no_untuned_defaults():
+    inline = {"params": {"learning_rate": {"type": "float", "low": 1e-4, "high": 1e-2, "log": True}}}
+    errors = errors_of(mutated(search_space=inline))
+    for name in ("batch_size", "num_epochs", "lr_scheduler_type", "warmup_ratio", "weight_decay", "lora_r",
+                 "lora_alpha", "lora_dropout"):
+        assert "neither searched nor fixed" in errors[f"fixed.{name}"]
+    fixed = dict(batch_size=16, num_epochs=2, lr_scheduler_type="linear", warmup_ratio=0.0, weight_decay=0.0,
+                 lora_r=8, lora_alpha=16, lora_dropout=0.0)
+    spec = parse_spec(mutated(search_space=inline, fixed=fixed), EXAMPLES)
+    assert spec.max_rounds() == 2
+
+
+def test_fixed_values_are_validated():
+    inline = {"params": {"learning_rate": {"type": "float", "low": 1e-4, "high": 1e-2}}}
+    fixed = dict(batch_size=0, num_epochs=2, lr_scheduler_type="sawtooth", warmup_ratio=0.0, weight_decay=0.0,
+                 lora_r=8, lora_alpha=16, lora_dropout=0.0)
+    errors = errors_of(mutated(search_space=inline, fixed=fixed))
+    assert "greater than or equal to 1" in errors["fixed.batch_size"]
+    assert "fixed.lr_scheduler_type" in errors
+
+
+def test_inverted_search_bounds_are_refused():
+    space = {"params": {"learning_rate": {"type": "float", "low": 1e-2, "high": 1e-4}}}
+    errors = errors_of(mutated(search_space=space))
+    assert any("must be below high" in msg for path, msg in errors.items() if path.startswith("search_space"))
+
+
+def test_objective_direction_defaults_by_metric():
+    assert parse_spec(mutated(objective={"metric": "eval_loss"}), EXAMPLES).objective.mode == "min"
+    assert parse_spec(mutated(objective={"metric": "f1_people"}), EXAMPLES).objective.mode == "max"
+
+
+def test_relative_data_paths_resolve_against_the_spec_file(tmp_path):
+    spec = load_spec(EXAMPLES / "restaurant8k-minilm.yaml")
+    assert spec.data.holdout == str((EXAMPLES / "data/restaurant8k/holdout.json").resolve())
+
+
+def test_unreadable_specs_give_one_clear_error(tmp_path):
+    bad_yaml = tmp_path / "bad.yaml"
+    bad_yaml.write_text("name: [unclosed\n")
+    with pytest.raises(SpecError, match="not valid YAML at line"):
+        load_spec(bad_yaml)
+    not_utf8 = tmp_path / "latin1.yaml"
+    not_utf8.write_bytes("name: caf\xe9\n".encode("latin-1"))
+    with pytest.raises(SpecError, match="not UTF-8"):
+        load_spec(not_utf8)
+    with pytest.raises(SpecError, match="spec file not found"):
+        load_spec(tmp_path / "absent.yaml")
+    listing = tmp_path / "list.yaml"
+    listing.write_text("- a\n- b\n")
+    with pytest.raises(SpecError, match="mapping"):
+        load_spec(listing)
+
+
+def test_fingerprint_binds_the_spec():
+    a = parse_spec(mutated(), EXAMPLES)
+    assert a.fingerprint() == parse_spec(mutated(), EXAMPLES).fingerprint()
+    assert a.fingerprint() != parse_spec(mutated(seed=8), EXAMPLES).fingerprint()
+
+
+def test_database_url_from_the_environment_wins(monkeypatch):
+    monkeypatch.setenv("SWEEPER_DATABASE_URL", "postgresql+psycopg://u:pw@db/sweeps")
+    assert parse_spec(mutated(), EXAMPLES).database_url() == "postgresql+psycopg://u:pw@db/sweeps"
