@@ -25,7 +25,7 @@ from ray.tune.search import ConcurrencyLimiter
 from ray.tune.search.optuna import OptunaSearch
 
 from sweeper.spec import Spec
-from sweeper.store import TrialStore
+from sweeper.store import TrialStore, full_url, remember_url
 from trainers import trainer_for
 from trainers.base import TrialConfig
 
@@ -61,7 +61,7 @@ class TuneReporter:
         value = metrics.get(self.metric)
         if value is not None and not (isinstance(value, float) and math.isnan(value)):
             self.best = min(self.best, value) if self.mode == "min" else max(self.best, value)
-        metrics = {**metrics, "objective": self.best}
+        metrics = {**metrics, "objective": self.best, "node": ray.get_runtime_context().get_node_id()}
         checkpoint = None
         if checkpoint_dir:
             (Path(checkpoint_dir) / BEST_FILE).write_text(json.dumps({"objective": self.best}))
@@ -84,11 +84,26 @@ def trial_worker(params: dict, job: dict) -> None:
 
 
 # -- the driver side ---------------------------------------------------------------------------------
+class StudyStorage(optuna.storages.RDBStorage):
+    """Optuna's RDB storage, pickled without the database password.
+
+    Tune pickles the searcher, and with it this storage, into the experiment folder; the password is put
+    back from the driver's memory (`remember_url`) when a resumed sweep unpickles it.
+    """
+
+    def __getstate__(self):
+        return {**super().__getstate__(), "url": remember_url(self.url)}
+
+    def __setstate__(self, state):
+        super().__setstate__({**state, "url": full_url(state["url"])})
+
+
 class StoreCallback(tune.Callback):
     """Mirrors Tune's trial events into the trial store (idempotent, so replays after a resume are safe)."""
 
     def __init__(self, database_url: str, sweep_name: str, time_budget_s: float | None):
-        self.database_url, self.sweep_name, self.time_budget_s = database_url, sweep_name, time_budget_s
+        self.database_url = remember_url(database_url)  # pickled with the experiment: no password
+        self.sweep_name, self.time_budget_s = sweep_name, time_budget_s
         self.started = time.monotonic()
         self._store: TrialStore | None = None
 
@@ -98,7 +113,7 @@ class StoreCallback(tune.Callback):
     @property
     def store(self) -> TrialStore:
         if self._store is None:
-            self._store = TrialStore(self.database_url)
+            self._store = TrialStore(full_url(self.database_url))
         return self._store
 
     def setup(self, **info):
@@ -171,7 +186,7 @@ def _searcher(spec: Spec, database_url: str) -> ConcurrencyLimiter:
         mode=spec.objective.mode,
         sampler=sampler,
         study_name=spec.name,
-        storage=optuna.storages.RDBStorage(database_url, engine_kwargs={"pool_pre_ping": True}),
+        storage=StudyStorage(database_url, engine_kwargs={"pool_pre_ping": True}),
     )
     return ConcurrencyLimiter(searcher, max_concurrent=spec.budget.max_concurrent)
 
@@ -217,6 +232,7 @@ def run_sweep(spec: Spec, database_url: str, tune_path: str, sweep_dir: Path, mo
     """Run (or resume) the sweep to its budget; trial events land in the store as they happen."""
     threads = spec.resources.torch_threads or max(1, int(spec.resources.cpus))
     start_ray(address, env or {})
+    remember_url(database_url)  # a resumed experiment's searcher and callbacks need the password back
     experiment_path = f"{tune_path.rstrip('/')}/{spec.name}"
     trainable = _trainable(spec, _job(spec, model_path, threads))
     resumed = tune.Tuner.can_restore(experiment_path)

@@ -36,6 +36,20 @@ def safe_url(url: str) -> str:
     return make_url(url).render_as_string(hide_password=True)
 
 
+_FULL_URLS: dict[str, str] = {}  # password-free URL -> full URL; lives only in this process's memory
+
+
+def remember_url(url: str) -> str:
+    """Keep a URL's password in memory and return the password-free form that is safe to pickle or print."""
+    _FULL_URLS[safe_url(url)] = url
+    return safe_url(url)
+
+
+def full_url(url: str) -> str:
+    """The URL with its password again, if this process was given it (`remember_url`)."""
+    return _FULL_URLS.get(url, url)
+
+
 class Base(DeclarativeBase):
     type_annotation_map = {dict[str, Any]: JSON, datetime: DateTime(timezone=True)}
 
@@ -75,6 +89,7 @@ class Trial(Base):
     best_value: Mapped[float | None] = mapped_column(Float)
     wall_time_s: Mapped[float] = mapped_column(Float, default=0.0)
     device: Mapped[str] = mapped_column(String(128), default="")
+    node: Mapped[str] = mapped_column(String(64), default="", server_default="")
     examples_seen: Mapped[int] = mapped_column(Integer, default=0)
     tokens_seen: Mapped[int] = mapped_column(Integer, default=0)
     retries: Mapped[int] = mapped_column(Integer, default=0)
@@ -266,6 +281,7 @@ class TrialStore:
                 trial.best_value, trial.best_round = float(value), number
             trial.rounds = max(trial.rounds, number)
             trial.device = str(metrics.get("device", trial.device))
+            trial.node = str(metrics.get("node", trial.node))
             trial.examples_seen = int(metrics.get("examples_seen", trial.examples_seen))
             trial.tokens_seen = int(metrics.get("tokens_seen", trial.tokens_seen))
             trial.wall_time_s = float(metrics.get("time_total_s", trial.wall_time_s))

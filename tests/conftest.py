@@ -11,7 +11,23 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # `import helpers` from any test folder
 
-from helpers import ray_processes  # noqa: E402
+from helpers import PostgresUnavailable, fresh_postgres_database, ray_processes  # noqa: E402
+
+_postgres_down: str | None = None  # the first failure, so later tests fail at once with the same text
+
+
+@pytest.fixture
+def postgres_url():
+    """A private, empty PostgreSQL database; unreachable PostgreSQL fails the test (CI guarantees one)."""
+    global _postgres_down
+    if _postgres_down is None:
+        try:
+            with fresh_postgres_database() as url:
+                yield url
+                return
+        except PostgresUnavailable as exc:
+            _postgres_down = str(exc)
+    pytest.fail(_postgres_down, pytrace=False)
 
 
 @pytest.fixture

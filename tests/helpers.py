@@ -8,6 +8,9 @@ from __future__ import annotations
 
 import hashlib
 import os
+import uuid
+from contextlib import contextmanager
+from typing import Iterator
 import shutil
 import signal
 import subprocess
@@ -83,3 +86,39 @@ def ray_processes(tmp_path: Path) -> list[psutil.Process]:
     return found
 
 
+
+
+POSTGRES_URL = os.environ.get("SWEEPER_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
+
+
+class PostgresUnavailable(RuntimeError):
+    pass
+
+
+@contextmanager
+def fresh_postgres_database() -> Iterator[str]:
+    """A private, empty PostgreSQL database for one test (dropped WITH (FORCE) afterwards); yields its URL."""
+    from sqlalchemy import create_engine, text
+    from sqlalchemy.engine import make_url
+
+    from sweeper.store import safe_url
+
+    name = f"sweeper_t_{uuid.uuid4().hex[:16]}"
+    admin = create_engine(POSTGRES_URL, isolation_level="AUTOCOMMIT", connect_args={"connect_timeout": 5})
+    try:
+        with admin.connect() as connection:
+            connection.execute(text(f'CREATE DATABASE "{name}"'))
+    except Exception as exc:  # noqa: BLE001 - any failure to reach the server is the same message
+        admin.dispose()
+        reason = (str(getattr(exc, "orig", None) or exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise PostgresUnavailable(
+            f"PostgreSQL at {safe_url(POSTGRES_URL)} is unreachable or refused CREATE DATABASE: {reason}. These tests "
+            f"need it (CI guarantees one): start it, or point SWEEPER_TEST_POSTGRES_URL at one.") from None
+    try:
+        yield make_url(POSTGRES_URL).set(database=name).render_as_string(hide_password=False)
+    finally:
+        try:
+            with admin.connect() as connection:
+                connection.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        finally:
+            admin.dispose()

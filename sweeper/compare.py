@@ -1,0 +1,166 @@
+"""`sweeper compare`: the trials of one or more sweeps side by side, from the trial store.
+
+One row per trial with its holdout metrics at its **best** round (the round the export would take), its
+hyperparameters, status and stop reason. Rows can be filtered by status and sorted by any metric,
+parameter or field; the best trial of each sweep is marked. Plain data in, plain data out: the CLI
+renders rows as a table, CSV or JSON.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from sweeper.store import StoreError, TrialStore, safe_url
+
+# Keys of a round's record that are bookkeeping, not holdout metrics (ours, then those Ray Tune adds).
+BOOKKEEPING = {"round", "epoch", "train_loss", "examples_seen", "tokens_seen", "objective", "stop_reason", "device"}
+RAY_KEYS = {"timestamp", "training_iteration", "time_this_iter_s", "time_total_s", "time_since_restore",
+            "iterations_since_restore", "pid", "date", "hostname", "node_ip", "trial_id", "experiment_tag",
+            "done", "should_checkpoint", "checkpoint_dir_name", "config", "experiment_id"}
+FIELDS = ("sweep", "trial", "status", "stop_reason", "rounds", "best_round", "objective_metric", "objective",
+          "is_best", "wall_time_s", "retries")
+STATUSES = ("running", "completed", "early_stopped", "stopped", "failed")
+
+
+class CompareError(ValueError):
+    """A comparison that cannot be made as asked (unknown sweep, sort key or status)."""
+
+
+def _number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def holdout_metrics(record: dict) -> dict[str, float]:
+    """The holdout metrics of one round's record (eval_loss, f1_micro, accuracy, ...), nothing else."""
+    return {k: v for k, v in record.items()
+            if _number(v) and k not in BOOKKEEPING and k not in RAY_KEYS and not k.startswith("time_")}
+
+
+@dataclass
+class TrialRow:
+    sweep: str
+    trial: str
+    status: str
+    stop_reason: str
+    rounds: int
+    best_round: int | None
+    objective_metric: str
+    objective_mode: str
+    objective: float | None  # the best value of the objective over the trial's rounds
+    is_best: bool
+    wall_time_s: float
+    retries: int
+    metrics: dict[str, float] = field(default_factory=dict)  # holdout metrics at the best round
+    params: dict[str, Any] = field(default_factory=dict)
+    error: str = ""
+
+    def value(self, key: str) -> Any:
+        """A field, a metric at the best round or a parameter (`param.NAME` or plain NAME), or None."""
+        if key in FIELDS:
+            return getattr(self, key)
+        if key in self.metrics:
+            return self.metrics[key]
+        name = key.removeprefix("param.")
+        return self.params.get(name)
+
+    def to_dict(self) -> dict:
+        data = asdict(self)
+        data["error"] = data["error"].strip().splitlines()[-1] if data["error"].strip() else ""
+        return data
+
+
+def trial_rows(store: TrialStore, sweeps: list[str], statuses: list[str] | None = None) -> list[TrialRow]:
+    """Rows for every trial of the given sweeps (in sweep order, then trial order), optionally filtered."""
+    if statuses:
+        unknown = [s for s in statuses if s not in STATUSES]
+        if unknown:
+            raise CompareError(f"unknown status {', '.join(unknown)}; use one of {', '.join(STATUSES)}")
+    rows: list[TrialRow] = []
+    for name in sweeps:
+        sweep = store.get_sweep(name)
+        if sweep is None:
+            raise StoreError(f"no sweep named {name!r} in {safe_url(store.url)}")
+        best = store.best_trial(name)
+        rounds = store.rounds(name)
+        for t in store.trials(name):
+            at_best = next((r.metrics for r in rounds.get(t.trial_key, []) if r.round == t.best_round), {})
+            rows.append(TrialRow(
+                sweep=name, trial=t.trial_key, status=t.status, stop_reason=t.stop_reason, rounds=t.rounds,
+                best_round=t.best_round, objective_metric=sweep.objective_metric, objective_mode=sweep.objective_mode,
+                objective=t.best_value, is_best=bool(best and best.id == t.id), wall_time_s=round(t.wall_time_s, 3),
+                retries=t.retries, metrics=holdout_metrics(at_best), params=dict(t.params), error=t.error or ""))
+    if statuses:
+        rows = [r for r in rows if r.status in statuses]
+    return rows
+
+
+def sort_keys(rows: list[TrialRow]) -> list[str]:
+    """Every key rows can be sorted by."""
+    metrics = sorted({k for r in rows for k in r.metrics})
+    params = sorted({k for r in rows for k in r.params})
+    return [*FIELDS, *metrics, *(f"param.{p}" for p in params)]
+
+
+def default_descending(key: str, rows: list[TrialRow]) -> bool:
+    """Best first: the objective in its sweep's direction, losses ascending, other metrics descending."""
+    if key == "objective":
+        return any(r.objective_mode == "max" for r in rows)
+    if any(key in r.metrics for r in rows):
+        return not key.endswith("loss")
+    return False
+
+
+def sort_rows(rows: list[TrialRow], key: str = "objective", descending: bool | None = None) -> list[TrialRow]:
+    """Rows sorted by `key`; rows without a value for it go last, whatever the direction."""
+    if rows and key not in sort_keys(rows) and not any(r.value(key) is not None for r in rows):
+        raise CompareError(f"cannot sort by {key!r}; known keys: {', '.join(sort_keys(rows))}")
+    if descending is None:
+        descending = default_descending(key, rows)
+    present = [r for r in rows if r.value(key) is not None]
+    missing = [r for r in rows if r.value(key) is None]
+    numeric = all(_number(r.value(key)) or isinstance(r.value(key), bool) for r in present)
+    present.sort(key=(lambda r: r.value(key)) if numeric else (lambda r: str(r.value(key))), reverse=descending)
+    return present + missing
+
+
+def best_per_sweep(store: TrialStore, sweeps: list[str]) -> list[dict]:
+    """The best trial of each sweep (by its objective at any round), or None where no trial has a value."""
+    out = []
+    for name in sweeps:
+        sweep = store.get_sweep(name)
+        if sweep is None:
+            raise StoreError(f"no sweep named {name!r} in {safe_url(store.url)}")
+        best = store.best_trial(name)
+        out.append({"sweep": name, "status": sweep.status, "trials": len(store.trials(name)),
+                    "objective_metric": sweep.objective_metric, "objective_mode": sweep.objective_mode,
+                    "trial": best.trial_key if best else None, "value": best.best_value if best else None,
+                    "best_round": best.best_round if best else None,
+                    "params": dict(best.params) if best else None})
+    return out
+
+
+def metric_columns(rows: list[TrialRow]) -> list[str]:
+    names = sorted({k for r in rows for k in r.metrics})
+    return sorted(names, key=lambda n: (n != "eval_loss", n))
+
+
+def to_csv(rows: list[TrialRow]) -> str:
+    """One line per trial: fields, then holdout metrics at the best round, then `param.NAME` columns."""
+    metrics = metric_columns(rows)
+    params = sorted({k for r in rows for k in r.params})
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow([*FIELDS, *metrics, *(f"param.{p}" for p in params)])
+    for r in rows:
+        writer.writerow([*("" if getattr(r, f) is None else getattr(r, f) for f in FIELDS),
+                         *(r.metrics.get(m, "") for m in metrics), *(r.params.get(p, "") for p in params)])
+    return buffer.getvalue()
+
+
+def to_json(rows: list[TrialRow], best: list[dict]) -> str:
+    return json.dumps({"trials": [r.to_dict() for r in rows], "best": best}, indent=2, sort_keys=False)
