@@ -12,6 +12,7 @@ import json
 import math
 import os
 import shutil
+import sys
 import tempfile
 import time
 from dataclasses import dataclass
@@ -26,6 +27,7 @@ from ray.tune.search.optuna import OptunaSearch
 
 from sweeper.spec import Spec
 from sweeper.store import TrialStore, full_url, remember_url
+from sweeper.tracking import RUNS_FOLDER, TrialRuns, round_metrics, spec_mode
 from trainers import trainer_for
 from trainers.base import TrialConfig
 
@@ -215,26 +217,213 @@ def start_ray(address: str | None, env: dict[str, str]) -> None:
         ray.init(include_dashboard=False, runtime_env=runtime_env, log_to_driver=False, _temp_dir=temp)
 
 
-def tracking_callbacks(spec: Spec, sweep_dir: Path) -> list:
-    if spec.tracking.mode == "none":
-        return []
-    from ray.air.integrations.wandb import WandbLoggerCallback
+class WandbCallback(tune.Callback):
+    """One W&B run per trial, fed from Tune's events on the driver (see sweeper.tracking).
 
-    wandb_dir = sweep_dir / "wandb-runs"
-    wandb_dir.mkdir(parents=True, exist_ok=True)
-    return [WandbLoggerCallback(project=spec.tracking.project, group=spec.name, job_type="trial",
-                                mode=spec.tracking.mode, dir=str(wandb_dir), log_config=True,
-                                excludes=["stop_reason", "device"])]
+    Replaces Ray's WandbLoggerCallback, which logs only the sampled config, every Ray bookkeeping key
+    and a last-round summary, and hands the API key to its logging actors' runtime env.
+    """
+
+    def __init__(self, spec: Spec, mode: str, directory: Path, database_url: str, job: dict):
+        self.project, self.group, self.mode = spec.tracking.project, spec.name, mode
+        self.directory, self.database_url = str(directory), remember_url(database_url)  # pickled: no password
+        self.training, self.fixed = job["trial"], job["fixed"]
+        self.objective = {"metric": job["metric"], "mode": job["mode"]}
+        self._runs: TrialRuns | None = None
+        self._started: set[str] = set()
+
+    def __getstate__(self):  # Tune pickles callbacks; a thread and open runs do not pickle
+        return {**self.__dict__, "_runs": None, "_started": set()}
+
+    def setup(self, **info):
+        self._runs = TrialRuns(self.project, self.group, self.mode, self.directory, full_url(self.database_url))
+        _ACTIVE.append(self)
+
+    def _config(self, trial) -> dict:
+        params = dict(trial.config)
+        return {**params, "sweep": self.group, "trial_id": trial.trial_id, "objective": self.objective,
+                "training": {**self.training, "hparams": {**self.fixed, **params}}}
+
+    def on_trial_start(self, iteration, trials, trial, **info):
+        if self._runs is not None:
+            self._started.add(trial.trial_id)
+            self._runs.start(trial.trial_id, self._config(trial))
+
+    def on_trial_result(self, iteration, trials, trial, result, **info):
+        if self._runs is None:
+            return
+        if trial.trial_id not in self._started:
+            self.on_trial_start(iteration, trials, trial)
+        step = result.get("round")
+        self._runs.log(trial.trial_id, round_metrics(result), int(step) if step is not None else None)
+
+    def on_trial_complete(self, iteration, trials, trial, **info):
+        if self._runs is not None and trial.trial_id in self._started:
+            self._runs.finish(trial.trial_id)  # after StoreCallback: the store holds the final status
+
+    def on_trial_error(self, iteration, trials, trial, **info):
+        if self._runs is not None and trial.trial_id in self._started:
+            self._runs.finish(trial.trial_id, failed=True)
+
+    def on_experiment_end(self, trials, **info):
+        self.close()
+
+    def close(self):
+        if self._runs is not None:
+            self._runs.close()
+            self._runs = None
+
+
+class ProgressCallback(tune.Callback):
+    """Live progress on the driver: a rich live table on a terminal; otherwise one line per finished trial."""
+
+    REFRESH_S = 0.5
+
+    def __init__(self, spec: Spec):
+        self.name, self.metric, self.mode = spec.name, spec.objective.metric, spec.objective.mode
+        self.total, self.time_budget_s = spec.budget.trials, spec.budget.time_budget_s
+        self._live = None
+        self._reset()
+
+    def _reset(self):
+        self.started, self.interactive, self._last = time.monotonic(), False, 0.0
+        self._done_at_start: int | None = None
+        self._snapshot: dict = {"done": 0, "running": [], "counts": {}, "best": None}
+
+    def __getstate__(self):  # Tune pickles callbacks; a live display does not pickle
+        return {**self.__dict__, "_live": None}
+
+    def setup(self, **info):
+        self._reset()
+        self.interactive = sys.stdout.isatty()
+        _ACTIVE.append(self)
+        if self.interactive:
+            from rich.live import Live
+
+            self._live = Live(get_renderable=self._render, refresh_per_second=2, transient=True)
+            self._live.start()
+
+    def _update(self, trials, finishing: tuple[str, str] | None = None) -> None:
+        """Count trials by state; `finishing` = (trial id, status) of a trial Tune has not marked ended yet."""
+        counts = {"completed": 0, "early_stopped": 0, "stopped": 0, "failed": 0, "pending": 0}
+        running, best = [], None
+        for t in trials:
+            result = t.last_result or {}
+            value = result.get("objective")
+            if isinstance(value, (int, float)) and math.isfinite(value):
+                if best is None or (value < best[0] if self.mode == "min" else value > best[0]):
+                    best = (value, t.trial_id)
+            if finishing and t.trial_id == finishing[0]:
+                counts[finishing[1]] += 1
+            elif t.status in ("RUNNING", "PAUSED"):
+                running.append((t.trial_id, result.get("round", 0), value, result.get("eval_loss"),
+                                t.config.get("learning_rate")))
+            elif t.status == "PENDING":
+                counts["pending"] += 1
+            elif t.status == "ERROR":
+                counts["failed"] += 1
+            elif t.status == "TERMINATED":
+                reason = result.get("stop_reason") or "stopped"
+                counts[STATUS_BY_REASON.get(reason, "stopped")] += 1
+        done = counts["completed"] + counts["early_stopped"] + counts["stopped"] + counts["failed"]
+        if self._done_at_start is None:
+            self._done_at_start = done
+        self._snapshot = {"done": done, "running": running, "counts": counts, "best": best}
+
+    def _eta(self) -> float | None:
+        elapsed = time.monotonic() - self.started
+        done = self._snapshot["done"]
+        finished_here = done - (self._done_at_start or 0)
+        eta = elapsed / finished_here * max(self.total - done, 0) if finished_here > 0 else None
+        if self.time_budget_s:
+            left = max(self.time_budget_s - elapsed, 0.0)
+            eta = left if eta is None else min(eta, left)
+        return eta
+
+    def _line(self) -> str:
+        snap, counts = self._snapshot, self._snapshot["counts"]
+        best = snap["best"]
+        eta = self._eta()
+        return (f"{snap['done']}/{self.total} done (completed {counts.get('completed', 0)}, early-stopped "
+                f"{counts.get('early_stopped', 0)}, stopped {counts.get('stopped', 0)}, failed "
+                f"{counts.get('failed', 0)}), {len(snap['running'])} running | best {self.metric} "
+                + (f"{best[0]:.4f} ({best[1]})" if best else "-")
+                + f" | elapsed {_clock(time.monotonic() - self.started)}, ETA {_clock(eta) if eta is not None else '-'}")
+
+    def _render(self):
+        from rich.console import Group
+        from rich.progress_bar import ProgressBar
+        from rich.table import Table
+        from rich.text import Text
+
+        snap = self._snapshot
+        table = Table("running trial", "round", f"best {self.metric}", "eval_loss", "lr", box=None, pad_edge=False)
+        for key, round_, value, loss, lr in snap["running"]:
+            table.add_row(key, str(round_ or "-"), _fmt(value), _fmt(loss), f"{lr:.2e}" if isinstance(lr, float) else "-")
+        bar = ProgressBar(total=max(self.total, 1), completed=min(snap["done"], self.total), width=40)
+        return Group(Text(f"sweep {self.name}"), bar, Text(self._line()), table)
+
+    def on_step_end(self, iteration, trials, **info):
+        now = time.monotonic()
+        if now - self._last >= self.REFRESH_S:
+            self._last = now
+            self._update(trials)
+
+    def _finished(self, trials, trial, status: str) -> None:
+        self._update(trials, (trial.trial_id, status))
+        if not self.interactive:
+            result = trial.last_result or {}
+            value = result.get("objective")
+            print(f"[{self.name}] trial {trial.trial_id} {status} after {result.get('round', 0)} rounds, "
+                  f"best {self.metric} {_fmt(value)} | {self._line()}", flush=True)
+
+    def on_trial_complete(self, iteration, trials, trial, **info):
+        reason = (trial.last_result or {}).get("stop_reason") or "stopped"
+        self._finished(trials, trial, STATUS_BY_REASON.get(reason, "stopped"))
+
+    def on_trial_error(self, iteration, trials, trial, **info):
+        self._finished(trials, trial, "failed")
+
+    def on_experiment_end(self, trials, **info):
+        self._update(trials)
+        self.close()
+
+    def close(self):
+        if self._live is not None:
+            self._live.stop()
+            self._live = None
+
+
+_ACTIVE: list = []  # callbacks with open resources (W&B runs, a live display), closed when fit() returns
+
+
+def _clock(seconds: float) -> str:
+    seconds = int(max(seconds, 0))
+    return f"{seconds // 3600}:{seconds % 3600 // 60:02d}:{seconds % 60:02d}" if seconds >= 3600 else \
+        f"{seconds // 60}:{seconds % 60:02d}"
+
+
+def _fmt(value) -> str:
+    return f"{value:.4f}" if isinstance(value, (int, float)) and math.isfinite(value) else "-"
+
+
+def tracking_callbacks(spec: Spec, sweep_dir: Path, database_url: str, job: dict, mode: str | None = None) -> list:
+    mode = mode or spec_mode(spec)
+    if mode == "disabled":
+        return []
+    return [WandbCallback(spec, mode, sweep_dir / RUNS_FOLDER, database_url, job)]
 
 
 def run_sweep(spec: Spec, database_url: str, tune_path: str, sweep_dir: Path, model_path: str,
-              address: str | None = None, env: dict[str, str] | None = None) -> SweepResult:
+              address: str | None = None, env: dict[str, str] | None = None,
+              tracking_mode: str | None = None) -> SweepResult:
     """Run (or resume) the sweep to its budget; trial events land in the store as they happen."""
     threads = spec.resources.torch_threads or max(1, int(spec.resources.cpus))
     start_ray(address, env or {})
     remember_url(database_url)  # a resumed experiment's searcher and callbacks need the password back
     experiment_path = f"{tune_path.rstrip('/')}/{spec.name}"
-    trainable = _trainable(spec, _job(spec, model_path, threads))
+    job = _job(spec, model_path, threads)
+    trainable = _trainable(spec, job)
     resumed = tune.Tuner.can_restore(experiment_path)
     if resumed:
         tuner = tune.Tuner.restore(experiment_path, trainable, resume_unfinished=True, resume_errored=True)
@@ -251,8 +440,9 @@ def run_sweep(spec: Spec, database_url: str, tune_path: str, sweep_dir: Path, mo
             run_config=tune.RunConfig(
                 name=spec.name,
                 storage_path=tune_path,
-                callbacks=[StoreCallback(database_url, spec.name, spec.budget.time_budget_s),
-                           *tracking_callbacks(spec, sweep_dir)],
+                callbacks=[StoreCallback(database_url, spec.name, spec.budget.time_budget_s),  # first: the
+                           *tracking_callbacks(spec, sweep_dir, database_url, job, tracking_mode),  # W&B summary
+                           ProgressCallback(spec)],                                                # reads it
                 failure_config=tune.FailureConfig(max_failures=spec.budget.max_failures),
                 checkpoint_config=tune.CheckpointConfig(num_to_keep=2, checkpoint_score_attribute=spec.objective.metric,
                                                         checkpoint_score_order=spec.objective.mode),
@@ -260,7 +450,11 @@ def run_sweep(spec: Spec, database_url: str, tune_path: str, sweep_dir: Path, mo
             ),
         )
     started = time.monotonic()
-    results = tuner.fit()
+    try:
+        results = tuner.fit()
+    finally:
+        while _ACTIVE:  # Ctrl+C ends fit() without on_experiment_end: finish W&B runs, restore the terminal
+            _ACTIVE.pop().close()
     trials = results._experiment_analysis.trials
     ended = all(t.status in ("TERMINATED", "ERROR") for t in trials)
     budget = spec.budget.time_budget_s

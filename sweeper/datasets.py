@@ -17,6 +17,9 @@ DataFormat = Literal["restaurant8k", "csv", "jsonl"]
 DATA_FORMATS: tuple[str, ...] = ("restaurant8k", "csv", "jsonl")
 
 
+MAX_TEXT_CHARS = 100_000  # one example's text; longer rows are almost always a broken export
+
+
 class DataError(ValueError):
     """A data file that cannot be used; the message names the file and the row."""
 
@@ -74,7 +77,29 @@ def read_examples(path: str | Path, fmt: DataFormat) -> list[Example]:
     if not raw.strip():
         raise DataError(f"{path}: the file is empty")
     readers = {"restaurant8k": _read_restaurant8k, "csv": _read_csv, "jsonl": _read_jsonl}
-    return readers[fmt](path, raw)
+    examples = readers[fmt](path, raw)
+    for i, example in enumerate(examples):
+        if len(example.text) > MAX_TEXT_CHARS:
+            raise DataError(f"{path}: row {i} is {len(example.text):,} characters long (limit {MAX_TEXT_CHARS:,}); "
+                            "split or drop it")
+    return examples
+
+
+def read_splits(data) -> dict[str, list[Example]]:
+    """Every split of a spec's `data:` section, read and checked before anything runs.
+
+    Errors name the spec field first (`data.holdout: ...`), so a user knows which setting to fix.
+    """
+    splits = {}
+    for role in ("train", "holdout", "test"):
+        path = getattr(data, role)
+        if path is None:
+            continue
+        try:
+            splits[role] = read_examples(path, data.format)
+        except DataError as exc:
+            raise DataError(f"data.{role}: {exc}") from None
+    return splits
 
 
 def _read_restaurant8k(path: Path, raw: str) -> list[TaggedExample]:
@@ -97,7 +122,7 @@ def _restaurant8k_record(path: Path, i: int, rec: object) -> TaggedExample:
         slot = label.get("slot") if isinstance(label, dict) else None
         span = label.get("valueSpan", {}) if isinstance(label, dict) else {}
         start, end = span.get("startIndex", 0), span.get("endIndex")  # a missing startIndex means 0
-        if not isinstance(slot, str) or not isinstance(start, int) or not isinstance(end, int):
+        if not isinstance(slot, str) or type(start) is not int or type(end) is not int:
             raise DataError(f"{where}: each label needs a string slot and integer valueSpan indices")
         if not 0 <= start < end <= len(text):
             raise DataError(f"{where}: span {start}:{end} of slot {slot!r} is outside the text")
@@ -106,15 +131,18 @@ def _restaurant8k_record(path: Path, i: int, rec: object) -> TaggedExample:
 
 
 def _read_csv(path: Path, raw: str) -> list[LabeledExample]:
-    rows = csv.DictReader(raw.splitlines())
-    header = rows.fieldnames or []
+    reader = csv.DictReader(raw.splitlines())
+    try:
+        header, rows = reader.fieldnames or [], list(reader)
+    except csv.Error as exc:
+        raise DataError(f"{path}: not valid CSV ({exc})") from None
     text_col = "text"
     label_col = next((c for c in ("label", "category") if c in header), None)
     if text_col not in header or label_col is None:
         raise DataError(f"{path}: needs a header with a 'text' column and a 'label' (or 'category') column")
     out = []
     for i, row in enumerate(rows, start=2):
-        text, label = (row.get(text_col) or "").strip(), (row.get(label_col) or "").strip()
+        text, label = str(row.get(text_col) or "").strip(), str(row.get(label_col) or "").strip()
         if not text or not label:
             raise DataError(f"{path}: line {i}: empty text or label")
         out.append(LabeledExample(text, label))

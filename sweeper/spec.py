@@ -211,12 +211,25 @@ def parse_spec(raw: Any, base: Path = Path("."), source: str = "spec") -> Spec:
     try:
         spec = Spec.model_validate(raw)
     except ValidationError as exc:
-        errors += [(".".join(str(p) for p in e["loc"]), _message(e)) for e in exc.errors()]
+        errors += [(_path(e["loc"]), _message(e)) for e in exc.errors() if not _other_union_branch(e, raw)]
         raise SpecError(errors, source) from None
     errors += _semantic_errors(spec)
     if errors:
         raise SpecError(errors, source)
     return spec
+
+
+UNION_TAGS = {"str", "float", "int", "categorical"}  # pydantic's names for union branches in an error path
+
+
+def _path(loc: tuple) -> str:
+    """`search_space.params.lr` rather than pydantic's `search_space.function-after[...].params.lr.float`."""
+    return ".".join(str(p) for p in loc if not (isinstance(p, str) and (p.startswith("function-") or p in UNION_TAGS)))
+
+
+def _other_union_branch(error: dict, raw: dict) -> bool:
+    """An inline search space is a mapping: its failure to be a space *name* is noise."""
+    return error["loc"][:2] == ("search_space", "str") and isinstance(raw.get("search_space"), dict)
 
 
 def _message(error: dict) -> str:

@@ -6,9 +6,12 @@ Kept apart from the CLI so that the HTTP service and tests drive sweeps the same
 from __future__ import annotations
 
 import os
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+from sweeper import tracking
+from sweeper.datasets import read_splits
 from sweeper.export import export_sweep
 from sweeper.spec import Spec
 from sweeper.store import TrialStore, safe_url
@@ -38,6 +41,10 @@ class Layout:
     def export_dir(self) -> Path:
         return self.sweep_dir / "export"
 
+    @property
+    def wandb_dir(self) -> Path:
+        return self.sweep_dir / tracking.RUNS_FOLDER
+
 
 def stored_spec(spec: Spec) -> dict:
     """The spec as recorded in the store and exports: a database password never leaves the process."""
@@ -58,11 +65,13 @@ class RunOutcome:
     status: str  # completed | interrupted | already_completed
     resumed: bool
     export: Path | None
+    wandb_dir: Path | None = None  # where the W&B runs are (None: tracking off)
 
 
 def run(spec: Spec, address: str | None = None) -> RunOutcome:
     from sweeper import controller  # Ray loads only when a sweep really runs
 
+    read_splits(spec.data)  # a bad data file is refused here, before the store or Ray is touched
     layout = Layout(spec)
     store = open_store(spec)
     sweep = store.open_sweep(spec.name, stored_spec(spec), spec.fingerprint(), spec.objective.metric, spec.objective.mode)
@@ -70,11 +79,12 @@ def run(spec: Spec, address: str | None = None) -> RunOutcome:
         return RunOutcome("already_completed", False, layout.export_dir if layout.export_dir.exists() else None)
     model_path = resolve_model(spec.model)  # converts a GGUF model once, before trials race for it
     store.update_sweep(spec.name, status="running", message="")
-    env = {"WANDB_MODE": spec.tracking.mode} if spec.tracking.mode != "none" else {"WANDB_MODE": "disabled"}
+    mode = tracking.spec_mode(spec)  # offline | online | disabled; the API key stays in the environment only
+    env = {"WANDB_MODE": mode}
     os.environ.update(env)
     try:
         result = controller.run_sweep(spec, spec.database_url(), layout.tune_path, layout.sweep_dir, model_path,
-                                      address=address, env=env)
+                                      address=address, env=env, tracking_mode=mode)
     except BaseException as exc:
         store.update_sweep(spec.name, status="failed", message=f"{type(exc).__name__}: {exc}"[:2000])
         raise
@@ -86,4 +96,16 @@ def run(spec: Spec, address: str | None = None) -> RunOutcome:
         return RunOutcome("interrupted", result.resumed, None)
     store.update_sweep(spec.name, status="completed")
     export = export_sweep(store, spec.name, layout.export_dir, model_path) if store.best_trial(spec.name) else None
-    return RunOutcome("completed", result.resumed, export)
+    wandb_dir = _log_summary(store, spec, mode, layout) if mode != "disabled" else None
+    return RunOutcome("completed", result.resumed, export, wandb_dir)
+
+
+def _log_summary(store: TrialStore, spec: Spec, mode: str, layout: Layout, promotion: dict | None = None) -> Path:
+    """The sweep's W&B summary run (a table of all trials); a W&B failure is reported, never fatal."""
+    try:
+        tracking.log_sweep_summary(store, spec.name, promotion, mode=mode, project=spec.tracking.project,
+                                   directory=layout.wandb_dir)
+    except Exception as exc:
+        print(f"sweeper: W&B summary run of {spec.name!r} failed: {type(exc).__name__}: "
+              f"{tracking.redact(str(exc))}", file=sys.stderr)
+    return layout.wandb_dir

@@ -226,7 +226,7 @@ def log_sweep_summary(store: TrialStore, sweep_name: str, promotion: dict | None
     rows = trial_rows(store, [sweep_name])
     metrics = sorted({k for r in rows for k in r.metrics}, key=lambda n: (n != "eval_loss", n))
     params = sorted({k for r in rows for k in r.params})
-    columns = ["trial", "status", "stop_reason", "rounds", "best_round", sweep.objective_metric, "is_best",
+    columns = ["trial", "status", "stop_reason", "rounds", "best_round", "objective", "is_best",
                "wall_time_s", *(f"best/{m}" for m in metrics), *params]
     data = [[r.trial, r.status, r.stop_reason, r.rounds, r.best_round, r.objective, r.is_best, r.wall_time_s,
              *(r.metrics.get(m) for m in metrics), *(_jsonable(r.params.get(p)) for p in params)] for r in rows]
@@ -234,7 +234,7 @@ def log_sweep_summary(store: TrialStore, sweep_name: str, promotion: dict | None
     counts: dict[str, int] = {}
     for r in rows:
         counts[r.status] = counts.get(r.status, 0) + 1
-    summary = {"sweep_status": sweep.status, "trials": len(rows), **{f"trials/{k}": v for k, v in counts.items()},
+    summary = {"sweep_status": sweep.status, "n_trials": len(rows), **{f"n_trials_{k}": v for k, v in counts.items()},
                "objective_metric": sweep.objective_metric, "objective_mode": sweep.objective_mode,
                "best_trial": best.trial if best else None, f"best/{sweep.objective_metric}": best.objective if best else None,
                "best_round": best.best_round if best else None, "promotion": _jsonable(promotion) if promotion else {}}

@@ -8,15 +8,14 @@ from __future__ import annotations
 
 import hashlib
 import os
-import uuid
-from contextlib import contextmanager
-from typing import Iterator
 import shutil
-import signal
 import subprocess
 import sys
 import time
+import uuid
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Iterator
 
 import psutil
 import yaml

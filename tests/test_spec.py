@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 import yaml
-
 from helpers import EXAMPLES
+
 from sweeper.spec import SpecError, load_spec, parse_spec
 
 QUICKSTART = yaml.safe_load((EXAMPLES / "restaurant8k-minilm.yaml").read_text())

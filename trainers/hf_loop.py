@@ -18,8 +18,8 @@ from typing import Callable
 import torch
 from peft import LoraConfig, TaskType, get_peft_model
 from transformers import EarlyStoppingCallback, PrinterCallback, Trainer, TrainerCallback, TrainingArguments
-from transformers.utils import logging as hf_logging
 from transformers.trainer_utils import get_last_checkpoint, set_seed
+from transformers.utils import logging as hf_logging
 
 from trainers.base import Reporter, TrialConfig, TrialOutcome
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import shutil
 from pathlib import Path
 
 from filelock import FileLock
@@ -37,8 +38,13 @@ def _smollm2() -> Path:
             from transformers import AutoModelForCausalLM, AutoTokenizer
 
             tmp = cache.with_name(cache.name + ".partial")
+            shutil.rmtree(tmp, ignore_errors=True)  # left over from an interrupted conversion
             AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name).save_pretrained(tmp)
-            AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name).save_pretrained(tmp)
+            model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name)
+            # The weights are dequantized to fp32 on load, but transformers keeps the GGUF quantizer attached
+            # and then refuses to save the model ("not serializable"); detach it.
+            model.hf_quantizer.remove_quantization_config(model)
+            model.save_pretrained(tmp)
             tmp.rename(cache)
     return cache
 

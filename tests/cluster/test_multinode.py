@@ -8,11 +8,10 @@ head only coordinates.
 from __future__ import annotations
 
 import pytest
+from helpers import ray_tmp, run_cli, small_spec
 from ray.cluster_utils import Cluster
 from sqlalchemy import create_engine, text
 from sqlalchemy.engine import make_url
-
-from helpers import ray_tmp, run_cli, small_spec
 
 pytestmark = pytest.mark.slow
 PASSWORD = "s3cret-pw-8c1f"

@@ -16,7 +16,6 @@ from pathlib import Path
 import kubernetes_validate
 import pytest
 import yaml
-
 from crd_schema import RAY_KINDS, schema_errors
 from kustomize_lite import KustomizeError, load_docs, render, split_image
 

@@ -12,7 +12,6 @@ from pathlib import Path
 import optuna
 import pytest
 import yaml
-
 from helpers import ray_processes, run_cli, small_spec, start_cli
 
 pytestmark = pytest.mark.slow

@@ -1,0 +1,77 @@
+"""Token tagging: BIO tags from character spans and back, a real tiny training run, and resume."""
+
+import math
+import shutil
+
+import pytest
+from transformers import AutoTokenizer
+
+from sweeper.datasets import Span, TaggedExample
+from trainers.base import ListReporter
+from trainers.token_tagging import bio_labels, decode_fields, tag_tokens, train
+
+TEXT = "Table for 4 at 7pm"  # MiniLM: [CLS] table for 4 at 7 ##pm [SEP]
+LABELS = bio_labels(["people", "time"])  # O, B-people, I-people, B-time, I-time
+LABEL_IDS = {label: i for i, label in enumerate(LABELS)}
+
+
+@pytest.fixture(scope="module")
+def offsets(minilm_path):
+    tokenizer = AutoTokenizer.from_pretrained(minilm_path)
+    enc = tokenizer(TEXT, return_offsets_mapping=True)
+    assert tokenizer.convert_ids_to_tokens(enc["input_ids"]) == ["[CLS]", "table", "for", "4", "at", "7", "##pm", "[SEP]"]
+    return [tuple(o) for o in enc["offset_mapping"]]
+
+
+def test_tag_tokens_by_hand(offsets):
+    example = TaggedExample(TEXT, (Span("people", 10, 11), Span("time", 15, 18)))
+    #                    [CLS] table for  4  at  7  ##pm [SEP]
+    assert tag_tokens(example, offsets, LABEL_IDS) == [-100, 0, 0, 1, 0, 3, 4, -100]
+
+
+def test_decode_fields_round_trip(offsets):
+    example = TaggedExample(TEXT, (Span("people", 10, 11), Span("time", 15, 18)))
+    tags = [LABELS[t] if t >= 0 else "O" for t in tag_tokens(example, offsets, LABEL_IDS)]
+    assert decode_fields(TEXT, offsets, tags) == {"people": "4", "time": "7pm"} == example.fields()
+
+
+def test_decode_fields_keeps_first_span_and_starts_a_span_on_a_stray_i(offsets):
+    #       [CLS] table     for  4           at  7         ##pm      [SEP]
+    tags = ["O", "B-time", "O", "B-people", "O", "I-time", "I-time", "O"]
+    # "table" is the first time span; "7pm" (an I- with no B-) is a second one and is dropped
+    assert decode_fields(TEXT, offsets, tags) == {"time": "Table", "people": "4"}
+
+
+@pytest.fixture
+def two_round_run(make_config, minilm_path, restaurant8k_small):
+    config = make_config("token_tagging", minilm_path, restaurant8k_small, num_epochs=2)
+    reporter = ListReporter()
+    outcome = train(config, reporter)
+    return config, reporter, outcome
+
+
+def test_training_lowers_the_loss_and_reports_metrics(two_round_run):
+    _, reporter, outcome = two_round_run
+    first, last = reporter.rounds[0], reporter.rounds[-1]
+    assert [r["round"] for r in reporter.rounds] == [1, 2]
+    assert last["eval_loss"] < first["eval_loss"]
+    for key in ("f1_micro", "precision_micro", "recall_micro", "train_loss", "time_tokenize_s", "examples_seen"):
+        assert key in last and not math.isnan(last[key]), key
+    assert 0.0 <= last["f1_micro"] <= 1.0
+    assert last["examples_seen"] == 2 * 6 * 16  # 96 rows / batch 16 = 6 steps per round
+    assert (outcome.stop_reason, outcome.rounds) == ("completed", 2)
+    assert last["stop_reason"] == "completed" and first["stop_reason"] == ""
+
+
+def test_resume_continues_from_the_round_1_checkpoint(two_round_run, make_config, minilm_path, restaurant8k_small, tmp_path):
+    config, reporter, _ = two_round_run
+    checkpoint = tmp_path / "saved-round-1"
+    shutil.copytree(reporter.checkpoints[0], checkpoint)  # as the controller would keep it
+    retry = config.model_copy(update={"output_dir": str(tmp_path / "retry")})
+    resumed = ListReporter(checkpoint=str(checkpoint))
+    outcome = train(retry, resumed)
+    assert [r["round"] for r in resumed.rounds] == [2]
+    assert resumed.rounds[0]["examples_seen"] == reporter.rounds[1]["examples_seen"]
+    # same data order, optimizer and adapter state: round 2 lands where the uninterrupted run did
+    assert resumed.rounds[0]["eval_loss"] == pytest.approx(reporter.rounds[1]["eval_loss"], rel=1e-3)
+    assert outcome.stop_reason == "completed"
