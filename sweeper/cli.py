@@ -79,6 +79,9 @@ def run(
         raise typer.Exit(130)
     out.print(f"store:  {safe_url(spec.database_url())}")
     out.print(f"export: {outcome.export or 'none (no trial reported a value)'}")
+    if getattr(outcome, "wandb_dir", None):
+        out.print(f"wandb:  {outcome.wandb_dir} (offline runs: upload with `wandb sync "
+                  f"{outcome.wandb_dir}/wandb/offline-run-*`)", soft_wrap=True)
     out.print(f"trials: sweeper trials {spec.name}" + ("" if spec.database_url() == DEFAULT_DB else " --db <url>"))
 
 
@@ -185,6 +188,126 @@ def train(
     at_best = next((r for r in reporter.rounds if r["round"] == record["winner"]["best_round"]), None)
     if at_best is not None:
         out.print(json.dumps({"metric": metric, "recorded": objective["value"], "rerun": at_best.get(metric)}))
+
+
+@app.command()
+def compare(
+    names: Annotated[list[str], typer.Argument(help="one or more sweep names", show_default=False)],
+    sort: Annotated[str, typer.Option(help="sort by a metric (at each trial's best round), a parameter "
+                                           "(param.NAME) or a field (rounds, wall_time_s, ...)")] = "objective",
+    ascending: Annotated[Optional[bool], typer.Option("--ascending/--descending", show_default=False,
+                                                      help="sort direction [default: best first]")] = None,
+    status_filter: Annotated[Optional[list[str]], typer.Option("--status", show_default=False,
+                                                               help="keep trials with this status (repeat, or "
+                                                                    "comma-separate: completed,early_stopped)")] = None,
+    fmt: Annotated[str, typer.Option("--format", help="table | csv | json")] = "table",
+    db: DbOption = None,
+) -> None:
+    """Compare the trials of one or more sweeps: metrics at each trial's best round, the best per sweep."""
+    from sweeper import compare as cmp
+
+    if fmt not in ("table", "csv", "json"):
+        _fail(ValueError(f"--format {fmt!r}: use table, csv or json"))
+    names = list(dict.fromkeys(names))
+    statuses = [s.strip() for item in status_filter or [] for s in item.split(",") if s.strip()] or None
+    try:
+        store = _store(db)
+        rows = cmp.sort_rows(cmp.trial_rows(store, names, statuses), sort,
+                             None if ascending is None else not ascending)
+        best = cmp.best_per_sweep(store, names)
+    except (StoreError, cmp.CompareError) as exc:
+        _fail(exc)
+    if fmt == "csv":
+        sys.stdout.write(cmp.to_csv(rows))
+        return
+    if fmt == "json":
+        sys.stdout.write(cmp.to_json(rows, best) + "\n")
+        return
+    _print_comparison(rows, best, sort, many=len(names) > 1)
+
+
+def _print_comparison(rows, best: list[dict], sort: str, many: bool) -> None:
+    def num(value, spec: str = ".4f") -> str:
+        return "-" if value is None else format(value, spec) if isinstance(value, float) else str(value)
+
+    shown = {"objective", "eval_loss", "trial", "status", "stop_reason", "rounds", "best_round", "wall_time_s",
+             "learning_rate", "batch_size", "num_epochs", "lora_r"}
+    extra = sort.removeprefix("param.") if sort.removeprefix("param.") not in shown else None
+    table = Table(title=f"{len(rows)} trial(s), sorted by {sort} (* = best of its sweep)")
+    columns = (["sweep"] if many else []) + ["trial", "status", "stop", "rounds", "best@round", "eval_loss"] + \
+        ([extra] if extra else []) + ["lr", "batch", "epochs", "r", "time s"]
+    for column in columns:
+        table.add_column(column)
+    for r in rows:
+        p = r.params
+        cells = ([r.sweep] if many else []) + [
+            r.trial + (" *" if r.is_best else ""), r.status, r.stop_reason, str(r.rounds),
+            "-" if r.objective is None else f"{r.objective:.4f}@{r.best_round}", num(r.metrics.get("eval_loss"))]
+        if extra:
+            cells.append(num(r.value(sort), ".4g"))
+        cells += [num(p.get("learning_rate"), ".2e"), num(p.get("batch_size")), num(p.get("num_epochs")),
+                  num(p.get("lora_r")), f"{r.wall_time_s:.1f}"]
+        table.add_row(*cells)
+    out.print(table)
+    summary = Table("sweep", "status", "trials", "objective", "best trial", "value@round", title="best per sweep")
+    for b in best:
+        summary.add_row(b["sweep"], b["status"], str(b["trials"]), f"{b['objective_metric']} ({b['objective_mode']})",
+                        b["trial"] or "-", "-" if b["value"] is None else f"{b['value']:.4f}@{b['best_round']}")
+    out.print(summary)
+
+
+@app.command()
+def report(
+    name: Annotated[str, typer.Argument(help="sweep name")],
+    out_dir: Annotated[Path, typer.Option("--out", help="folder for the PNGs and report.html")] = Path("report"),
+    db: DbOption = None,
+) -> None:
+    """Plots of a sweep (history, holdout loss curves, parallel coordinates, importance) as PNG + one HTML page."""
+    from sweeper.report import build_report, dashboard_command
+
+    try:
+        store = _store(db)
+        result = build_report(store, name, out_dir.resolve())
+    except StoreError as exc:
+        _fail(exc)
+    for key, path in result.images.items():
+        out.print(f"{key}: {path}")
+    for key, note in result.notes.items():
+        out.print(f"{key}: not drawn ({note})")
+    out.print(f"page: {result.html}")
+    out.print(f"study: {dashboard_command(store.url)}")
+
+
+@app.command()
+def serve(
+    host: Annotated[str, typer.Option(help="address to listen on")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="port to listen on")] = 8000,
+) -> None:
+    """Run the sweep service (HTTP API) on the store and data roots set in SWEEPER_* variables."""
+    import uvicorn
+
+    from sweeper.service import create_app
+    from sweeper.settings import ServiceSettings, SettingsError
+
+    try:
+        settings = ServiceSettings.from_env()
+        settings.check_bind(host)
+    except (SettingsError, ValueError) as exc:
+        _fail(exc)
+    if not settings.tokens:
+        err.print("[yellow]warning:[/yellow] no SWEEPER_API_TOKENS: the API is open to anyone on this machine")
+    uvicorn.run(create_app(settings), host=host, port=port, log_level="info")
+
+
+@app.command()
+def openapi(out: Annotated[Path, typer.Option("--out", help="where to write the schema")] = Path("openapi.json")) -> None:
+    """Write the service's OpenAPI schema (the repository keeps a copy: openapi.json)."""
+    from sweeper.service import create_app
+    from sweeper.settings import ServiceSettings
+
+    schema = create_app(ServiceSettings.from_env({})).openapi()
+    out.write_text(json.dumps(schema, indent=2, sort_keys=True) + "\n")
+    print(f"wrote {out}")
 
 
 @db_app.command("upgrade")

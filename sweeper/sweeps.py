@@ -94,9 +94,9 @@ def run(spec: Spec, address: str | None = None) -> RunOutcome:
     if not result.finished:
         store.update_sweep(spec.name, status="interrupted", message="run `sweeper run` again to resume")
         return RunOutcome("interrupted", result.resumed, None)
-    store.update_sweep(spec.name, status="completed")
     export = export_sweep(store, spec.name, layout.export_dir, model_path) if store.best_trial(spec.name) else None
     wandb_dir = _log_summary(store, spec, mode, layout) if mode != "disabled" else None
+    store.update_sweep(spec.name, status="completed")  # last: whoever sees `completed` finds the export there
     return RunOutcome("completed", result.resumed, export, wandb_dir)
 
 

@@ -1,0 +1,347 @@
+"""The sweep service: an HTTP API (FastAPI) to submit, watch, cancel, promote and export sweeps.
+
+Submitted specs are validated exactly as the CLI validates them, then confined: data and model paths
+must lie under the configured data roots, storage is the service's own, and only registered trainers
+and search spaces can be named (the spec has no field that imports code). Sweeps run as supervised
+driver processes (`sweeper.supervisor`). Every endpoint but /health needs a bearer token.
+"""
+
+
+import io
+import os
+import secrets
+import shutil
+import tempfile
+import threading
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from fastapi import APIRouter, Depends, FastAPI, HTTPException, Query, Request
+from fastapi.responses import JSONResponse, StreamingResponse
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from sweeper.datasets import DataError, read_splits
+from sweeper.settings import ServiceSettings
+from sweeper.spec import Spec, SpecError, parse_spec
+from sweeper.store import StoreError, TrialStore
+from sweeper.supervisor import Supervisor
+from trainers.models import NAMED_MODELS
+
+RECONCILE_EVERY_S = 2.0
+
+
+# -- schemas -------------------------------------------------------------------------------------------
+class SweepCreate(BaseModel):
+    """A spec as a JSON object (`spec`) or as YAML text (`spec_yaml`), exactly one of them."""
+
+    model_config = ConfigDict(extra="forbid")
+    spec: dict[str, Any] | None = None
+    spec_yaml: str | None = Field(default=None, max_length=200_000)
+
+    @model_validator(mode="after")
+    def _exactly_one(self):
+        if (self.spec is None) == (self.spec_yaml is None):
+            raise ValueError("give exactly one of `spec` (an object) or `spec_yaml` (text)")
+        return self
+
+
+class SweepPublic(BaseModel):
+    name: str
+    status: str
+    message: str
+    objective_metric: str
+    objective_mode: str
+    trials: int
+    trials_by_status: dict[str, int]
+    best_value: float | None
+    best_trial: str | None
+
+
+class TrialPublic(BaseModel):
+    trial_key: str
+    status: str
+    stop_reason: str
+    params: dict[str, Any]
+    rounds: int
+    best_round: int | None
+    best_value: float | None
+    wall_time_s: float
+    device: str
+    node: str
+    retries: int
+    error: str
+
+
+class TrialPage(BaseModel):
+    total: int
+    offset: int
+    limit: int
+    items: list[TrialPublic]
+
+
+class RoundPublic(BaseModel):
+    round: int
+    eval_loss: float | None
+    metrics: dict[str, Any]
+
+
+class ErrorItem(BaseModel):
+    path: str
+    message: str
+
+
+class Accepted(BaseModel):
+    name: str
+    status: str
+
+
+# -- helpers -------------------------------------------------------------------------------------------
+def _problem(code: int, detail: Any) -> HTTPException:
+    return HTTPException(status_code=code, detail=detail)
+
+
+def _confined(path: str | None, roots: tuple[Path, ...]) -> bool:
+    if path is None:
+        return True
+    resolved = Path(path).resolve()
+    return any(resolved.is_relative_to(root) for root in roots)
+
+
+def _confinement_errors(spec: Spec, settings: ServiceSettings) -> list[dict]:
+    errors = [{"path": f"data.{role}", "message": "outside the service's data roots"}
+              for role in ("train", "holdout", "test") if not _confined(getattr(spec.data, role), settings.data_roots)]
+    if spec.model not in NAMED_MODELS and not _confined(spec.model, settings.data_roots):
+        errors.append({"path": "model", "message": "a model must be a named model or lie under the data roots"})
+    return errors
+
+
+def _raw_spec(body: SweepCreate) -> Any:
+    if body.spec is not None:
+        return body.spec
+    try:
+        return yaml.safe_load(body.spec_yaml)
+    except yaml.YAMLError as exc:
+        raise _problem(422, [{"path": "spec_yaml", "message": f"not valid YAML: {getattr(exc, 'problem', exc)}"}])
+
+
+def _service_spec(raw: Any, settings: ServiceSettings) -> Spec:
+    """Validate as the CLI does, then put storage under the service's control and confine paths."""
+    if isinstance(raw, dict) and "storage" in raw:
+        raise _problem(422, [{"path": "storage", "message": "storage is set by the service; remove it"}])
+    if isinstance(raw, dict):
+        raw = {**raw, "storage": {"root": str(settings.root)}}
+    try:
+        spec = parse_spec(raw, settings.data_roots[0], "spec")
+    except SpecError as exc:
+        raise _problem(422, [{"path": p, "message": m} for p, m in exc.errors])
+    errors = _confinement_errors(spec, settings)
+    if errors:
+        raise _problem(422, errors)
+    try:
+        read_splits(spec.data)
+    except DataError as exc:
+        field, _, message = str(exc).partition(": ")
+        raise _problem(422, [{"path": field, "message": message}])
+    return spec
+
+
+def _public_sweep(store: TrialStore, name: str) -> SweepPublic:
+    sweep = store.get_sweep(name)
+    if sweep is None:
+        raise _problem(404, f"no sweep named {name!r}")
+    trials = store.trials(name)
+    counts: dict[str, int] = {}
+    for t in trials:
+        counts[t.status] = counts.get(t.status, 0) + 1
+    best = store.best_trial(name)
+    return SweepPublic(name=sweep.name, status=sweep.status, message=sweep.message,
+                       objective_metric=sweep.objective_metric, objective_mode=sweep.objective_mode,
+                       trials=len(trials), trials_by_status=counts, best_value=best.best_value if best else None,
+                       best_trial=best.trial_key if best else None)
+
+
+def _public_trial(t) -> TrialPublic:
+    return TrialPublic(trial_key=t.trial_key, status=t.status, stop_reason=t.stop_reason, params=t.params,
+                       rounds=t.rounds, best_round=t.best_round, best_value=t.best_value,
+                       wall_time_s=t.wall_time_s, device=t.device, node=t.node, retries=t.retries,
+                       error=t.error)
+
+
+class BodyLimit:
+    """Reject bodies over the limit with 413 before the app reads them (chunked bodies included)."""
+
+    def __init__(self, app, limit: int):
+        self.app, self.limit = app, limit
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        declared = dict(scope.get("headers") or []).get(b"content-length")
+        if declared is not None and declared.isdigit() and int(declared) > self.limit:
+            return await self._too_large(send)
+        seen = 0
+
+        async def limited_receive():
+            nonlocal seen
+            message = await receive()
+            seen += len(message.get("body", b""))
+            if seen > self.limit:
+                raise _TooLarge()
+            return message
+
+        try:
+            await self.app(scope, limited_receive, send)
+        except _TooLarge:
+            await self._too_large(send)
+
+    async def _too_large(self, send):
+        body = b'{"detail":"request body too large"}'
+        await send({"type": "http.response.start", "status": 413,
+                    "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})
+        await send({"type": "http.response.body", "body": body})
+
+
+class _TooLarge(Exception):
+    pass
+
+
+# -- the app -------------------------------------------------------------------------------------------
+def create_app(settings: ServiceSettings) -> FastAPI:
+    store = TrialStore(settings.database_url.get_secret_value())
+    env = {**os.environ, "SWEEPER_DATABASE_URL": settings.database_url.get_secret_value(),
+           "HF_HUB_OFFLINE": "1"}
+    supervisor = Supervisor(settings.root, store, env, settings.ray_address)
+    stop = threading.Event()
+
+    def watch():
+        while not stop.wait(RECONCILE_EVERY_S):
+            try:
+                supervisor.reconcile()
+            except StoreError:
+                pass  # the database is away for a moment; the next pass settles it
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        settings.root.mkdir(parents=True, exist_ok=True)
+        store.upgrade()
+        supervisor.reconcile()  # adopt or resume what the last service instance left running
+        watcher = threading.Thread(target=watch, name="sweeper-supervisor", daemon=True)
+        watcher.start()
+        yield
+        stop.set()
+        watcher.join(timeout=5)
+        supervisor.stop_all()
+        store.engine.dispose()
+
+    app = FastAPI(title="sweeper", version="0.1.0", lifespan=lifespan,
+                  description="Submit, watch, cancel, promote and export hyperparameter sweeps.")
+    bearer = HTTPBearer(auto_error=False)
+
+    def require_token(credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)]) -> None:
+        if not settings.tokens:
+            return  # loopback-only service with no tokens configured (refused on any other address)
+        given = credentials.credentials.encode() if credentials else b""
+        matched = False
+        for token in settings.tokens:  # compare with every token, in constant time, whatever matches first
+            matched |= secrets.compare_digest(given, token.get_secret_value().encode())
+        if not matched:
+            raise HTTPException(401, "missing or invalid bearer token", headers={"WWW-Authenticate": "Bearer"})
+
+    api = APIRouter(dependencies=[Depends(require_token)], responses={401: {"description": "missing or bad token"}})
+
+    @app.exception_handler(StoreError)
+    async def store_error(request: Request, exc: StoreError):
+        return JSONResponse(status_code=503, content={"detail": str(exc)})
+
+    @app.exception_handler(Exception)
+    async def unexpected(request: Request, exc: Exception):
+        return JSONResponse(status_code=500, content={"detail": f"internal error ({type(exc).__name__})"})
+
+    @app.get("/health")
+    def health() -> dict[str, str]:
+        return {"status": "ok"}
+
+    @api.post("/sweeps", status_code=202, response_model=Accepted,
+              responses={409: {}, 413: {}, 422: {"model": list[ErrorItem]}, 503: {}})
+    def submit(body: SweepCreate) -> Accepted:
+        spec = _service_spec(_raw_spec(body), settings)
+        existing = store.get_sweep(spec.name)
+        if existing is not None and existing.spec_fingerprint != spec.fingerprint():
+            raise _problem(409, f"sweep {spec.name!r} exists with a different spec; give the new one another name")
+        if existing is not None and existing.status in ("completed", "running", "queued"):
+            raise _problem(409, f"sweep {spec.name!r} is already {existing.status}")
+        if supervisor.active_count() >= settings.max_active_sweeps:
+            raise _problem(503, f"the service already runs {settings.max_active_sweeps} sweep(s); try again later")
+        from sweeper.sweeps import stored_spec
+
+        store.upgrade()
+        store.open_sweep(spec.name, stored_spec(spec), spec.fingerprint(), spec.objective.metric, spec.objective.mode)
+        store.update_sweep(spec.name, status="queued", message="")
+        spec_path = settings.root / "specs" / f"{spec.name}.yaml"
+        spec_path.parent.mkdir(parents=True, exist_ok=True)
+        spec_path.write_text(yaml.safe_dump(spec.model_dump(mode="json"), sort_keys=False))
+        supervisor.launch(spec.name, spec_path)
+        return Accepted(name=spec.name, status="queued")
+
+    @api.get("/sweeps", response_model=list[SweepPublic])
+    def list_sweeps() -> list[SweepPublic]:
+        return [_public_sweep(store, s.name) for s in store.list_sweeps()]
+
+    @api.get("/sweeps/{name}", response_model=SweepPublic, responses={404: {}})
+    def get_sweep(name: str) -> SweepPublic:
+        return _public_sweep(store, name)
+
+    @api.get("/sweeps/{name}/trials", response_model=TrialPage, responses={404: {}})
+    def list_trials(
+        name: str,
+        status_: Annotated[Literal["running", "completed", "early_stopped", "stopped", "failed"] | None,
+                           Query(alias="status")] = None,
+        offset: Annotated[int, Query(ge=0)] = 0,
+        limit: Annotated[int, Query(ge=1, le=500)] = 50,
+    ) -> TrialPage:
+        _public_sweep(store, name)
+        trials = [t for t in store.trials(name) if status_ is None or t.status == status_]
+        return TrialPage(total=len(trials), offset=offset, limit=limit,
+                         items=[_public_trial(t) for t in trials[offset : offset + limit]])
+
+    @api.get("/sweeps/{name}/trials/{trial_key}/rounds", response_model=list[RoundPublic],
+             responses={404: {}})
+    def trial_rounds(name: str, trial_key: str) -> list[RoundPublic]:
+        _public_sweep(store, name)
+        rounds = store.rounds(name)
+        if trial_key not in {t.trial_key for t in store.trials(name)}:
+            raise _problem(404, f"sweep {name!r} has no trial {trial_key!r}")
+        return [RoundPublic(round=r.round, eval_loss=r.eval_loss, metrics=r.metrics) for r in rounds.get(trial_key, [])]
+
+    @api.post("/sweeps/{name}/cancel", response_model=Accepted, responses={404: {}, 409: {}})
+    def cancel(name: str) -> Accepted:
+        sweep = _public_sweep(store, name)
+        if sweep.status not in ("queued", "running", "interrupted"):
+            raise _problem(409, f"sweep {name!r} is {sweep.status}; nothing to cancel")
+        if not supervisor.cancel(name):
+            raise _problem(409, f"sweep {name!r} was not started by this service")
+        return Accepted(name=name, status="cancelling")
+
+    @api.get("/sweeps/{name}/export", responses={200: {"content": {"application/zip": {}}}, 404: {}})
+    def download_export(name: str) -> StreamingResponse:
+        _public_sweep(store, name)
+        export_dir = settings.root / "sweeps" / name / "export"
+        if not (export_dir / "winner.yaml").is_file():
+            raise _problem(404, f"sweep {name!r} has no export yet (it is written when the sweep completes)")
+        with tempfile.TemporaryDirectory() as tmp:
+            archive = shutil.make_archive(str(Path(tmp) / name), "zip", export_dir)
+            data = Path(archive).read_bytes()
+        return StreamingResponse(io.BytesIO(data), media_type="application/zip",
+                                 headers={"Content-Disposition": f'attachment; filename="{name}-export.zip"'})
+
+    app.include_router(api)
+    app.add_middleware(BodyLimit, limit=settings.max_body_bytes)
+    return app
+
+
+def app_from_env() -> FastAPI:
+    """Entry point for `uvicorn --factory sweeper.service:app_from_env`."""
+    return create_app(ServiceSettings.from_env())

@@ -1,0 +1,66 @@
+"""Settings of the sweep service, read from the environment; unsafe combinations are refused at start.
+
+SWEEPER_API_TOKENS        comma-separated bearer tokens (required unless the service binds to loopback)
+SWEEPER_DATABASE_URL      the trial store (default: SQLite under SWEEPER_SERVICE_ROOT)
+SWEEPER_SERVICE_ROOT      folder for stores, Tune experiments, submitted specs and driver logs
+SWEEPER_DATA_ROOTS        os.pathsep-separated folders a submitted spec may read data or models from
+SWEEPER_RAY_ADDRESS       Ray cluster the sweeps run on (default: a local Ray per sweep)
+SWEEPER_MAX_BODY_BYTES    largest accepted request body (default 1 MiB)
+SWEEPER_MAX_ACTIVE_SWEEPS sweeps running at once (default 2); further submissions get 503
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+from pathlib import Path
+
+from pydantic import BaseModel, ConfigDict, Field, SecretStr
+
+
+class SettingsError(ValueError):
+    pass
+
+
+class ServiceSettings(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    tokens: tuple[SecretStr, ...] = ()
+    root: Path
+    database_url: SecretStr
+    data_roots: tuple[Path, ...] = Field(min_length=1)
+    ray_address: str | None = None
+    max_body_bytes: int = Field(default=1 << 20, ge=1024)
+    max_active_sweeps: int = Field(default=2, ge=0)
+
+    @classmethod
+    def from_env(cls, env: dict[str, str] | None = None) -> ServiceSettings:
+        env = dict(os.environ if env is None else env)
+        root = Path(env.get("SWEEPER_SERVICE_ROOT", ".sweeper/service")).resolve()
+        roots = [Path(p).resolve() for p in env.get("SWEEPER_DATA_ROOTS", "").split(os.pathsep) if p]
+        return cls(
+            tokens=tuple(SecretStr(t.strip()) for t in env.get("SWEEPER_API_TOKENS", "").split(",") if t.strip()),
+            root=root,
+            database_url=SecretStr(env.get("SWEEPER_DATABASE_URL") or f"sqlite:///{root / 'sweeper.db'}"),
+            data_roots=tuple(roots) or (Path.cwd().resolve(),),
+            ray_address=env.get("SWEEPER_RAY_ADDRESS") or None,
+            max_body_bytes=int(env.get("SWEEPER_MAX_BODY_BYTES", 1 << 20)),
+            max_active_sweeps=int(env.get("SWEEPER_MAX_ACTIVE_SWEEPS", 2)),
+        )
+
+    def check_bind(self, host: str) -> None:
+        """Refuse to serve a network without tokens: every endpoint but /health needs one."""
+        if not self.tokens and not _is_loopback(host):
+            raise SettingsError(f"refusing to listen on {host} with no API token: set SWEEPER_API_TOKENS "
+                                "(comma-separated) or bind to 127.0.0.1")
+        if any(len(t.get_secret_value()) < 16 for t in self.tokens):
+            raise SettingsError("SWEEPER_API_TOKENS: every token must be at least 16 characters long")
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False

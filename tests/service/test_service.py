@@ -1,0 +1,132 @@
+"""The sweep service against a real uvicorn server: auth, confinement, limits, and whole sweep lifecycles."""
+
+from __future__ import annotations
+
+import io
+import json
+import signal
+import zipfile
+from pathlib import Path
+
+import optuna
+import pytest
+import yaml
+from helpers import small_spec
+
+pytestmark = pytest.mark.slow
+
+
+def submittable_spec(tmp_path: Path, trials: int = 3, name: str = "svc-sweep") -> dict:
+    """The small test spec, with its data under the service's data root and no storage section."""
+    spec = yaml.safe_load(small_spec(tmp_path, name=name, budget={"trials": trials, "max_concurrent": 2}).read_text())
+    spec.pop("storage")
+    return spec
+
+
+def test_auth_confinement_and_limits(tmp_path, make_service):
+    service = make_service()
+    anonymous = {"Authorization": ""}
+    assert service.client.get("/health", headers=anonymous).json() == {"status": "ok"}
+    spec = submittable_spec(tmp_path)
+    for method, path in [("get", "/sweeps"), ("get", "/sweeps/x"), ("get", "/sweeps/x/trials"),
+                         ("get", "/sweeps/x/trials/t/rounds"), ("post", "/sweeps/x/cancel"),
+                         ("get", "/sweeps/x/export")]:
+        for headers in (anonymous, {"Authorization": "Bearer wrong-token-0123456789"}):
+            response = service.client.request(method, path, headers=headers)
+            assert response.status_code == 401, (method, path, response.text)
+    refused = service.client.post("/sweeps", json={"spec": spec}, headers={"Authorization": "Bearer nope"})
+    assert refused.status_code == 401
+    assert service.client.get("/sweeps").json() == []  # nothing was written by the refused submission
+
+    outside = {**spec, "data": {**spec["data"], "train": "/etc/passwd"}}
+    response = service.client.post("/sweeps", json={"spec": outside})
+    assert response.status_code == 422
+    assert {"path": "data.train", "message": "outside the service's data roots"} in response.json()["detail"]
+    escaping = {**spec, "data": {**spec["data"], "holdout": "../../etc/hosts"}}
+    assert service.client.post("/sweeps", json={"spec": escaping}).status_code == 422
+    assert service.client.post("/sweeps", json={"spec": {**spec, "model": "/usr/lib"}}).status_code == 422
+    storage = service.client.post("/sweeps", json={"spec": {**spec, "storage": {"root": "/tmp/elsewhere"}}})
+    assert storage.status_code == 422 and storage.json()["detail"][0]["path"] == "storage"
+    bad = service.client.post("/sweeps", json={"spec": {**spec, "budget": {"trials": 0}}})
+    assert bad.status_code == 422 and bad.json()["detail"][0]["path"] == "budget.trials"
+    code = service.client.post("/sweeps", json={"spec": {**spec, "trainer": "os.system"}})
+    assert code.status_code == 422 and code.json()["detail"][0]["path"] == "trainer"
+    too_big = service.client.post("/sweeps", content=b"{" + b" " * 100_000 + b"}",
+                                  headers={"Content-Type": "application/json"})
+    assert too_big.status_code == 413
+    assert service.client.get("/sweeps").json() == []
+    log = (tmp_path / "service.log").read_text()
+    assert "test-token-0123456789abcdef" not in log
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
+def test_submit_watch_and_download(tmp_path, make_service, backend, request):
+    url = request.getfixturevalue("postgres_url") if backend == "postgresql" else None
+    service = make_service(url)
+    spec = submittable_spec(tmp_path)
+    accepted = service.client.post("/sweeps", json={"spec_yaml": yaml.safe_dump(spec)})
+    assert accepted.status_code == 202, accepted.text
+    assert service.client.post("/sweeps", json={"spec": spec}).status_code == 409  # already queued / running
+
+    def running_with_rounds():
+        sweep = service.client.get("/sweeps/svc-sweep").json()
+        page = service.client.get("/sweeps/svc-sweep/trials").json()
+        with_rounds = [t for t in page["items"] if t["rounds"] > 0]
+        return sweep["status"] == "running" and with_rounds and (sweep, with_rounds)
+
+    _, visible = service.wait_for(running_with_rounds, every=0.5)
+    rounds = service.client.get(f"/sweeps/svc-sweep/trials/{visible[0]['trial_key']}/rounds").json()
+    assert rounds and rounds[0]["round"] == 1 and rounds[0]["eval_loss"] > 0
+
+    done = service.wait_for(lambda: (s := service.client.get("/sweeps/svc-sweep").json())["status"] == "completed" and s)
+    assert done["trials"] == 3 and done["best_trial"]
+    page = service.client.get("/sweeps/svc-sweep/trials", params={"limit": 2, "offset": 1}).json()
+    assert page["total"] == 3 and len(page["items"]) == 2
+    export = service.client.get("/sweeps/svc-sweep/export")
+    assert export.status_code == 200 and export.headers["content-type"] == "application/zip"
+    with zipfile.ZipFile(io.BytesIO(export.content)) as archive:
+        assert {"winner.yaml", "winner.json", "adapter/adapter_config.json"} <= set(archive.namelist())
+        record = json.loads(archive.read("winner.json"))
+    assert record["winner"]["trial_key"] == done["best_trial"]
+
+
+def test_cancel_stops_the_driver(tmp_path, make_service):
+    service = make_service()
+    assert service.client.post("/sweeps", json={"spec": submittable_spec(tmp_path, trials=6)}).status_code == 202
+    service.wait_for(lambda: service.client.get("/sweeps/svc-sweep/trials").json()["total"] > 0, every=0.5)
+    assert service.client.post("/sweeps/svc-sweep/cancel").status_code == 200
+    final = service.wait_for(lambda: (s := service.client.get("/sweeps/svc-sweep").json())["status"] == "cancelled"
+                             and s, timeout=120)
+    assert final["trials"] < 6
+    assert service.client.post("/sweeps/svc-sweep/cancel").status_code == 409
+    pid = service.driver_pids()[0]
+    assert service.wait_for(lambda: not _alive(pid), timeout=60)
+
+
+def _alive(pid: int) -> bool:
+    import psutil
+
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
+
+
+def test_service_and_driver_killed_mid_sweep_resume_with_nothing_lost(tmp_path, make_service):
+    service = make_service()
+    assert service.client.post("/sweeps", json={"spec": submittable_spec(tmp_path, trials=4)}).status_code == 202
+    service.wait_for(lambda: any(t["rounds"] >= 2 for t in
+                                 service.client.get("/sweeps/svc-sweep/trials").json()["items"]), every=0.5)
+    first_driver = service.driver_pids()[0]
+    service.kill()
+    import os
+
+    os.killpg(first_driver, signal.SIGKILL)  # the whole machine went away: service, driver and its Ray
+    service.start()
+    done = service.wait_for(lambda: (s := service.client.get("/sweeps/svc-sweep").json())["status"] == "completed"
+                            and s)
+    assert service.driver_pids()[0] != first_driver  # a new driver resumed the sweep
+    keys = [t["trial_key"] for t in service.client.get("/sweeps/svc-sweep/trials").json()["items"]]
+    assert len(keys) == len(set(keys)) == done["trials"] == 4
+    study = optuna.load_study(study_name="svc-sweep", storage=f"sqlite:///{service.root / 'sweeper.db'}")
+    assert sorted(t.state.name for t in study.trials) == ["COMPLETE"] * 4
