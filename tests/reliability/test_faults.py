@@ -1,0 +1,29 @@
+"""Faults a sweep must survive or report clearly (real Ray, real processes, real databases)."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+
+import pytest
+
+from helpers import run_cli, small_spec
+
+pytestmark = pytest.mark.slow
+
+
+def test_a_sweep_whose_every_trial_fails_ends_failed_with_the_cause(tmp_path, ray_cleanup):
+    # A folder that looks like a model (config.json) but holds no weights passes validation and fails in
+    # every trial: a broken setup must not end "completed" with exit 0.
+    model = tmp_path / "not-a-model"
+    model.mkdir()
+    (model / "config.json").write_text(json.dumps({"model_type": "bert"}))
+    spec = small_spec(tmp_path, model=str(model), budget={"trials": 2, "max_concurrent": 2, "max_failures": 0})
+    result = run_cli(["run", spec], tmp_path)
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert "all 2 trials failed" in " ".join(result.stderr.split())
+    with sqlite3.connect(tmp_path / "state" / "sweeper.db") as db:
+        assert db.execute("select status from sweeper_sweeps").fetchall() == [("failed",)]
+        errors = db.execute("select status, error from sweeper_trials").fetchall()
+    assert len(errors) == 2 and all(status == "failed" and error for status, error in errors)
+    assert not (tmp_path / "state" / "sweeps" / "small-sweep" / "export").exists()
