@@ -1,4 +1,4 @@
-"""The `sweeper` command line: run, validate, trials, status, export, train, db."""
+"""The `sweeper` command line: run, validate, audit, trials, status, export, promote, train, db, and more."""
 
 from __future__ import annotations
 
@@ -14,9 +14,11 @@ import yaml
 from rich.console import Console
 from rich.table import Table
 
+from sweeper.audit import AuditRefused, AuditReport, unknown_codes
 from sweeper.datasets import DataError
 from sweeper.export import ExportError
-from sweeper.spec import SpecError, load_spec
+from sweeper.promotion import PromotionError, PromotionResult
+from sweeper.spec import AUDIT_CODES, SpecError, load_spec
 from sweeper.store import StoreError, TrialStore, safe_url
 from trainers.models import ModelNotFound
 
@@ -31,7 +33,7 @@ err = Console(stderr=True)
 DEFAULT_DB = f"sqlite:///{Path('.sweeper/sweeper.db').resolve()}"
 DbOption = Annotated[str, typer.Option("--db", envvar="SWEEPER_DATABASE_URL", show_default=False,
                                        help="SQLAlchemy URL of the trial store [default: .sweeper/sweeper.db]")]
-KNOWN_ERRORS = (SpecError, StoreError, ExportError, DataError, ModelNotFound)
+KNOWN_ERRORS = (SpecError, StoreError, ExportError, DataError, ModelNotFound, PromotionError)
 
 
 def _fail(exc: Exception, code: int = 2) -> None:
@@ -56,24 +58,67 @@ def validate(spec_path: Annotated[Path, typer.Argument(help="the sweep spec (YAM
               f"objective {spec.objective.metric} ({spec.objective.mode}), store {safe_url(spec.database_url())}")
 
 
+AllowOption = Annotated[Optional[list[str]], typer.Option(
+    "--allow", metavar="CODE", help=f"let an audit refusal through, recorded with the sweep (repeatable): "
+                                    f"{', '.join(AUDIT_CODES)}")]
+
+
+def _allowed(codes: list[str] | None) -> frozenset[str]:
+    bad = unknown_codes(codes or [])
+    if bad:
+        _fail(ValueError(f"--allow {', '.join(bad)}: not an audit code; use one of {', '.join(AUDIT_CODES)}"))
+    return frozenset(codes or [])
+
+
+def _print_audit(report: AuditReport, console: Console) -> None:
+    for line in report.lines():  # plain text: `[overlap]` is a code, not rich markup; long rows stay whole
+        console.print(line, markup=False, highlight=False, soft_wrap=True)
+
+
+@app.command()
+def audit(
+    spec_path: Annotated[Path, typer.Argument(help="the sweep spec (YAML)")],
+    allow: AllowOption = None,
+) -> None:
+    """Audit a spec's data splits (what `sweeper run` does first). Exit 0: it passes; 2: refused."""
+    from sweeper.audit import audit as audit_data
+
+    allowed = _allowed(allow)
+    try:
+        report = audit_data(load_spec(spec_path), allowed)
+    except KNOWN_ERRORS as exc:
+        _fail(exc)
+    _print_audit(report, out if report.passed else err)
+    if not report.passed:
+        raise typer.Exit(2)
+
+
 @app.command()
 def run(
     spec_path: Annotated[Path, typer.Argument(help="the sweep spec (YAML)")],
     address: Annotated[Optional[str], typer.Option(help="Ray cluster: 'auto' or ray://HOST:10001; "
                                                    "default: a local Ray")] = None,
+    allow: AllowOption = None,
 ) -> None:
-    """Run a sweep; if the sweep was interrupted, resume it."""
+    """Run a sweep; if the sweep was interrupted, resume it. The data audit runs first (exit 2 if refused)."""
     from sweeper import sweeps
 
+    allowed = _allowed(allow)
     try:
         spec = load_spec(spec_path)
-        outcome = sweeps.run(spec, address=address or os.environ.get("SWEEPER_RAY_ADDRESS"))
+        outcome = sweeps.run(spec, address=address or os.environ.get("SWEEPER_RAY_ADDRESS"), allow=allowed)
+    except AuditRefused as exc:
+        _print_audit(exc.report, err)
+        raise typer.Exit(2) from None
     except KNOWN_ERRORS as exc:
         _fail(exc)
     store = sweeps.open_store(spec)
     if outcome.status == "already_completed":
         out.print(f"sweep {spec.name!r} already completed; nothing to run.")
     _print_trials(store, spec.name)
+    if outcome.status == "failed":
+        err.print(f"[red]error:[/red] sweep {spec.name!r} failed: {store.get_sweep(spec.name).message}")
+        raise typer.Exit(1)
     if outcome.status == "interrupted":
         out.print(f"sweep {spec.name!r} interrupted; run the same command again to resume.")
         raise typer.Exit(130)
@@ -83,6 +128,10 @@ def run(
         out.print(f"wandb:  {outcome.wandb_dir} (offline runs: upload with `wandb sync "
                   f"{outcome.wandb_dir}/wandb/offline-run-*`)", soft_wrap=True)
     out.print(f"trials: sweeper trials {spec.name}" + ("" if spec.database_url() == DEFAULT_DB else " --db <url>"))
+    if outcome.promotion is not None:
+        _print_promotion(outcome.promotion)
+        if not outcome.promotion.promoted:
+            raise typer.Exit(NOT_PROMOTED)
 
 
 def _print_trials(store: TrialStore, name: str) -> None:
@@ -146,7 +195,11 @@ def export(
     out_dir: Annotated[Path, typer.Option("--out", help="folder to write the export to")] = Path("winner"),
     db: DbOption = None,
 ) -> None:
-    """Export the best trial: config (YAML + JSON), adapter, reproduce command, versions, data hashes."""
+    """Export the best trial: config (YAML + JSON), adapter, reproduce command, versions, data hashes.
+
+    The file also holds the data audit and the latest `sweeper promote` outcome: it says NOT PROMOTED, and
+    why, when the trial was not promoted.
+    """
     from sweeper.export import export_sweep
     from trainers.models import resolve_model
 
@@ -155,10 +208,75 @@ def export(
         sweep = store.get_sweep(name)
         if sweep is None:
             raise ExportError(f"no sweep named {name!r} in {safe_url(store.url)}")
-        path = export_sweep(store, name, out_dir.resolve(), resolve_model(sweep.spec["model"]))
+        promotion = store.latest_promotion(name)
+        path = export_sweep(store, name, out_dir.resolve(), resolve_model(sweep.spec["model"]),
+                            promotion=promotion.result if promotion else None)
     except KNOWN_ERRORS as exc:
         _fail(exc)
-    out.print(f"exported {name!r} to {path}")
+    out.print(f"exported {name!r} to {path} ({promotion.result['status'] if promotion else 'no promotion was run'})")
+
+
+NOT_PROMOTED = 3  # exit code of `promote` (and of `run` with promotion.on_run) when a gate fails
+
+
+@app.command()
+def promote(
+    name: Annotated[str, typer.Argument(help="sweep name")],
+    out_dir: Annotated[Optional[Path], typer.Option("--out", help="folder for the export [default: the sweep's "
+                                                    "export folder under storage.root]")] = None,
+    db: DbOption = None,
+) -> None:
+    """Check the spec's gates on the best trial, re-evaluated on the test split; record and export the outcome.
+
+    Exit 0: PROMOTED. Exit 3: NOT PROMOTED (the table says which gate failed). Exit 2: promotion could not run.
+    """
+    from sweeper.promotion import promote as promote_sweep
+    from trainers.models import resolve_model
+
+    try:
+        store = _store(db)
+        sweep = store.get_sweep(name)
+        if sweep is None:
+            raise StoreError(f"no sweep named {name!r} in {safe_url(store.url)}")
+        if sweep.status != "completed":
+            raise StoreError(f"sweep {name!r} is {sweep.status}; promote it once it has completed "
+                             "(`sweeper run SPEC` resumes it)")
+        root = Path(sweep.spec["storage"]["root"]).resolve()
+        target = out_dir.resolve() if out_dir else root / "sweeps" / name / "export"
+        result = promote_sweep(store, name, resolve_model(sweep.spec["model"]), target,
+                               log=lambda line: err.print(line, markup=False, highlight=False))
+    except KNOWN_ERRORS as exc:
+        _fail(exc)
+    _print_promotion(result)
+    if not result.promoted:
+        raise typer.Exit(NOT_PROMOTED)
+
+
+def _print_promotion(result: PromotionResult) -> None:
+    table = Table(title=f"promotion of {result.sweep}: {'PROMOTED' if result.promoted else 'NOT PROMOTED'}")
+    bound = f"{result.confidence:.0%} interval"
+    for column in ("trial", "gate", "metric", "holdout", result.split, bound, "threshold", "seeds mean", "result"):
+        table.add_column(column)
+    for check in result.checked:
+        for g in check.gates:
+            seeds = "-" if not g.seed_values else f"{g.seed_mean:.4f} ({len(g.seed_values) + 1} seeds)"
+            table.add_row(check.trial_key, g.gate, g.metric, _num(g.holdout), _num(g.value),
+                          f"[{_num(g.low)}, {_num(g.high)}]", f"{g.op} {g.threshold:g}", seeds,
+                          "pass" if g.passed else "FAIL" + (f": {g.note}" if g.note else ""))
+    out.print(table, markup=False)
+    out.print(result.note(), markup=False, highlight=False, soft_wrap=True)
+    if result.selection_only:
+        out.print("checked on the selection data only: the spec has no test split", markup=False)
+    out.print(f"{result.bootstrap_samples} bootstrap resamples of {result.checked[0].examples} {result.split} rows; "
+              f"a gate passes only if the interval's bound clears it", markup=False, highlight=False)
+    if result.runner_up:
+        out.print(f"runner-up: trial {result.runner_up} clears every gate; it is not promoted (choosing it now would "
+                  "select on the test split): fix what fails and run a new sweep", markup=False, soft_wrap=True)
+    out.print(f"export: {result.export}", soft_wrap=True)
+
+
+def _num(value: float | None) -> str:
+    return "-" if value is None else f"{value:.4f}"
 
 
 @app.command()

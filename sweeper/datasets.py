@@ -1,7 +1,9 @@
 """Readers for the data formats a spec may name, and data fingerprints.
 
 Each reader turns a file into a list of typed examples and raises `DataError` naming the file, the row
-and what is wrong, so a bad file is refused before any trial starts.
+and what is wrong, so a bad file is refused before any trial starts. Empty rows (no text, no label, no
+response) are not examples: readers set them aside in `DataFile.empty_rows`, and the data audit
+(`sweeper.audit`) refuses a sweep over them unless the user allows `empty-rows`.
 """
 
 from __future__ import annotations
@@ -66,7 +68,21 @@ class PromptExample:
 Example = Union[TaggedExample, LabeledExample, PromptExample]
 
 
+@dataclass
+class DataFile:
+    """A data file read: its examples, where each one is in the file, and the empty rows set aside."""
+
+    examples: list[Example]
+    rows: list[str]  # "record 3" / "line 5", in the file's own numbering (as in DataError messages)
+    empty_rows: list[str] = field(default_factory=list)  # "line 7: empty text or label"
+
+
 def read_examples(path: str | Path, fmt: DataFormat) -> list[Example]:
+    """The usable examples of a file (empty rows skipped; the audit reports them)."""
+    return read_file(path, fmt).examples
+
+
+def read_file(path: str | Path, fmt: DataFormat) -> DataFile:
     path = Path(path)
     if not path.is_file():
         raise DataError(f"{path}: file not found")
@@ -77,15 +93,15 @@ def read_examples(path: str | Path, fmt: DataFormat) -> list[Example]:
     if not raw.strip():
         raise DataError(f"{path}: the file is empty")
     readers = {"restaurant8k": _read_restaurant8k, "csv": _read_csv, "jsonl": _read_jsonl}
-    examples = readers[fmt](path, raw)
-    for i, example in enumerate(examples):
+    data = readers[fmt](path, raw)
+    for example, row in zip(data.examples, data.rows):
         if len(example.text) > MAX_TEXT_CHARS:
-            raise DataError(f"{path}: row {i} is {len(example.text):,} characters long (limit {MAX_TEXT_CHARS:,}); "
+            raise DataError(f"{path}: {row} is {len(example.text):,} characters long (limit {MAX_TEXT_CHARS:,}); "
                             "split or drop it")
-    return examples
+    return data
 
 
-def read_splits(data) -> dict[str, list[Example]]:
+def read_split_files(data) -> dict[str, DataFile]:
     """Every split of a spec's `data:` section, read and checked before anything runs.
 
     Errors name the spec field first (`data.holdout: ...`), so a user knows which setting to fix.
@@ -96,27 +112,38 @@ def read_splits(data) -> dict[str, list[Example]]:
         if path is None:
             continue
         try:
-            splits[role] = read_examples(path, data.format)
+            splits[role] = read_file(path, data.format)
         except DataError as exc:
             raise DataError(f"data.{role}: {exc}") from None
     return splits
 
 
-def _read_restaurant8k(path: Path, raw: str) -> list[TaggedExample]:
+def read_splits(data) -> dict[str, list[Example]]:
+    """The usable examples of every split (see `read_split_files`)."""
+    return {role: split.examples for role, split in read_split_files(data).items()}
+
+
+def _read_restaurant8k(path: Path, raw: str) -> DataFile:
     try:
         records = json.loads(raw)
     except json.JSONDecodeError as exc:
         raise DataError(f"{path}: not valid JSON ({exc.msg} at line {exc.lineno})") from None
     if not isinstance(records, list):
         raise DataError(f"{path}: expected a JSON list of records")
-    return [_restaurant8k_record(path, i, rec) for i, rec in enumerate(records)]
+    data = DataFile([], [])
+    for i, rec in enumerate(records):
+        user_input = rec.get("userInput") if isinstance(rec, dict) else None
+        text = user_input.get("text") if isinstance(user_input, dict) else None
+        if not isinstance(text, str) or not text.strip():
+            data.empty_rows.append(f"record {i}: userInput.text is missing or empty")
+            continue
+        data.examples.append(_restaurant8k_record(path, i, rec, text))
+        data.rows.append(f"record {i}")
+    return data
 
 
-def _restaurant8k_record(path: Path, i: int, rec: object) -> TaggedExample:
+def _restaurant8k_record(path: Path, i: int, rec: dict, text: str) -> TaggedExample:
     where = f"{path}: record {i}"
-    text = rec.get("userInput", {}).get("text") if isinstance(rec, dict) else None
-    if not isinstance(text, str) or not text.strip():
-        raise DataError(f"{where}: userInput.text is missing or empty")
     spans = []
     for label in rec.get("labels", []) or []:
         slot = label.get("slot") if isinstance(label, dict) else None
@@ -130,7 +157,7 @@ def _restaurant8k_record(path: Path, i: int, rec: object) -> TaggedExample:
     return TaggedExample(text, tuple(sorted(spans, key=lambda s: s.start)))
 
 
-def _read_csv(path: Path, raw: str) -> list[LabeledExample]:
+def _read_csv(path: Path, raw: str) -> DataFile:
     reader = csv.DictReader(raw.splitlines())
     try:
         header, rows = reader.fieldnames or [], list(reader)
@@ -140,30 +167,36 @@ def _read_csv(path: Path, raw: str) -> list[LabeledExample]:
     label_col = next((c for c in ("label", "category") if c in header), None)
     if text_col not in header or label_col is None:
         raise DataError(f"{path}: needs a header with a 'text' column and a 'label' (or 'category') column")
-    out = []
+    data = DataFile([], [])
     for i, row in enumerate(rows, start=2):
         text, label = str(row.get(text_col) or "").strip(), str(row.get(label_col) or "").strip()
         if not text or not label:
-            raise DataError(f"{path}: line {i}: empty text or label")
-        out.append(LabeledExample(text, label))
-    return out
+            data.empty_rows.append(f"line {i}: empty text or label")
+            continue
+        data.examples.append(LabeledExample(text, label))
+        data.rows.append(f"line {i}")
+    return data
 
 
-def _read_jsonl(path: Path, raw: str) -> list[PromptExample]:
-    out = []
+def _read_jsonl(path: Path, raw: str) -> DataFile:
+    data = DataFile([], [])
     for i, line in enumerate(raw.splitlines(), start=1):
         if not line.strip():
-            continue
+            continue  # blank lines separate nothing in JSONL: not rows
         try:
             rec = json.loads(line)
         except json.JSONDecodeError as exc:
             raise DataError(f"{path}: line {i}: not valid JSON ({exc.msg})") from None
         prompt = rec.get("instruction", rec.get("prompt")) if isinstance(rec, dict) else None
         response = rec.get("response") if isinstance(rec, dict) else None
-        if not isinstance(prompt, str) or not isinstance(response, str) or not prompt.strip():
+        if not isinstance(prompt, str) or not isinstance(response, str):
             raise DataError(f"{path}: line {i}: needs string fields 'instruction' (or 'prompt') and 'response'")
-        out.append(PromptExample(prompt, response))
-    return out
+        if not prompt.strip() or not response.strip():
+            data.empty_rows.append(f"line {i}: empty instruction or response")
+            continue
+        data.examples.append(PromptExample(prompt, response))
+        data.rows.append(f"line {i}")
+    return data
 
 
 def fingerprint(path: str | Path) -> str:

@@ -65,8 +65,13 @@ def _hf_kwargs(trial: dict) -> tuple[dict, dict]:
     return hf_loop.training_kwargs(config, micro, accumulation, round_steps), hf_loop.lora_kwargs(config)
 
 
+NO_PROMOTION = {"promoted": False, "status": "NOT PROMOTED",
+                "note": "not promoted: no promotion was run for this sweep (`sweeper promote` checks the spec's gates)"}
+
+
 def export_sweep(store: TrialStore, sweep_name: str, out: Path, model_path: str, promotion: dict | None = None) -> Path:
-    """Write the best trial's export under `out`; returns the path of winner.yaml."""
+    """Write the best trial's export under `out` (the only trial a promotion may promote); returns the path of
+    winner.yaml. The record says in itself whether the trial was promoted, and if not, why."""
     sweep = store.get_sweep(sweep_name)
     if sweep is None:
         raise ExportError(f"no sweep named {sweep_name!r} in the store")
@@ -88,7 +93,8 @@ def export_sweep(store: TrialStore, sweep_name: str, out: Path, model_path: str,
             "status": best.status,
             "stop_reason": best.stop_reason,
         },
-        "promotion": promotion or {"promoted": False, "note": "not promoted: no promotion was run for this sweep"},
+        "promotion": promotion or NO_PROMOTION,
+        "audit": sweep.audit,
         "training_arguments": training_args,
         "lora_config": lora,
         "reproduce": f"sweeper train {out / 'winner.yaml'} --rounds {best.best_round}",

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 import search_spaces
 from search_spaces.space import SearchSpace
@@ -27,6 +27,10 @@ TASK_METRICS: dict[str, tuple[str, ...]] = {
     "causal_lm_sft": ("eval_loss", "f1_micro", "json_valid_rate", "exact_match"),
 }
 PER_FIELD_TASKS = ("token_tagging", "causal_lm_sft")  # these also report f1_<field>
+PER_FIELD_GATE = "per_field_f1"  # a gate on every field's F1 at once
+UNBOUNDED_METRICS = ("eval_loss",)  # every other metric is a rate in [0, 1]
+AuditCode = Literal["small-holdout", "overlap", "near-duplicate", "empty-rows", "unseen-label"]
+AUDIT_CODES: tuple[str, ...] = AuditCode.__args__
 
 
 class SpecError(ValueError):
@@ -98,6 +102,55 @@ class Tracking(_Strict):
     project: str = "sweeper"
 
 
+class AuditSettings(_Strict):
+    """The data audit run before every sweep (sweeper.audit); `allow` lets a refusal through, recorded."""
+
+    min_holdout_fraction: float = Field(default=0.10, ge=0, lt=1, description="holdout rows / train rows")
+    near_duplicate_threshold: float = Field(default=0.92, gt=0, le=1,
+                                            description="character 3-gram Jaccard of normalised texts")
+    allow: list[AuditCode] = Field(default_factory=list)
+
+
+GATE_PATTERN = re.compile(r"^\s*(\w+)\s*(>=|<=)\s*([-+0-9.eE]+)\s*(for every field)?\s*$")
+
+
+class Gate(_Strict):
+    """A promotion threshold: `metric op threshold`, judged on a confidence bound, never the point value."""
+
+    metric: str
+    op: Literal[">=", "<="]
+    threshold: float
+
+    @model_validator(mode="before")
+    @classmethod
+    def _from_text(cls, value):
+        """`f1_micro >= 0.9` or `per_field_f1 >= 0.95 for every field`, as the README writes gates."""
+        if not isinstance(value, str):
+            return value
+        match = GATE_PATTERN.match(value)
+        if not match:
+            raise ValueError(f"cannot read gate {value!r}; write `metric >= threshold` (or <=), "
+                             "or a mapping {metric, op, threshold}")
+        if match[4] and match[1] != PER_FIELD_GATE:
+            raise ValueError(f"`for every field` goes with {PER_FIELD_GATE}, not {match[1]}")
+        return {"metric": match[1], "op": match[2], "threshold": float(match[3])}
+
+    def __str__(self) -> str:
+        return f"{self.metric} {self.op} {self.threshold:g}"
+
+
+class Promotion(_Strict):
+    """Gates fixed before the sweep; `sweeper promote` checks them on the untouched test split."""
+
+    gates: list[Gate] = Field(min_length=1)
+    confidence: float = Field(default=0.95, gt=0, lt=1, description="level of the bootstrap interval")
+    bootstrap_samples: int = Field(default=1000, ge=100, le=100_000)
+    seeds: int = Field(default=0, ge=0, le=20, description="re-train the winner with this many more seeds; "
+                                                           "each gate must then hold for the mean too")
+    candidates: int = Field(default=3, ge=1, le=50, description="trials checked, best first, to name a runner-up")
+    on_run: bool = Field(default=False, description="promote at the end of `sweeper run`")
+
+
 class Spec(_Strict):
     name: str = Field(pattern=r"^[a-z0-9][a-z0-9_-]{0,62}$")
     description: str = ""
@@ -115,6 +168,8 @@ class Spec(_Strict):
     generation_eval_examples: int = Field(default=32, ge=0)
     storage: Storage = Field(default_factory=Storage)
     tracking: Tracking = Field(default_factory=Tracking)
+    audit: AuditSettings = Field(default_factory=AuditSettings)
+    promotion: Promotion | None = None
 
     @field_validator("search_space")
     @classmethod
@@ -137,8 +192,16 @@ class Spec(_Strict):
             f"sqlite:///{Path(self.storage.root).resolve() / 'sweeper.db'}"
 
     def fingerprint(self) -> str:
-        """Hash of the resolved spec: a sweep name is bound to one spec, so a resume cannot change it."""
-        return hashlib.sha256(json.dumps(self.model_dump(mode="json"), sort_keys=True).encode()).hexdigest()[:16]
+        """Hash of the resolved spec: a sweep name is bound to one spec, so a resume cannot change it.
+
+        Gates are part of it: they are fixed before the sweep and cannot be moved after seeing results.
+        """
+        data = self.model_dump(mode="json")
+        unset = {"audit": AuditSettings().model_dump(mode="json"), "promotion": None}
+        for section, default in unset.items():  # added later: left unset, older sweeps keep their fingerprint
+            if data[section] == default:
+                del data[section]
+        return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
 
 
 def _file_and_model_errors(raw: dict) -> list[tuple[str, str]]:
@@ -172,18 +235,43 @@ def _hyperparameter_errors(spec: Spec) -> list[tuple[str, str]]:
     return errors
 
 
+def reports_metric(task: str, metric: str) -> bool:
+    return metric in TASK_METRICS[task] or (task in PER_FIELD_TASKS and metric.startswith("f1_"))
+
+
 def _semantic_errors(spec: Spec) -> list[tuple[str, str]]:
-    errors = _hyperparameter_errors(spec)
+    errors = _hyperparameter_errors(spec) + _gate_errors(spec)
     known = TASK_METRICS[spec.task]
-    if spec.objective.metric not in known and not (
-        spec.task in PER_FIELD_TASKS and spec.objective.metric.startswith("f1_")
-    ):
+    if not reports_metric(spec.task, spec.objective.metric):
         errors.append(("objective.metric", f"{spec.objective.metric!r} is not reported by task {spec.task}; "
                        f"choose one of {', '.join(known)}"))
     try:
         HyperParams.model_validate({**_fixed_probe(spec), **spec.fixed})
     except ValidationError as exc:
         errors += [(f"fixed.{e['loc'][0]}", e["msg"]) for e in exc.errors() if e["loc"] and e["loc"][0] in spec.fixed and e["loc"][0] in HYPERPARAMETERS]
+    return errors
+
+
+def _gate_errors(spec: Spec) -> list[tuple[str, str]]:
+    """Each gate names a metric the task reports, with a threshold the metric can reach."""
+    if spec.promotion is None:
+        return []
+    errors = []
+    per_field = spec.task in PER_FIELD_TASKS
+    for i, gate in enumerate(spec.promotion.gates):
+        where = f"promotion.gates.{i}"
+        if gate.metric == PER_FIELD_GATE and not per_field:
+            errors.append((f"{where}.metric", f"{PER_FIELD_GATE} needs a task with fields "
+                           f"({', '.join(PER_FIELD_TASKS)}); task {spec.task} reports "
+                           f"{', '.join(TASK_METRICS[spec.task])}"))
+        elif gate.metric != PER_FIELD_GATE and not reports_metric(spec.task, gate.metric):
+            choices = ", ".join(TASK_METRICS[spec.task]) + (f", {PER_FIELD_GATE} (every field), f1_<field>"
+                                                             if per_field else "")
+            errors.append((f"{where}.metric", f"{gate.metric!r} is not reported by task {spec.task}; "
+                           f"choose one of {choices}"))
+        elif gate.metric not in UNBOUNDED_METRICS and not 0 <= gate.threshold <= 1:
+            errors.append((f"{where}.threshold", f"{gate.metric} lies between 0 and 1; a threshold of "
+                           f"{gate.threshold:g} can never be met"))
     return errors
 
 

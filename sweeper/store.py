@@ -8,6 +8,7 @@ with backoff before giving up.
 
 from __future__ import annotations
 
+import logging
 import math
 import time
 from contextlib import contextmanager
@@ -15,16 +16,35 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Iterator
 
-from sqlalchemy import JSON, DateTime, Float, ForeignKey, Integer, String, Text, UniqueConstraint, create_engine, select
-from sqlalchemy.engine import make_url
+from sqlalchemy import (
+    JSON,
+    Boolean,
+    DateTime,
+    Float,
+    ForeignKey,
+    Integer,
+    String,
+    Text,
+    UniqueConstraint,
+    create_engine,
+    delete,
+    select,
+    text,
+)
+from sqlalchemy.engine import Engine, make_url
 from sqlalchemy.exc import OperationalError, SQLAlchemyError
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, relationship, sessionmaker
 
 RETRIES = 5
+log = logging.getLogger(__name__)
 
 
 class StoreError(RuntimeError):
     """A store operation failed; the message never contains the database password."""
+
+
+class StoreUnavailable(StoreError):
+    """The database stayed unreachable through every retry (a sweep stops resumable, not failed)."""
 
 
 def now() -> datetime:
@@ -114,6 +134,58 @@ class Round(Base):
     trial: Mapped[Trial] = relationship(back_populates="round_rows")
 
 
+class PromotionRecord(Base):
+    """One run of `sweeper promote`: the outcome and its full table (gates, values, intervals), newest last."""
+
+    __tablename__ = "sweeper_promotions"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    sweep_id: Mapped[int] = mapped_column(ForeignKey("sweeper_sweeps.id", ondelete="CASCADE"), index=True)
+    trial_key: Mapped[str] = mapped_column(String(64))
+    promoted: Mapped[bool] = mapped_column(Boolean)
+    split: Mapped[str] = mapped_column(String(16))  # test | holdout (no test split: selection data only)
+    runner_up: Mapped[str] = mapped_column(String(64), default="")
+    result: Mapped[dict[str, Any]]
+    export_path: Mapped[str] = mapped_column(Text, default="")
+    created_at: Mapped[datetime] = mapped_column(default=now)
+
+
+SCHEMA_LOCK = 0x73776565705F31  # PostgreSQL advisory lock key: one schema creation at a time per database
+
+
+@contextmanager
+def schema_lock(engine: Engine) -> Iterator[None]:
+    """Serialise schema creation between processes on PostgreSQL (no-op elsewhere).
+
+    Two sweeps started together on a fresh database both ran CREATE TABLE / CREATE TYPE (ours through
+    Alembic, Optuna's through its own create_all) and one of them failed on a duplicate key.
+    """
+    if engine.dialect.name != "postgresql":
+        yield
+        return
+    with engine.connect() as connection:
+        connection.execute(text("select pg_advisory_lock(:key)"), {"key": SCHEMA_LOCK})
+        connection.commit()
+        try:
+            yield
+        finally:
+            connection.execute(text("select pg_advisory_unlock(:key)"), {"key": SCHEMA_LOCK})
+            connection.commit()
+
+
+def backoff_s(attempt: int) -> float:
+    """Seconds to wait before retry `attempt + 1` of a database operation: 0.5, 1, 2, 4, 8 (15.5 s in all)."""
+    return min(0.5 * 2**attempt, 8)
+
+
+def wait_before_retry(url: str, exc: SQLAlchemyError, attempt: int, what: str = "") -> None:
+    """Say on stderr (a log warning) that the database failed and will be retried, then wait the backoff."""
+    delay = backoff_s(attempt)
+    log.warning("sweeper: database %s%s unavailable (%s); retry %d/%d in %.1f s", safe_url(url), what,
+                _reason(exc), attempt + 1, RETRIES, delay)
+    time.sleep(delay)
+
+
 def _reason(exc: SQLAlchemyError) -> str:
     detail = str(getattr(exc, "orig", None) or exc).strip()
     return detail.splitlines()[0] if detail else type(exc).__name__
@@ -129,6 +201,13 @@ def _better(value: float, best: float | None, mode: str) -> bool:
     return best is None or (value < best if mode == "min" else value > best)
 
 
+def _tied(value: float, best: float | None) -> bool:
+    try:
+        return best is not None and float(value) == best
+    except (TypeError, ValueError):
+        return False
+
+
 def _json_scalar(value: Any) -> bool:
     """A metric value that strict JSON can hold (PostgreSQL's json type rejects NaN and Infinity)."""
     if isinstance(value, float):
@@ -141,6 +220,7 @@ class TrialStore:
 
     def __init__(self, url: str):
         self.url = url
+        self.retries: int | None = None  # retries of a failed connection; None: RETRIES
         if url.startswith("sqlite:///"):
             Path(make_url(url).database).parent.mkdir(parents=True, exist_ok=True)
         self.engine = create_engine(url, pool_pre_ping=True, future=True)
@@ -151,7 +231,11 @@ class TrialStore:
         """Create or migrate the schema to the newest revision (Alembic)."""
         from sweeper import migrations
 
-        self._retrying(lambda: migrations.upgrade(self.engine))
+        def locked():
+            with schema_lock(self.engine):
+                migrations.upgrade(self.engine)
+
+        self._retrying(locked)
 
     def ensure_current(self) -> None:
         """Raise a StoreError that says what to run when the schema is missing or behind."""
@@ -163,14 +247,15 @@ class TrialStore:
 
     # -- sessions ------------------------------------------------------------------------------------
     def _retrying(self, work):
-        for attempt in range(RETRIES + 1):
+        retries = RETRIES if self.retries is None else self.retries
+        for attempt in range(retries + 1):
             try:
                 return work()
             except OperationalError as exc:  # connection lost or refused, database locked: worth a retry
-                if attempt == RETRIES:
-                    raise StoreError(f"database {safe_url(self.url)} unavailable after {RETRIES} retries: "
+                if attempt == retries:
+                    raise StoreUnavailable(f"database {safe_url(self.url)} unavailable after {retries} retries: "
                                      f"{_reason(exc)}") from None
-                time.sleep(min(0.5 * 2**attempt, 8))
+                wait_before_retry(self.url, exc, attempt)
             except SQLAlchemyError as exc:
                 raise StoreError(f"database {safe_url(self.url)} refused the operation: {_reason(exc)}") from None
 
@@ -241,6 +326,7 @@ class TrialStore:
                 for row in trial.round_rows:
                     session.delete(row)
                 session.delete(trial)
+            session.execute(delete(PromotionRecord).where(PromotionRecord.sweep_id == sweep.id))
             session.delete(sweep)
             return True
 
@@ -278,6 +364,8 @@ class TrialStore:
             value = metrics.get(sweep.objective_metric)
             if _better(value, trial.best_value, sweep.objective_mode):
                 trial.best_value, trial.best_round = float(value), number
+            elif trial.best_round is not None and number > trial.best_round and _tied(value, trial.best_value):
+                trial.best_round = number  # Ray keeps the LATER of tied checkpoints (num_to_keep): point at it
             trial.rounds = max(trial.rounds, number)
             trial.device = str(metrics.get("device", trial.device))
             trial.node = str(metrics.get("node", trial.node))
@@ -338,9 +426,30 @@ class TrialStore:
 
     def best_trial(self, sweep_name: str) -> Trial | None:
         """The trial with the best value of the objective at any of its rounds (not its last round)."""
+        ranked = self.ranked_trials(sweep_name)
+        return ranked[0] if ranked else None
+
+    def ranked_trials(self, sweep_name: str) -> list[Trial]:
+        """Trials with an objective value, best first (ties: the earlier trial first)."""
         sweep = self.get_sweep(sweep_name)
         candidates = [t for t in self.trials(sweep_name) if t.best_value is not None]
-        if sweep is None or not candidates:
-            return None
-        pick = min if sweep.objective_mode == "min" else max
-        return pick(candidates, key=lambda t: t.best_value)
+        if sweep is None:
+            return []
+        return sorted(candidates, key=lambda t: t.best_value, reverse=sweep.objective_mode == "max")
+
+    # -- promotions ----------------------------------------------------------------------------------
+    def record_promotion(self, sweep_name: str, trial_key: str, promoted: bool, split: str, result: dict,
+                         runner_up: str = "", export_path: str = "") -> None:
+        def work(session: Session):
+            sweep_id = session.scalar(select(Sweep.id).where(Sweep.name == sweep_name))
+            if sweep_id is None:
+                raise StoreError(f"no sweep named {sweep_name!r} in {safe_url(self.url)}")
+            session.add(PromotionRecord(sweep_id=sweep_id, trial_key=trial_key, promoted=promoted, split=split,
+                                        runner_up=runner_up, result=result, export_path=export_path))
+
+        self._write(work)
+
+    def latest_promotion(self, sweep_name: str) -> PromotionRecord | None:
+        return self._read(lambda s: s.scalar(select(PromotionRecord).join(Sweep, PromotionRecord.sweep_id == Sweep.id)
+                                             .where(Sweep.name == sweep_name).order_by(PromotionRecord.id.desc())
+                                             .limit(1)))

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import copy
+import hashlib
+import json
 from pathlib import Path
 
 import pytest
@@ -141,3 +143,58 @@ def test_fingerprint_binds_the_spec():
 def test_database_url_from_the_environment_wins(monkeypatch):
     monkeypatch.setenv("SWEEPER_DATABASE_URL", "postgresql+psycopg://u:pw@db/sweeps")
     assert parse_spec(mutated(), EXAMPLES).database_url() == "postgresql+psycopg://u:pw@db/sweeps"
+
+
+# -- audit and promotion sections ---------------------------------------------------------------------
+BANKING = yaml.safe_load((EXAMPLES / "banking77-minilm.yaml").read_text())
+
+
+def test_gates_read_as_text_or_as_mappings():
+    spec = parse_spec(mutated(promotion={"gates": [
+        "eval_loss <= 0.8", "f1_micro >= 0.9", "per_field_f1 >= 0.95 for every field",
+        {"metric": "f1_time", "op": ">=", "threshold": 0.7}]}), EXAMPLES)
+    assert [(g.metric, g.op, g.threshold) for g in spec.promotion.gates] == [
+        ("eval_loss", "<=", 0.8), ("f1_micro", ">=", 0.9), ("per_field_f1", ">=", 0.95), ("f1_time", ">=", 0.7)]
+    assert (spec.promotion.confidence, spec.promotion.bootstrap_samples, spec.promotion.seeds,
+            spec.promotion.on_run) == (0.95, 1000, 0, False)
+    assert spec.audit.min_holdout_fraction == 0.10 and spec.audit.allow == []
+
+
+@pytest.mark.parametrize(
+    "raw, task_spec, path, fragment",
+    [
+        ({"gates": ["accuracy >= 0.9"]}, QUICKSTART, "promotion.gates.0.metric", "not reported by task token_tagging"),
+        ({"gates": ["f1_micro >= 0.9", "per_field_f1 >= 0.9"]}, BANKING, "promotion.gates.1.metric",
+         "per_field_f1 needs a task with fields"),
+        ({"gates": ["f1_time >= 0.9"]}, BANKING, "promotion.gates.0.metric",
+         "not reported by task sequence_classification"),
+        ({"gates": ["f1_micro >= 90"]}, QUICKSTART, "promotion.gates.0.threshold", "can never be met"),
+        ({"gates": ["f1_micro about 0.9"]}, QUICKSTART, "promotion.gates.0", "write `metric >= threshold`"),
+        ({"gates": ["f1_micro >= 0.9 for every field"]}, QUICKSTART, "promotion.gates.0", "goes with per_field_f1"),
+        ({"gates": [{"metric": "f1_micro", "op": ">", "threshold": 0.9}]}, QUICKSTART, "promotion.gates.0.op", "'>='"),
+        ({"gates": []}, QUICKSTART, "promotion.gates", "at least 1"),
+        ({"gates": ["f1_micro >= 0.9"], "confidence": 1.5}, QUICKSTART, "promotion.confidence", "less than 1"),
+        ({"gates": ["f1_micro >= 0.9"], "seed": 3}, QUICKSTART, "promotion.seed", "unknown key"),
+    ],
+)
+def test_each_bad_gate_is_reported_with_its_path(raw, task_spec, path, fragment):
+    with pytest.raises(SpecError) as info:
+        parse_spec({**copy.deepcopy(task_spec), "promotion": raw}, EXAMPLES)
+    errors = dict(info.value.errors)
+    assert path in errors, errors
+    assert fragment in errors[path]
+
+
+def test_unknown_audit_codes_are_refused_with_the_known_ones():
+    errors = errors_of(mutated(audit={"allow": ["overlap", "leakage"], "min_holdout_fraction": 2}))
+    assert "'near-duplicate'" in errors["audit.allow.1"]
+    assert "less than 1" in errors["audit.min_holdout_fraction"]
+
+
+def test_gates_are_part_of_the_fingerprint_and_unset_sections_change_nothing():
+    plain = parse_spec(mutated(), EXAMPLES)
+    legacy = {k: v for k, v in plain.model_dump(mode="json").items() if k not in ("audit", "promotion")}
+    assert plain.fingerprint() == hashlib.sha256(json.dumps(legacy, sort_keys=True).encode()).hexdigest()[:16]
+    gated = parse_spec(mutated(promotion={"gates": ["f1_micro >= 0.9"]}), EXAMPLES)
+    moved = parse_spec(mutated(promotion={"gates": ["f1_micro >= 0.8"]}), EXAMPLES)
+    assert len({plain.fingerprint(), gated.fingerprint(), moved.fingerprint()}) == 3

@@ -1,4 +1,5 @@
-"""Trial workers: one file per training method, each a plain `train(config, reporter)` function.
+"""Trial workers: one file per training method, each a plain `train(config, reporter)` function, with
+`predict(config, adapter_dir, examples)` and `score(records)` to re-evaluate a trained adapter.
 
 The registry maps a spec's `task:` to its trainer and refuses duplicate names. Trainers are imported
 lazily so that reading the registry costs nothing (torch and transformers load only in the worker).
@@ -7,6 +8,7 @@ lazily so that reading the registry costs nothing (torch and transformers load o
 from __future__ import annotations
 
 import importlib
+from types import ModuleType
 from typing import Callable
 
 _TRAINERS: dict[str, str] = {}
@@ -19,9 +21,14 @@ def register_trainer(task: str, module: str) -> None:
 
 
 def trainer_for(task: str) -> Callable:
+    return task_module(task).train
+
+
+def task_module(task: str) -> ModuleType:
+    """The module of a task: `train`, `predict` and `score`."""
     if task not in _TRAINERS:
         raise KeyError(f"no trainer for task {task!r}; registered: {', '.join(sorted(_TRAINERS))}")
-    return importlib.import_module(_TRAINERS[task]).train
+    return importlib.import_module(_TRAINERS[task])
 
 
 def registered_tasks() -> list[str]:

@@ -3,6 +3,8 @@
 The loss is on the response tokens only (prompt and padding are labelled -100), so the model is not
 trained to reproduce its instructions. Each round also greedy-decodes a few holdout prompts: field
 extraction (restaurant8k) is scored by per-field F1 of the generated JSON, free text (jsonl) by exact match.
+`predict` decodes every given example with a trained adapter (greedy) and keeps its response loss;
+`score` turns any list of those records into the metrics, so promotion can bootstrap over examples.
 """
 
 from __future__ import annotations
@@ -17,9 +19,9 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from sweeper.datasets import PromptExample, TaggedExample, read_examples
 from trainers import hf_loop
 from trainers.base import Reporter, TrialConfig, TrialOutcome
-from trainers.metrics import field_f1
+from trainers.metrics import field_f1, pooled_loss
 
-IGNORE = -100
+IGNORE = hf_loop.IGNORE
 LLAMA_ATTENTION = ["q_proj", "k_proj", "v_proj", "o_proj"]
 EXTRACT_PROMPT = (
     "Extract the booking fields (date, time, people, first_name, last_name) from the message as JSON.\nMessage: {text}"
@@ -144,13 +146,18 @@ def generation_metrics(tokenizer, holdout: list, count: int):
     return score
 
 
+def load_tokenizer(config: TrialConfig):
+    tokenizer = AutoTokenizer.from_pretrained(config.model_path)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token  # padding is masked out, so any id will do
+    return tokenizer
+
+
 def train(config: TrialConfig, reporter: Reporter) -> TrialOutcome:
     started = time.perf_counter()
     train_examples = read_examples(config.data.train, config.data.format)
     holdout_examples = read_examples(config.data.holdout, config.data.format)
-    tokenizer = AutoTokenizer.from_pretrained(config.model_path)
-    if tokenizer.pad_token is None:
-        tokenizer.pad_token = tokenizer.eos_token  # padding is masked out, so any id will do
+    tokenizer = load_tokenizer(config)
     train_data = SftData(tokenizer, [as_prompt(e) for e in train_examples], config.max_seq_length, config.data.train)
     holdout_data = SftData(
         tokenizer, [as_prompt(e) for e in holdout_examples], config.max_seq_length, config.data.holdout
@@ -169,3 +176,30 @@ def train(config: TrialConfig, reporter: Reporter) -> TrialOutcome:
         timings={"time_tokenize_s": round(tokenize_s, 4)},
     )
     return hf_loop.run(config, reporter, prepared)
+
+
+def predict(config: TrialConfig, adapter_dir: str, examples: list) -> list[dict]:
+    """Per example: the gold answer, the greedy answer, and the summed loss of the gold response tokens."""
+    tokenizer = load_tokenizer(config)
+    prompts = [as_prompt(e) for e in examples]
+    rows = [encode(tokenizer, p, config.max_seq_length) for p in prompts]
+    model = hf_loop.load_adapter(lambda: AutoModelForCausalLM.from_pretrained(config.model_path), adapter_dir, config)
+    collate = pad_collator(tokenizer.pad_token_id)
+    device = next(model.parameters()).device
+    losses = []
+    for _, chunk in hf_loop.batches(rows):
+        batch = {k: v.to(device) for k, v in collate(chunk).items()}
+        with torch.no_grad():
+            logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+        losses += hf_loop.example_losses(logits, batch["labels"], shift=True)
+    with torch.no_grad():
+        answers = generate(model, tokenizer, [prompt_ids(tokenizer, p.prompt) for p in prompts])
+    return [{"gold": e.fields() if isinstance(e, TaggedExample) else e.response, "answer": answer,
+             "loss": loss, "tokens": tokens} for e, answer, (loss, tokens) in zip(examples, answers, losses)]
+
+
+def score(records: list[dict]) -> dict[str, float]:
+    """The task's metrics over any list of `predict` records (a bootstrap resample included)."""
+    gold, answers = [r["gold"] for r in records], [r["answer"] for r in records]
+    metrics = extraction_metrics(gold, answers) if isinstance(gold[0], dict) else exact_match(gold, answers)
+    return {**metrics, "eval_loss": pooled_loss(records)}

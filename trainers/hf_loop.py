@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from typing import Callable
 
 import torch
-from peft import LoraConfig, TaskType, get_peft_model
+from peft import LoraConfig, PeftModel, TaskType, get_peft_model
 from transformers import EarlyStoppingCallback, PrinterCallback, Trainer, TrainerCallback, TrainingArguments
 from transformers.trainer_utils import get_last_checkpoint, set_seed
 from transformers.utils import logging as hf_logging
@@ -24,6 +24,8 @@ from transformers.utils import logging as hf_logging
 from trainers.base import Reporter, TrialConfig, TrialOutcome
 
 CPU_MICRO_BATCH = 32  # larger micro-batches bring nothing on a CPU but memory
+PREDICT_BATCH = 32  # rows per forward pass when a trained adapter predicts (promotion)
+IGNORE = -100  # label of positions that carry no loss
 HF_BOOKKEEPING = {"epoch", "num_input_tokens_seen"}  # reported under our own names
 
 
@@ -244,3 +246,38 @@ def _final_stop_reason(trainer: Trainer, config: TrialConfig) -> str:
     if config.max_rounds and state.global_step // round_steps >= config.max_rounds:
         return "max_rounds"
     return "patience"
+
+
+# -- prediction with a trained adapter (promotion re-evaluates the winner on the test split) -----------
+def load_adapter(model_factory: Callable[[], torch.nn.Module], adapter_dir: str,
+                 config: TrialConfig) -> torch.nn.Module:
+    """The base model with a trial's LoRA adapter (and saved head) loaded from a checkpoint, in eval mode."""
+    if config.torch_threads:
+        torch.set_num_threads(config.torch_threads)
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+    model = PeftModel.from_pretrained(model_factory(), adapter_dir)
+    model.eval()
+    return model.to("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def batches(rows: list, size: int = PREDICT_BATCH):
+    """(start index, rows) chunks of a list."""
+    for start in range(0, len(rows), size):
+        yield start, rows[start : start + size]
+
+
+def example_losses(logits: torch.Tensor, labels: torch.Tensor, shift: bool = False) -> list[tuple[float, int]]:
+    """(summed cross-entropy, labelled positions) per row, so losses pool over any subset of examples.
+
+    `shift`: a causal LM predicts position t+1 from t. Rows of a classifier (logits [B, C]) count one position.
+    """
+    if shift:
+        logits, labels = logits[:, :-1], labels[:, 1:]
+    if logits.dim() == 3:
+        logits = logits.transpose(1, 2)  # cross_entropy wants the classes second
+    loss = torch.nn.functional.cross_entropy(logits.float(), labels, ignore_index=IGNORE, reduction="none")
+    mask = labels != IGNORE
+    if loss.dim() == 1:
+        return list(zip(loss.tolist(), mask.int().tolist()))
+    return list(zip((loss * mask).sum(1).tolist(), mask.sum(1).tolist()))

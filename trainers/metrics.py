@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import re
 from collections import Counter
-from typing import Iterable, Mapping
+from typing import Hashable, Iterable, Mapping, Sequence
 
 
 def normalise_value(value: str) -> str:
@@ -49,13 +49,21 @@ def field_f1(gold: Iterable[Mapping[str, str]], predicted: Iterable[Mapping[str,
     return out
 
 
-def classification_metrics(gold: list[int], predicted: list[int], num_labels: int) -> dict[str, float]:
+def classification_metrics(gold: Sequence[Hashable], predicted: Sequence[Hashable], num_labels: int | None = None
+                           ) -> dict[str, float]:
     """Accuracy and macro F1 over the labels present in gold or predictions."""
-    accuracy = sum(g == p for g, p in zip(gold, predicted, strict=True)) / len(gold) if gold else 0.0
-    f1s = []
-    for label in sorted(set(gold) | set(predicted)):
-        tp = sum(g == p == label for g, p in zip(gold, predicted))
-        fp = sum(p == label != g for g, p in zip(gold, predicted))
-        fn = sum(g == label != p for g, p in zip(gold, predicted))
-        f1s.append(_f1(tp, fp, fn))
+    pairs = list(zip(gold, predicted, strict=True))
+    accuracy = sum(g == p for g, p in pairs) / len(pairs) if pairs else 0.0
+    tp = Counter(g for g, p in pairs if g == p)
+    fp = Counter(p for g, p in pairs if g != p)
+    fn = Counter(g for g, p in pairs if g != p)
+    f1s = [_f1(tp[label], fp[label], fn[label]) for label in sorted(set(gold) | set(predicted))]
     return {"accuracy": accuracy, "f1_macro": sum(f1s) / len(f1s) if f1s else 0.0}
+
+
+def pooled_loss(records: Iterable[Mapping]) -> float:
+    """A split's loss from per-example records {"loss": summed loss, "tokens": labelled tokens}: the mean
+    over every labelled token, so any resample of examples pools the same way."""
+    records = list(records)
+    tokens = sum(r["tokens"] for r in records)
+    return sum(r["loss"] for r in records) / tokens if tokens else float("nan")

@@ -1,7 +1,9 @@
 """LoRA sequence classification: one label per text (intents, document types), scored by accuracy and macro F1.
 
-The label set is the sorted labels of the train file; a holdout label the model never saw cannot be
-predicted, so it is refused before training instead of silently lowering every score.
+The label set is the sorted labels of the train file. A holdout label train lacks is refused by the data
+audit before any sweep; when the user allows it (`--allow unseen-label`), it gets an output the model never
+learns, so its rows count as misses instead of failing every trial. `predict` + `score` re-evaluate a
+trained adapter per example (promotion bootstraps over them).
 """
 
 from __future__ import annotations
@@ -15,22 +17,20 @@ from transformers import AutoModelForSequenceClassification, AutoTokenizer, Data
 from sweeper.datasets import LabeledExample, read_examples
 from trainers import hf_loop
 from trainers.base import Reporter, TrialConfig, TrialOutcome
-from trainers.metrics import classification_metrics
+from trainers.metrics import classification_metrics, pooled_loss
 
 
-def label_set(train: list[LabeledExample], holdout: list[LabeledExample], holdout_path: str) -> list[str]:
+def label_set(train: list[LabeledExample], holdout: list[LabeledExample]) -> list[str]:
+    """Train labels (sorted), then any holdout label train lacks (allowed by the audit; never learned)."""
     labels = sorted({e.label for e in train})
-    unseen = sorted({e.label for e in holdout} - set(labels))
-    if unseen:
-        raise ValueError(f"{holdout_path}: holdout label(s) not in the train data: {', '.join(map(repr, unseen))}")
-    return labels
+    return labels + sorted({e.label for e in holdout} - set(labels))
 
 
 class ClassificationData:
     def __init__(self, tokenizer, examples: list[LabeledExample], label_ids: dict[str, int], max_length: int):
         enc = tokenizer([e.text for e in examples], truncation=True, max_length=max_length)
         self.rows = [
-            {"input_ids": ids, "attention_mask": mask, "labels": label_ids[ex.label]}
+            {"input_ids": ids, "attention_mask": mask, "labels": label_ids.get(ex.label, hf_loop.IGNORE)}
             for ids, mask, ex in zip(enc["input_ids"], enc["attention_mask"], examples)
         ]
 
@@ -41,11 +41,18 @@ class ClassificationData:
         return self.rows[i]
 
 
+def base_model(config: TrialConfig, labels: list[str]):
+    return AutoModelForSequenceClassification.from_pretrained(
+        config.model_path, num_labels=len(labels), id2label=dict(enumerate(labels)),
+        label2id={label: i for i, label in enumerate(labels)},
+    )
+
+
 def train(config: TrialConfig, reporter: Reporter) -> TrialOutcome:
     started = time.perf_counter()
     train_examples = read_examples(config.data.train, config.data.format)
     holdout_examples = read_examples(config.data.holdout, config.data.format)
-    labels = label_set(train_examples, holdout_examples, config.data.holdout)
+    labels = label_set(train_examples, holdout_examples)
     label_ids = {label: i for i, label in enumerate(labels)}
     tokenizer = AutoTokenizer.from_pretrained(config.model_path)
     train_data = ClassificationData(tokenizer, train_examples, label_ids, config.max_seq_length)
@@ -58,12 +65,7 @@ def train(config: TrialConfig, reporter: Reporter) -> TrialOutcome:
         return classification_metrics(gold, predicted, len(labels))
 
     prepared = hf_loop.Prepared(
-        model_factory=lambda: AutoModelForSequenceClassification.from_pretrained(
-            config.model_path,
-            num_labels=len(labels),
-            id2label=dict(enumerate(labels)),
-            label2id=label_ids,
-        ),
+        model_factory=lambda: base_model(config, labels),
         train_dataset=train_data,
         eval_dataset=holdout_data,
         collator=DataCollatorWithPadding(tokenizer),
@@ -73,3 +75,30 @@ def train(config: TrialConfig, reporter: Reporter) -> TrialOutcome:
         timings={"time_tokenize_s": round(tokenize_s, 4)},
     )
     return hf_loop.run(config, reporter, prepared)
+
+
+def predict(config: TrialConfig, adapter_dir: str, examples: list[LabeledExample]) -> list[dict]:
+    """Per example: gold and predicted label, loss (a label the model has no output for carries none)."""
+    labels = label_set(read_examples(config.data.train, config.data.format),
+                       read_examples(config.data.holdout, config.data.format))
+    label_ids = {label: i for i, label in enumerate(labels)}
+    tokenizer = AutoTokenizer.from_pretrained(config.model_path)
+    data = ClassificationData(tokenizer, examples, label_ids, config.max_seq_length)
+    model = hf_loop.load_adapter(lambda: base_model(config, labels), adapter_dir, config)
+    collate = DataCollatorWithPadding(tokenizer)
+    device = next(model.parameters()).device
+    records = []
+    for start, rows in hf_loop.batches(data.rows):
+        batch = {k: v.to(device) for k, v in collate(rows).items()}
+        with torch.no_grad():
+            logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+        losses = hf_loop.example_losses(logits, batch["labels"])
+        for i, predicted, (loss, tokens) in zip(range(start, start + len(rows)), logits.argmax(-1).tolist(), losses):
+            records.append({"gold": examples[i].label, "predicted": labels[predicted], "loss": loss, "tokens": tokens})
+    return records
+
+
+def score(records: list[dict]) -> dict[str, float]:
+    """The task's metrics over any list of `predict` records (a bootstrap resample included)."""
+    return {**classification_metrics([r["gold"] for r in records], [r["predicted"] for r in records]),
+            "eval_loss": pooled_loss(records)}

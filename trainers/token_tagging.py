@@ -2,6 +2,8 @@
 
 Character spans become BIO tags on sub-word tokens (through the tokenizer's offset mapping); predicted
 tags become character spans again, and their text is compared with the gold values per field.
+`predict` loads a trained adapter and returns per-example records; `score` turns any list of them into the
+metrics, so promotion can bootstrap over examples.
 """
 
 from __future__ import annotations
@@ -15,9 +17,9 @@ from transformers import AutoModelForTokenClassification, AutoTokenizer, DataCol
 from sweeper.datasets import TaggedExample, read_examples
 from trainers import hf_loop
 from trainers.base import Reporter, TrialConfig, TrialOutcome
-from trainers.metrics import field_f1
+from trainers.metrics import field_f1, pooled_loss
 
-IGNORE = -100
+IGNORE = hf_loop.IGNORE
 
 
 def bio_labels(fields: list[str]) -> list[str]:
@@ -75,13 +77,23 @@ class TaggingData:
         return self.rows[i]
 
 
+def label_space(train_examples: list[TaggedExample]) -> tuple[list[str], dict[str, int]]:
+    """BIO labels of the fields in the train data: what the model's head is built with."""
+    labels = bio_labels(sorted({s.field for e in train_examples for s in e.spans}))
+    return labels, {label: i for i, label in enumerate(labels)}
+
+
+def base_model(config: TrialConfig, labels: list[str], label_ids: dict[str, int]):
+    return AutoModelForTokenClassification.from_pretrained(
+        config.model_path, num_labels=len(labels), id2label=dict(enumerate(labels)), label2id=label_ids
+    )
+
+
 def train(config: TrialConfig, reporter: Reporter) -> TrialOutcome:
     started = time.perf_counter()
     train_examples = read_examples(config.data.train, config.data.format)
     holdout_examples = read_examples(config.data.holdout, config.data.format)
-    fields = sorted({s.field for e in train_examples for s in e.spans})
-    labels = bio_labels(fields)
-    label_ids = {label: i for i, label in enumerate(labels)}
+    labels, label_ids = label_space(train_examples)
     tokenizer = AutoTokenizer.from_pretrained(config.model_path)
     train_data = TaggingData(tokenizer, train_examples, label_ids, config.max_seq_length)
     holdout_data = TaggingData(tokenizer, holdout_examples, label_ids, config.max_seq_length)
@@ -96,12 +108,7 @@ def train(config: TrialConfig, reporter: Reporter) -> TrialOutcome:
         return field_f1([e.fields() for e in holdout_examples], pred_fields)
 
     prepared = hf_loop.Prepared(
-        model_factory=lambda: AutoModelForTokenClassification.from_pretrained(
-            config.model_path,
-            num_labels=len(labels),
-            id2label=dict(enumerate(labels)),
-            label2id=label_ids,
-        ),
+        model_factory=lambda: base_model(config, labels, label_ids),
         train_dataset=train_data,
         eval_dataset=holdout_data,
         collator=DataCollatorForTokenClassification(tokenizer),
@@ -111,3 +118,30 @@ def train(config: TrialConfig, reporter: Reporter) -> TrialOutcome:
         timings={"time_tokenize_s": round(tokenize_s, 4)},
     )
     return hf_loop.run(config, reporter, prepared)
+
+
+def predict(config: TrialConfig, adapter_dir: str, examples: list[TaggedExample]) -> list[dict]:
+    """Per example: gold and predicted fields, summed token loss and labelled tokens (no Ray, no Trainer)."""
+    labels, label_ids = label_space(read_examples(config.data.train, config.data.format))
+    tokenizer = AutoTokenizer.from_pretrained(config.model_path)
+    data = TaggingData(tokenizer, examples, label_ids, config.max_seq_length)
+    model = hf_loop.load_adapter(lambda: base_model(config, labels, label_ids), adapter_dir, config)
+    collate = DataCollatorForTokenClassification(tokenizer)
+    device = next(model.parameters()).device
+    records = []
+    for start, rows in hf_loop.batches(data.rows):
+        batch = {k: v.to(device) for k, v in collate(rows).items()}
+        with torch.no_grad():
+            logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+        losses = hf_loop.example_losses(logits, batch["labels"])
+        for i, tags, (loss, tokens) in zip(range(start, start + len(rows)), logits.argmax(-1).tolist(), losses):
+            offsets = data.offsets[i]
+            predicted = decode_fields(examples[i].text, offsets, [labels[t] for t in tags[: len(offsets)]])
+            records.append({"gold": examples[i].fields(), "predicted": predicted, "loss": loss, "tokens": tokens})
+    return records
+
+
+def score(records: list[dict]) -> dict[str, float]:
+    """The task's metrics over any list of `predict` records (a bootstrap resample included)."""
+    return {**field_f1([r["gold"] for r in records], [r["predicted"] for r in records]),
+            "eval_loss": pooled_loss(records)}

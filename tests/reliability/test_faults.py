@@ -6,7 +6,6 @@ import json
 import sqlite3
 
 import pytest
-
 from helpers import run_cli, small_spec
 
 pytestmark = pytest.mark.slow

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import struct
+import time
 import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -74,11 +75,29 @@ class OfflineRun:
     exit_code: int | None = None
 
 
+def finished_records(folder: Path, timeout: float = 60.0) -> list[pb.Record]:
+    """The records of a finished run. wandb-core writes the file from its own process and may close it a
+    moment after `run.finish()` returns, so wait (bounded) for the final `exit` record."""
+    deadline = time.monotonic() + timeout
+    while True:
+        paths = list(Path(folder).glob("run-*.wandb"))
+        late = time.monotonic() > deadline
+        try:
+            found = records(paths[0]) if len(paths) == 1 and paths[0].stat().st_size > HEADER.size else []
+        except AssertionError:  # caught mid-write: a chunk not complete yet
+            if late:
+                raise
+            found = []
+        if any(r.WhichOneof("record_type") == "exit" for r in found) or late:
+            assert len(paths) == 1, f"{folder}: expected one .wandb file, found {paths}"
+            return found
+        time.sleep(0.1)
+
+
 def read_run(folder: Path) -> OfflineRun:
     """The run recorded in one `offline-run-*` folder: identity, config, history and final summary."""
-    (path,) = Path(folder).glob("run-*.wandb")
     run = OfflineRun(folder=Path(folder))
-    for record in records(path):
+    for record in finished_records(folder):
         kind = record.WhichOneof("record_type")
         if kind == "run":
             r = record.run

@@ -1,11 +1,10 @@
-"""Sequence classification on a banking77 subset: a real tiny run, and the unseen-label refusal."""
-
-import csv
+"""Sequence classification on a banking77 subset: a real tiny run, and a holdout label train lacks."""
 
 import pytest
 
+from sweeper.datasets import LabeledExample, read_examples
 from trainers.base import ListReporter
-from trainers.sequence_classification import train
+from trainers.sequence_classification import label_set, train
 
 
 def test_training_lowers_the_loss_and_scores_accuracy(make_config, minilm_path, banking77_subset):
@@ -22,11 +21,11 @@ def test_training_lowers_the_loss_and_scores_accuracy(make_config, minilm_path, 
     assert last["time_tokenize_s"] >= 0 and outcome.stop_reason == "completed"
 
 
-def test_a_holdout_label_missing_from_train_is_refused(make_config, minilm_path, banking77_subset, tmp_path):
-    holdout = tmp_path / "holdout-unseen.csv"
-    with open(banking77_subset["holdout"], newline="") as src, open(holdout, "w", newline="") as dst:
-        rows = list(csv.reader(src)) + [["Where is my parcel?", "parcel_tracking"]]
-        csv.writer(dst).writerows(rows)
-    config = make_config("sequence_classification", minilm_path, {**banking77_subset, "holdout": str(holdout)})
-    with pytest.raises(ValueError, match="parcel_tracking"):
-        train(config, ListReporter())
+def test_a_holdout_label_missing_from_train_gets_an_output_it_never_learns(banking77_subset):
+    # The data audit refuses such a holdout; allowed (`--allow unseen-label`), its rows must count as misses
+    # rather than fail every trial, so the label gets the last output and train labels keep their ids.
+    train_rows = read_examples(banking77_subset["train"], "csv")
+    holdout = read_examples(banking77_subset["holdout"], "csv") + [LabeledExample("Where is my parcel?", "parcel_tracking")]
+    labels = label_set(train_rows, holdout)
+    assert labels[:-1] == sorted({e.label for e in train_rows})
+    assert labels[-1] == "parcel_tracking"

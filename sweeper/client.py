@@ -1,0 +1,71 @@
+"""A client of the sweep service, for the CLI's `--server URL` mode (token from SWEEPER_API_TOKEN)."""
+
+from __future__ import annotations
+
+import io
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+
+class ServiceError(RuntimeError):
+    """The service refused or failed a request; the message carries its JSON detail."""
+
+
+class ServiceClient:
+    def __init__(self, url: str, token: str | None, timeout: float = 60):
+        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        self.http = httpx.Client(base_url=url.rstrip("/"), headers=headers, timeout=timeout)
+
+    def _call(self, method: str, path: str, **kwargs) -> httpx.Response:
+        try:
+            response = self.http.request(method, path, **kwargs)
+        except httpx.HTTPError as exc:
+            raise ServiceError(f"cannot reach the service at {self.http.base_url}: {exc}") from None
+        if response.status_code >= 400:
+            raise ServiceError(f"{method} {path}: {response.status_code} {_detail(response)}")
+        return response
+
+    def submit(self, spec_path: Path) -> dict:
+        return self._call("POST", "/sweeps", json={"spec_yaml": spec_path.read_text(encoding="utf-8")}).json()
+
+    def sweeps(self) -> list[dict]:
+        return self._call("GET", "/sweeps").json()
+
+    def sweep(self, name: str) -> dict:
+        return self._call("GET", f"/sweeps/{name}").json()
+
+    def trials(self, name: str) -> list[dict]:
+        items, offset = [], 0
+        while True:
+            page = self._call("GET", f"/sweeps/{name}/trials", params={"offset": offset, "limit": 500}).json()
+            items += page["items"]
+            offset += len(page["items"])
+            if offset >= page["total"] or not page["items"]:
+                return items
+
+    def cancel(self, name: str) -> dict:
+        return self._call("POST", f"/sweeps/{name}/cancel").json()
+
+    def promote(self, name: str) -> dict:
+        return self._call("POST", f"/sweeps/{name}/promote").json()
+
+    def download_export(self, name: str, out_dir: Path) -> Path:
+        archive = self._call("GET", f"/sweeps/{name}/export").content
+        out_dir.mkdir(parents=True, exist_ok=True)
+        with zipfile.ZipFile(io.BytesIO(archive)) as bundle:
+            bundle.extractall(out_dir)
+        return out_dir / "winner.yaml"
+
+
+def _detail(response: httpx.Response) -> Any:
+    try:
+        detail = response.json().get("detail", response.text)
+    except ValueError:
+        return response.text[:500]
+    if isinstance(detail, list):
+        return "; ".join(f"{d.get('path', '')}: {d.get('message', d)}" if isinstance(d, dict) else str(d)
+                         for d in detail)
+    return detail

@@ -1,0 +1,297 @@
+"""Promotion: the sweep's best trial is promoted only if every gate of its spec holds on data it was not selected on.
+
+- The gates are fixed in the spec before the sweep (they are part of the spec's fingerprint).
+- The best trial by the objective is re-evaluated, from its best round's checkpoint, on the test split the
+  search never saw. A spec without one is checked on the holdout, and the result says plainly that it was
+  checked on the selection data only.
+- A gate passes only if the bound of a percentile-bootstrap interval over the evaluated examples clears the
+  threshold: the lower bound for `>=`, the upper bound for `<=`; never the point value. `per_field_f1` is one
+  gate per field, so a model good on average that fails one field is not promoted.
+- `seeds: N` re-trains the winner's config with N more seeds for its best-round count; each gate must then also
+  hold for the mean over all seeds.
+- A best trial that fails is not replaced: the next trials (up to `candidates`) are checked and the first that
+  clears every gate is named runner-up. Promoting it would select on the test split.
+"""
+
+from __future__ import annotations
+
+import math
+import tempfile
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from sweeper.audit import labels_of
+from sweeper.datasets import TaggedExample, read_examples
+from sweeper.export import export_sweep, trial_config
+from sweeper.spec import PER_FIELD_GATE, Gate, Promotion
+from sweeper.store import TrialStore
+
+Records = list[dict]
+Score = Callable[[Records], dict[str, float]]
+
+
+class PromotionError(RuntimeError):
+    """Promotion cannot run (no gates in the spec, no trial, a missing checkpoint); the message says what to do."""
+
+
+@dataclass
+class GateCheck:
+    gate: str  # as the spec writes it: `per_field_f1 >= 0.9`
+    metric: str  # the metric checked: a per-field gate becomes one check per field (`f1_time`)
+    op: str
+    threshold: float
+    value: float | None  # point value on the evaluated split
+    low: float | None  # bootstrap interval
+    high: float | None
+    holdout: float | None = None  # the trial's value at its best round on the holdout (what it was selected on)
+    seed_values: list[float] = field(default_factory=list)  # point values of the re-trained seeds
+    note: str = ""
+
+    @property
+    def bound(self) -> float | None:
+        """The side of the interval that must clear the threshold."""
+        return self.low if self.op == ">=" else self.high
+
+    @property
+    def seed_mean(self) -> float | None:
+        values = [self.value, *self.seed_values] if self.seed_values and self.value is not None else []
+        return float(np.mean(values)) if values else None
+
+    @property
+    def passed(self) -> bool:
+        return _clears(self.bound, self.op, self.threshold) and (
+            not self.seed_values or _clears(self.seed_mean, self.op, self.threshold))
+
+
+def _clears(value: float | None, op: str, threshold: float) -> bool:
+    if value is None or math.isnan(value):
+        return False
+    return value >= threshold if op == ">=" else value <= threshold
+
+
+@dataclass
+class TrialCheck:
+    trial_key: str
+    objective: float
+    examples: int
+    gates: list[GateCheck]
+
+    @property
+    def passed(self) -> bool:
+        return all(g.passed for g in self.gates)
+
+    @property
+    def failed(self) -> list[GateCheck]:
+        return [g for g in self.gates if not g.passed]
+
+
+@dataclass
+class PromotionResult:
+    sweep: str
+    trial_key: str  # the best trial by the objective: the only one that may be promoted
+    split: str  # test | holdout
+    confidence: float
+    bootstrap_samples: int
+    checked: list[TrialCheck]  # best first, then lower-ranked trials looked at for a runner-up
+    seeds: list[int] = field(default_factory=list)
+    runner_up: str | None = None
+    export: str | None = None
+
+    @property
+    def promoted(self) -> bool:
+        return self.checked[0].passed
+
+    @property
+    def selection_only(self) -> bool:
+        return self.split != "test"
+
+    def note(self) -> str:
+        where = ("on the test split" if not self.selection_only else
+                 "on the selection data only (the spec has no test split; these numbers are optimistic)")
+        if self.promoted:
+            return f"PROMOTED: trial {self.trial_key} clears every gate {where}"
+        failed = "; ".join(_failure(g) for g in self.checked[0].failed)
+        runner = f"; runner-up {self.runner_up} clears every gate (not promoted)" if self.runner_up else ""
+        return f"NOT PROMOTED: trial {self.trial_key} fails {failed} {where}{runner}"
+
+    def to_dict(self) -> dict:
+        checked = [{**{k: v for k, v in asdict(c).items() if k != "gates"}, "passed": c.passed,
+                    "gates": [{**asdict(g), "bound": g.bound, "seed_mean": g.seed_mean, "passed": g.passed}
+                              for g in c.gates]} for c in self.checked]
+        record = {"promoted": self.promoted, "status": "PROMOTED" if self.promoted else "NOT PROMOTED",
+                  "note": self.note(), **asdict(self), "checked": checked, "selection_only": self.selection_only}
+        return _json_safe(record)
+
+
+def _failure(check: GateCheck) -> str:
+    side = "lower" if check.op == ">=" else "upper"
+    detail = check.note or (f"{side} bound {_fmt(check.bound)}" if not _clears(check.bound, check.op, check.threshold)
+                            else f"mean over seeds {_fmt(check.seed_mean)}")
+    return f"{check.metric} {check.op} {check.threshold:g} ({detail})"
+
+
+def _fmt(value: float | None) -> str:
+    return "n/a" if value is None or math.isnan(value) else f"{value:.4f}"
+
+
+def _json_safe(value):
+    """NaN and infinity become None: strict JSON (and PostgreSQL's json type) holds neither."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_json_safe(v) for v in value]
+    return value
+
+
+# -- gate logic (pure: per-example records in, checks out) -------------------------------------------
+def bootstrap_intervals(records: Records, score: Score, metrics: list[str], samples: int, confidence: float,
+                        seed: int) -> dict[str, tuple[float, float]]:
+    """Percentile bootstrap over examples: resample the records with replacement `samples` times, score each
+    resample, and take the (1-c)/2 and (1+c)/2 quantiles of each metric. A resample in which a metric is
+    undefined (a field that does not occur in it) is left out of that metric's interval."""
+    rng = np.random.default_rng(seed)
+    draws = np.full((samples, len(metrics)), np.nan)
+    for b in range(samples):
+        resample = [records[i] for i in rng.integers(0, len(records), len(records))]
+        scores = score(resample)
+        draws[b] = [scores.get(m, np.nan) for m in metrics]
+    alpha = 1 - confidence
+    intervals = {}
+    for k, metric in enumerate(metrics):
+        column = draws[:, k][~np.isnan(draws[:, k])]
+        intervals[metric] = tuple(float(q) for q in np.quantile(column, [alpha / 2, 1 - alpha / 2])) \
+            if column.size else (math.nan, math.nan)
+    return intervals
+
+
+def expand_gates(gates: list[Gate], fields: list[str]) -> list[tuple[Gate, str]]:
+    """(gate, metric) pairs: `per_field_f1` becomes `f1_<field>` for every field."""
+    return [(gate, metric) for gate in gates
+            for metric in ([f"f1_{f}" for f in fields] if gate.metric == PER_FIELD_GATE else [gate.metric])]
+
+
+def check_gates(records: Records, score: Score, settings: Promotion, fields: list[str], seed: int,
+                holdout: dict | None = None) -> list[GateCheck]:
+    """Every gate on these records: point value, bootstrap interval, pass or fail."""
+    expanded = expand_gates(settings.gates, fields)
+    unchecked = [GateCheck(str(g), PER_FIELD_GATE, g.op, g.threshold, None, None, None,
+                           note="the data has no fields to check") for g in settings.gates
+                 if g.metric == PER_FIELD_GATE and not fields]
+    point = score(records)
+    metrics = sorted({metric for _, metric in expanded})
+    intervals = bootstrap_intervals(records, score, metrics, settings.bootstrap_samples, settings.confidence, seed)
+    checks = []
+    for gate, metric in expanded:
+        low, high = intervals[metric]
+        value = point.get(metric)
+        note = "" if value is not None else f"{metric} cannot be computed: the field never occurs in this split"
+        checks.append(GateCheck(str(gate), metric, gate.op, gate.threshold, _nan_to_none(value), _nan_to_none(low),
+                                _nan_to_none(high), _nan_to_none((holdout or {}).get(metric)), note=note))
+    return checks + unchecked
+
+
+def _nan_to_none(value) -> float | None:
+    return None if value is None or (isinstance(value, float) and math.isnan(value)) else float(value)
+
+
+# -- the promotion of a stored sweep -------------------------------------------------------------------
+def settings_of(sweep) -> Promotion:
+    raw = sweep.spec.get("promotion")
+    if not raw:
+        raise PromotionError(f"sweep {sweep.name!r} has no `promotion:` gates in its spec; gates are fixed before a "
+                             "sweep, so add them to the spec and run it under a new `name:`")
+    return Promotion.model_validate(raw)
+
+
+def promote(store: TrialStore, sweep_name: str, model_path: str, export_dir: Path, log=print) -> PromotionResult:
+    """Check the gates, record the outcome, and write the export (which says whether it was promoted)."""
+    from trainers import task_module  # torch loads only when a promotion really runs
+
+    sweep = store.get_sweep(sweep_name)
+    if sweep is None:
+        raise PromotionError(f"no sweep named {sweep_name!r} in the store")
+    settings, spec = settings_of(sweep), sweep.spec
+    ranked = store.ranked_trials(sweep_name)
+    if not ranked:
+        raise PromotionError(f"sweep {sweep_name!r} has no trial with a {sweep.objective_metric} value")
+    split = "test" if spec["data"].get("test") else "holdout"
+    examples = read_examples(spec["data"][split], spec["data"]["format"])
+    if not examples:
+        raise PromotionError(f"data.{split} ({spec['data'][split]}) has no usable rows to check the gates on")
+    train = read_examples(spec["data"]["train"], spec["data"]["format"])
+    tagged = isinstance(examples[0], TaggedExample)  # fields to gate one by one (a class label is no field)
+    fields = sorted({f for e in train + examples for f in labels_of(e)}) if tagged else []
+    module = task_module(spec["task"])
+    rounds = store.rounds(sweep_name)
+
+    def evaluate(trial) -> TrialCheck | None:
+        checkpoint = store.best_checkpoint(trial)
+        if not checkpoint or not Path(checkpoint).is_dir():
+            if trial is ranked[0]:
+                raise PromotionError(f"the best trial {trial.trial_key}'s checkpoint is missing "
+                                     f"({checkpoint or 'never recorded'}); it cannot be re-evaluated")
+            return None
+        log(f"promotion: re-evaluating trial {trial.trial_key} (round {trial.best_round}) on the {split} split "
+            f"({len(examples)} rows)")
+        config = _config(spec, trial.params, model_path)
+        records = module.predict(config, checkpoint, examples)
+        holdout = next((r.metrics for r in rounds.get(trial.trial_key, []) if r.round == trial.best_round), {})
+        checks = check_gates(records, module.score, settings, fields, spec["seed"], holdout)
+        return TrialCheck(trial.trial_key, trial.best_value, len(examples), checks)
+
+    best = evaluate(ranked[0])
+    result = PromotionResult(sweep_name, ranked[0].trial_key, split, settings.confidence, settings.bootstrap_samples,
+                             [best])
+    if best.passed and settings.seeds:
+        result.seeds = [spec["seed"] + k for k in range(1, settings.seeds + 1)]
+        _add_seed_values(best, module, sweep, ranked[0], model_path, examples, result.seeds, log)
+    if not result.promoted:
+        for trial in ranked[1 : settings.candidates]:
+            check = evaluate(trial)
+            if check is not None:
+                result.checked.append(check)
+                if check.passed:
+                    result.runner_up = trial.trial_key
+                    break
+    result.export = str(export_sweep(store, sweep_name, export_dir, model_path, promotion=result.to_dict()))
+    store.record_promotion(sweep_name, result.trial_key, result.promoted, split, result.to_dict(),
+                           runner_up=result.runner_up or "", export_path=result.export)
+    return result
+
+
+def _config(spec: dict, params: dict, model_path: str, **overrides):
+    from trainers.base import TrialConfig
+
+    return TrialConfig.model_validate({**trial_config(spec, params, model_path),
+                                       "output_dir": tempfile.gettempdir(), **overrides})
+
+
+def _add_seed_values(check: TrialCheck, module, sweep, trial, model_path: str, examples, seeds: list[int],
+                     log) -> None:
+    """Re-train the winner with other seeds for its best-round count and score each on the same split."""
+    from trainers.base import ListReporter
+
+    for seed in seeds:
+        log(f"promotion: re-training trial {trial.trial_key} with seed {seed} for {trial.best_round} round(s)")
+        with tempfile.TemporaryDirectory(prefix="sweeper-seed-") as out:
+            config = _config(sweep.spec, trial.params, model_path, seed=seed, output_dir=out,
+                             max_rounds=trial.best_round)
+            reporter = ListReporter()
+            module.train(config, reporter)
+            checkpoint = _best_saved_round(reporter, sweep.objective_metric, sweep.objective_mode)
+            scores = module.score(module.predict(config, checkpoint, examples))
+        for gate in check.gates:
+            gate.seed_values.append(float(scores.get(gate.metric, math.nan)))
+
+
+def _best_saved_round(reporter, metric: str, mode: str) -> str:
+    """The checkpoint of the re-trained seed's best holdout round that is still on disk (selection on holdout)."""
+    saved = [(r.get(metric, math.nan), c) for r, c in zip(reporter.rounds, reporter.checkpoints)
+             if c and Path(c).is_dir()]
+    ranked = sorted(saved, key=lambda vc: (math.isnan(vc[0]), vc[0] if mode == "min" else -vc[0]))
+    return ranked[0][1]

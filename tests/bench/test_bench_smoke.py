@@ -1,0 +1,73 @@
+"""CI smoke of the benchmarks in bench/: each script runs in its small setting and writes its table with numbers.
+
+The goals are not checked here (bench/RESULTS.md records whether they are met); only that every script still
+runs end to end against the current product and produces a table. The five scripts run at once (about a
+minute on 2 idle cores), each with a private results file and Ray temp folder; any Ray process left behind
+is stopped by id.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+SCRIPTS = {
+    "search_efficiency": ("## Search efficiency", 5),
+    "controller_overhead": ("## Controller overhead", 4),
+    "store_scale": ("## Store scale", 5),
+    "causal_lm_throughput": ("## Causal-LM trainer throughput", 1),
+    "trial_efficiency": ("## Trial worker efficiency", 7),
+}
+NUMBER = re.compile(r"\d+\.\d+|\d")
+pytestmark = pytest.mark.slow
+
+
+def _stop_ray(marker: str) -> None:
+    for proc in psutil.process_iter(["cmdline"]):
+        try:
+            if any(marker in part for part in proc.info["cmdline"] or []):
+                proc.send_signal(signal.SIGKILL)
+        except (psutil.NoSuchProcess, psutil.AccessDenied):
+            continue
+
+
+def test_every_benchmark_runs_in_its_small_setting(tmp_path):
+    procs = {}
+    tag = f"bsm{os.getpid() % 100000}"
+    try:
+        for name in SCRIPTS:
+            env = {**os.environ, "HF_HUB_OFFLINE": "1", "RAY_TMPDIR": f"/tmp/{tag}-{name[:4]}",
+                   "PYTHONUNBUFFERED": "1"}
+            log = open(tmp_path / f"{name}.log", "w")
+            procs[name] = subprocess.Popen(
+                [sys.executable, str(ROOT / "bench" / f"{name}.py"), "--smoke", "--results", str(tmp_path / f"{name}.md")],
+                cwd=tmp_path, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        deadline = time.monotonic() + 600
+        for name, proc in procs.items():
+            proc.wait(timeout=max(1, deadline - time.monotonic()))
+    finally:
+        for proc in procs.values():
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGKILL)
+        for name in SCRIPTS:
+            _stop_ray(f"/tmp/{tag}-{name[:4]}")
+    for name, (heading, min_rows) in SCRIPTS.items():
+        log = (tmp_path / f"{name}.log").read_text(errors="replace")
+        assert procs[name].returncode == 0, f"{name} exited {procs[name].returncode}:\n{log[-4000:]}"
+        text = (tmp_path / f"{name}.md").read_text()
+        assert heading in text, f"{name}: no '{heading}' section in its results"
+        assert "Command: `.venv/bin/python bench/" in text
+        lines = text.splitlines()
+        headers = {i - 1 for i, line in enumerate(lines) if line.startswith("|---")}
+        rows = [line for i, line in enumerate(lines) if line.startswith("| ") and i not in headers
+                and NUMBER.search(line.split("|", 2)[2])]
+        assert len(rows) >= min_rows, f"{name}: expected >= {min_rows} table rows with numbers:\n{text}"

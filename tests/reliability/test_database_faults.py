@@ -1,0 +1,156 @@
+"""The store's PostgreSQL goes away mid-sweep, or two sweeps share it.
+
+The shared PostgreSQL server is never stopped: the sweep reaches it through a proxy the test owns
+(`fault_kit.PostgresProxy`), which cuts every open connection and refuses new ones while it is down.
+Both writers in the driver go through it: the trial store (StoreCallback) and the Optuna study (Tune's
+searcher, `controller.StudyStorage`).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+from fault_kit import PostgresProxy, Rows, checkpointed_round, cli_log, fault_spec, wait_for
+from helpers import ray_processes, run_cli, start_cli
+from sqlalchemy.engine import make_url
+
+pytestmark = pytest.mark.slow
+NAME = "db-fault-sweep"
+PASSWORD = "pw-7d41e9"  # trust auth ignores it; it must still never be printed
+RETRY_LINE = re.compile(r"database \S+ .*?unavailable \(.*?\); retry \d+/\d+ in [\d.]+ s")
+
+
+@pytest.fixture
+def proxy():
+    proxy = PostgresProxy()
+    yield proxy
+    proxy.close()
+
+
+def snapshot(rows: Rows) -> dict:
+    """(trial, round) -> eval_loss of every round in the store."""
+    return {(r["trial"], r["round"]): r["eval_loss"] for r in rows.rounds(NAME)}
+
+
+def test_database_outage_short_is_ridden_out_long_stops_cleanly_and_resumes(tmp_path, ray_cleanup, postgres_url,
+                                                                           proxy, monkeypatch):
+    url = make_url(postgres_url).set(port=proxy.port, password=PASSWORD).render_as_string(hide_password=False)
+    monkeypatch.setenv("SWEEPER_DATABASE_URL", url)
+    spec = fault_spec(tmp_path, name=NAME, trials=1, epochs=4)  # 8 rounds: time for both outages
+    rows = Rows(postgres_url)  # the test reads PostgreSQL directly, never through the proxy
+    driver = start_cli(["run", spec], tmp_path)
+    try:
+        # 1. A 6 s outage (every connection cut, new ones refused): retried with backoff, the sweep goes on.
+        wait_for(lambda: checkpointed_round(rows, NAME), 180, "a checkpointed round")
+        before_short = snapshot(rows)
+        proxy.down()
+        time.sleep(6)
+        proxy.up()
+        wait_for(lambda: len(snapshot(rows)) > len(before_short) + 1 and driver.poll() is None, 120,
+                 "rounds written after the outage")
+        retried = RETRY_LINE.findall(cli_log(tmp_path))
+        assert retried, f"the sweep never noticed the outage:\n{cli_log(tmp_path)}"
+        # 2. An outage that outlasts the retries (5, 15.5 s of backoff): the sweep stops, non-zero, and says why.
+        before_long = snapshot(rows)
+        proxy.down()
+        cut = time.monotonic()
+        code = driver.wait(timeout=120)  # it must give up, not hang
+        stopped_after = time.monotonic() - cut
+    finally:
+        if driver.poll() is None:
+            os.killpg(driver.pid, signal.SIGKILL)
+    log = cli_log(tmp_path)
+    flat = " ".join(log.split())
+    print(f"short outage: {len(retried)} retries logged, e.g. {retried[0]!r}; long outage: exit {code} "
+          f"{stopped_after:.1f} s after the cut")
+    assert before_long.items() >= before_short.items(), "a round written before the short outage was lost"
+    assert code not in (0, 130), log
+    safe = make_url(url).render_as_string(hide_password=True)
+    assert re.search(rf"error: database {re.escape(safe)}( \(Optuna study\))? unavailable after 5 retries", flat), log
+    assert "run `sweeper run` again to resume" in flat and "Traceback" not in log
+    assert PASSWORD not in log
+    deadline = time.monotonic() + 30  # the local Ray went down with its driver
+    while ray_processes(tmp_path) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert not ray_processes(tmp_path)
+
+    # 3. The database is back: nothing written was lost, and the same command resumes the sweep.
+    proxy.up()
+    assert snapshot(rows).items() >= before_long.items(), "a round written before the long outage was lost"
+    again = run_cli(["run", spec], tmp_path)
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert rows.sweep_status(NAME)[0] == "completed"
+    final = snapshot(rows)
+    assert final.items() >= before_long.items()
+    [trial] = rows.trials(NAME)
+    assert trial["status"] == "completed" and trial["retries"] == 1, trial
+    assert sorted(final) == [(trial["key"], n) for n in range(1, 9)]
+    assert rows.study_states(NAME) == ["COMPLETE"]
+    assert PASSWORD not in again.stdout + again.stderr
+
+
+def test_two_sweeps_at_once_on_one_postgres_store(tmp_path, postgres_url, monkeypatch):
+    monkeypatch.setenv("SWEEPER_DATABASE_URL", postgres_url)  # a fresh database: both also race to create it
+    folders = {name: tmp_path / name for name in ("sweep-a", "sweep-b")}
+    drivers = {}
+    try:
+        for name, folder in folders.items():  # each its own folder: own local Ray (RAY_TMPDIR), own Tune path
+            folder.mkdir()
+            spec = fault_spec(folder, name=name, trials=2, epochs=1, evals_per_epoch=1)  # one round a trial
+            drivers[name] = start_cli(["run", spec], folder)
+        codes = {name: driver.wait(timeout=300) for name, driver in drivers.items()}
+    finally:
+        for driver in drivers.values():
+            if driver.poll() is None:
+                os.killpg(driver.pid, signal.SIGKILL)
+        for folder in folders.values():  # both sweeps' Ray processes, stopped by id
+            for proc in ray_processes(folder):
+                proc.kill()
+    assert codes == {"sweep-a": 0, "sweep-b": 0}, "\n".join(cli_log(f) for f in folders.values())
+
+    rows = Rows(postgres_url)
+    assert sorted(rows("select name, status from sweeper_sweeps")) == [("sweep-a", "completed"),
+                                                                       ("sweep-b", "completed")]
+    for name in folders:
+        trials = rows.trials(name)
+        assert len(trials) == 2 and {t["status"] for t in trials} == {"completed"}, trials
+        assert all(t["retries"] == 0 and t["rounds"] == 1 for t in trials), trials
+        assert len(rows.rounds(name)) == 2
+        assert rows.study_states(name) == ["COMPLETE", "COMPLETE"]
+    keys = [k for (k,) in rows("select trial_key from sweeper_trials")]
+    assert len(keys) == len(set(keys)) == 4
+    assert sorted(s for (s,) in rows("select study_name from studies")) == ["sweep-a", "sweep-b"]
+    assert rows("select count(*) from trials")[0][0] == 4
+
+
+
+CREATE_SCHEMA = """
+import sys, time
+from pathlib import Path
+url, schema, folder = sys.argv[1:]
+if schema == "store":
+    from sweeper.store import TrialStore
+    create = TrialStore(url).upgrade
+else:
+    from sweeper.controller import _study_storage
+    create = lambda: _study_storage(url)
+Path(folder, schema + str(time.monotonic_ns())).touch()
+while len(list(Path(folder).iterdir())) < 2:  # both imported: go together
+    time.sleep(0.001)
+create()
+"""
+
+
+@pytest.mark.parametrize("schema", ["store", "study"])
+def test_schema_created_by_two_sweeps_at_the_same_instant(tmp_path, postgres_url, schema):
+    """The race the end-to-end test above only sometimes hits: two processes create the schema at once."""
+    procs = [subprocess.Popen([sys.executable, "-c", CREATE_SCHEMA, postgres_url, schema, str(tmp_path)],
+                              stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    errors = [proc.communicate(timeout=120)[1] for proc in procs]
+    assert [proc.returncode for proc in procs] == [0, 0], errors

@@ -1,0 +1,118 @@
+"""A trial's worker process or its whole node dies mid-training: the trial goes on from its last checkpoint.
+
+Proof of "not from zero" comes from what Tune recorded with each round in the store: the rounds reported
+before the fault keep the killed process's `pid`; the first round of the retry is a later round (HF's
+global step restored from the checkpoint) with Tune's `iterations_since_restore` back at 1 while
+`training_iteration` carries on.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+
+import pytest
+from fault_kit import ROUNDS_PER_TRIAL, Rows, checkpointed_round, cli_log, fault_spec, our_ray_worker, wait_for
+from helpers import ray_tmp, start_cli
+from ray.cluster_utils import Cluster
+
+pytestmark = pytest.mark.slow
+NAME = "fault-sweep"
+
+
+def assert_resumed_not_restarted(rounds: list[dict], old: set, key: str) -> dict:
+    """The rounds of trial `key` before and after the fault (old: the pids/nodes of the first attempt)."""
+    mine = [r for r in rounds if r["trial"] == key]
+    assert [r["round"] for r in mine] == list(range(1, ROUNDS_PER_TRIAL + 1)), mine
+    before = [r for r in mine if r["metrics"]["pid"] in old]
+    after = [r for r in mine if r["metrics"]["pid"] not in old]
+    assert before and after, f"no rounds from the first attempt or none from the retry: {mine}"
+    assert max(r["round"] for r in before) < min(r["round"] for r in after), "a round of the first attempt was re-run"
+    first = after[0]["metrics"]
+    assert after[0]["round"] > 1, "the retried trial started again from round 1"
+    assert first["iterations_since_restore"] == 1 and first["training_iteration"] == after[0]["round"], first
+    seen = [r["metrics"]["examples_seen"] for r in mine]
+    assert seen == sorted(set(seen)), f"examples_seen went back: {seen}"  # the global step continued
+    return {"before": before, "after": after}
+
+
+def test_killed_trial_worker_resumes_from_its_last_checkpoint(tmp_path, ray_cleanup, monkeypatch):
+    monkeypatch.setenv("TMPDIR", str(tmp_path / "tmp"))  # the workers' temporary folders, checked at the end
+    (tmp_path / "tmp").mkdir()
+    spec = fault_spec(tmp_path, name=NAME, trials=1)
+    rows = Rows(tmp_path / "state" / "sweeper.db")
+    driver = start_cli(["run", spec], tmp_path)
+    try:
+        victim = wait_for(lambda: checkpointed_round(rows, NAME), 180, "a checkpointed round")
+        worker = our_ray_worker(victim["metrics"]["pid"], tmp_path)
+        worker.send_signal(signal.SIGKILL)
+        killed_at = time.monotonic()
+        assert driver.wait(timeout=300) == 0, cli_log(tmp_path)
+    finally:
+        if driver.poll() is None:
+            os.killpg(driver.pid, signal.SIGKILL)
+    print(f"killed {worker.pid} after round {victim['round']}; sweep done {time.monotonic() - killed_at:.1f} s later")
+
+    assert rows.sweep_status(NAME)[0] == "completed"
+    [trial] = rows.trials(NAME)
+    assert trial["key"] == victim["trial"] and trial["status"] == "completed" and trial["retries"] == 1, trial
+    parts = assert_resumed_not_restarted(rows.rounds(NAME), {worker.pid}, victim["trial"])
+    assert max(r["round"] for r in parts["before"]) >= victim["round"]
+    print(f"rounds of the killed process: {[r['round'] for r in parts['before']]}, "
+          f"of the retry: {[r['round'] for r in parts['after']]}")
+    assert rows.study_states(NAME) == ["COMPLETE"]
+    # Disk stays bounded: Ray keeps the 2 best checkpoints by the objective (CheckpointConfig num_to_keep=2)
+    # plus the latest one (its rule: the newest is never deleted, a retry restores from it), so at most 3.
+    experiment = tmp_path / "state" / "ray" / NAME
+    [trial_dir] = [d for d in experiment.iterdir() if d.is_dir()]
+    kept = {d.name for d in trial_dir.glob("checkpoint_*")}
+    by_round = {r["round"]: r for r in rows.rounds(NAME)}
+    ranked = sorted(by_round, key=lambda n: (by_round[n]["metrics"]["f1_micro"], n), reverse=True)  # Ray's order
+    expected = {by_round[n]["metrics"]["checkpoint_dir_name"] for n in {*ranked[:2], max(by_round)}}
+    assert kept == expected and len(kept) <= 3, (kept, expected)
+    best = by_round[trial["best_round"]]["checkpoint"]
+    assert best.rsplit("/", 1)[-1] in kept, (kept, best)  # the export's checkpoint is among them
+    assert (tmp_path / "state" / "sweeps" / NAME / "export" / "adapter").is_dir()
+    # every trial folder was removed, the killed attempt's included (by its retry)
+    assert not [p.name for p in (tmp_path / "tmp").iterdir() if p.name.startswith(("sweeper-", "checkpoint_tmp"))]
+
+
+@pytest.fixture
+def cluster(tmp_path, monkeypatch, ray_cleanup):
+    monkeypatch.setenv("RAY_AUTH_MODE", "disabled")  # head, workers and driver must agree (STACK_NOTES)
+    monkeypatch.setenv("RAY_TMPDIR", str(ray_tmp(tmp_path)))
+    (ray_tmp(tmp_path) / "ray").mkdir(exist_ok=True)
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 0})
+    workers = [cluster.add_node(num_cpus=1) for _ in range(2)]
+    cluster.wait_for_nodes()
+    yield cluster, workers
+    cluster.shutdown()
+
+
+def test_removed_worker_node_has_its_trial_rescheduled(tmp_path, cluster):
+    ray_cluster, workers = cluster
+    spec = fault_spec(tmp_path, name=NAME, trials=2, max_concurrent=2)
+    rows = Rows(tmp_path / "state" / "sweeper.db")
+    driver = start_cli(["run", spec, "--address", ray_cluster.address], tmp_path)
+    try:
+        victim = wait_for(lambda: checkpointed_round(rows, NAME), 180, "a checkpointed round")
+        node = next(n for n in workers if n.node_id == victim["metrics"]["node"])
+        ray_cluster.remove_node(node)  # its raylet and every worker on it die
+        ray_cluster.add_node(num_cpus=1)  # a replacement, as an autoscaler would start
+        assert driver.wait(timeout=300) == 0, cli_log(tmp_path)
+    finally:
+        if driver.poll() is None:
+            os.killpg(driver.pid, signal.SIGKILL)
+
+    assert rows.sweep_status(NAME)[0] == "completed"
+    trials = {t["key"]: t for t in rows.trials(NAME)}
+    assert len(trials) == 2 and {t["status"] for t in trials.values()} == {"completed"}, trials
+    moved = trials[victim["trial"]]
+    assert moved["retries"] >= 1 and moved["node"] != node.node_id, moved
+    rounds = rows.rounds(NAME)
+    old_pids = {r["metrics"]["pid"] for r in rounds if r["metrics"]["node"] == node.node_id}
+    parts = assert_resumed_not_restarted(rounds, old_pids, victim["trial"])
+    assert {r["metrics"]["node"] for r in parts["before"]} == {node.node_id}
+    assert node.node_id not in {r["metrics"]["node"] for r in parts["after"]}
+    assert rows.study_states(NAME) == ["COMPLETE", "COMPLETE"]

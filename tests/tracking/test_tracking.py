@@ -1,0 +1,90 @@
+"""sweeper.tracking without Ray: the mode rule, trial runs and the sweep's summary run, read back from disk."""
+
+from __future__ import annotations
+
+import json
+import secrets
+
+import pytest
+from wandb_files import read_run
+
+from sweeper import tracking
+from sweeper.store import TrialStore
+
+
+@pytest.mark.parametrize("mode, explicit, env, expected", [
+    ("none", True, {"WANDB_API_KEY": "k", "WANDB_MODE": "online"}, "disabled"),
+    ("offline", True, {"WANDB_API_KEY": "k"}, "offline"),          # the spec said offline: it stays offline
+    ("online", True, {}, "online"),
+    ("offline", False, {}, "offline"),                             # the default
+    ("offline", False, {"WANDB_API_KEY": "k"}, "online"),          # unset in the spec + a key: online
+    ("offline", False, {"WANDB_API_KEY": "k", "WANDB_MODE": "offline"}, "offline"),
+    ("offline", False, {"WANDB_MODE": "disabled"}, "disabled"),
+])
+def test_mode_rule(mode, explicit, env, expected):
+    assert tracking.resolve_mode(mode, explicit, env) == expected
+
+
+def test_redact():
+    secret = "sk-test-" + secrets.token_hex(8)
+    value = {"a": f"x{secret}y", "b": [secret, "fine", 3], f"k{secret}": 1}
+    assert tracking.redact(value, secret) == {"a": "***", "b": ["***", "fine", 3], "***": 1}
+    assert tracking.redact(value, "") == value
+
+
+@pytest.fixture
+def store(tmp_path) -> TrialStore:
+    store = TrialStore(f"sqlite:///{tmp_path / 'sweeper.db'}")
+    store.upgrade()
+    spec = {"name": "sw", "tracking": {"mode": "offline", "project": "proj"}, "storage": {"root": str(tmp_path)}}
+    store.open_sweep("sw", spec, "fp", "f1_micro", "max")
+    for key, rounds, status, reason in [("t1", [(1.0, 0.2), (0.8, 0.5), (0.9, 0.4)], "early_stopped", "patience"),
+                                        ("t2", [(1.1, 0.3)], "stopped", "asha")]:
+        store.trial_started("sw", key, {"learning_rate": 1e-3, "lora_r": 8})
+        for n, (loss, f1) in enumerate(rounds, start=1):
+            store.round_reported("sw", key, {"round": n, "eval_loss": loss, "f1_micro": f1, "time_total_s": n})
+        store.trial_finished("sw", key, status, reason)
+    return store
+
+
+def test_trial_runs_log_rounds_and_a_summary_from_the_store(store, tmp_path):
+    runs = tracking.TrialRuns("proj", "sw", "offline", tmp_path / "runs", store.url)
+    runs.start("t1", {"learning_rate": 1e-3, "training": {"seed": 7}})
+    for n, (loss, f1) in enumerate([(1.0, 0.2), (0.8, 0.5), (0.9, 0.4)], start=1):
+        runs.log("t1", tracking.round_metrics({"round": n, "eval_loss": loss, "f1_micro": f1, "pid": 1,
+                                               "hostname": "h", "device": "cpu", "done": False}), n)
+    runs.log("t1", {"eval_loss": 5.0}, 2)  # a retried trial re-reporting round 2: dropped, steps only grow
+    runs.finish("t1")
+    runs.close()
+    (folder,) = tracking.offline_runs(tmp_path / "runs")
+    run = read_run(folder)
+    assert (run.run_id, run.group, run.job_type, run.project, run.exit_code) == ("sw-t1", "sw", "trial", "proj", 0)
+    assert run.config == {"learning_rate": 1e-3, "training": {"seed": 7}}
+    assert [h["_step"] for h in run.history] == [1, 2, 3]
+    assert [h["eval_loss"] for h in run.history] == [1.0, 0.8, 0.9]
+    assert not {"pid", "hostname", "device", "done", "round"} & set(run.history[0])
+    s = run.summary
+    assert (s["status"], s["stop_reason"], s["best_round"], s["rounds"]) == ("early_stopped", "patience", 2, 3)
+    assert (s["best/f1_micro"], s["best/eval_loss"]) == (0.5, 0.8)  # the best round's holdout metrics, not the last
+    assert "best/time_total_s" not in s
+
+
+def test_sweep_summary_run_has_a_table_of_all_trials(store, tmp_path, monkeypatch):
+    folder = tracking.log_sweep_summary(store, "sw", {"gate": "passed", "ci": [0.41, 0.55]})
+    assert folder.parent == tmp_path / "sweeps" / "sw" / "wandb-runs" / "wandb"  # from the stored spec
+    run = read_run(folder)
+    assert (run.group, run.job_type, run.project) == ("sw", "summary", "proj")
+    assert run.config["sweep"] == "sw" and run.config["spec"]["tracking"]["project"] == "proj"
+    s = run.summary
+    assert (s["best_trial"], s["best/f1_micro"], s["best_round"], s["n_trials"]) == ("t1", 0.5, 2, 2)
+    assert s["promotion"] == {"gate": "passed", "ci": [0.41, 0.55]}
+    assert s["trials"]["_type"] == "table-file" and s["trials"]["nrows"] == 2
+    table = json.loads((folder / "files" / s["trials"]["path"]).read_text())
+    rows = [dict(zip(table["columns"], row)) for row in table["data"]]
+    assert [(r["trial"], r["status"], r["stop_reason"], r["objective"], r["is_best"]) for r in rows] == [
+        ("t1", "early_stopped", "patience", 0.5, True), ("t2", "stopped", "asha", 0.3, False)]
+    assert rows[0]["best/eval_loss"] == 0.8 and rows[0]["learning_rate"] == 1e-3
+
+    monkeypatch.setenv("WANDB_MODE", "disabled")  # a sweep whose spec left the mode out follows WANDB_MODE
+    assert tracking.log_sweep_summary(store, "sw") is None
+    assert len(tracking.offline_runs(folder.parent.parent)) == 1
