@@ -593,6 +593,35 @@ def _compute(value: float) -> str:
     return "not reached" if math.isinf(value) else f"{value:.1f}"
 
 
+def paired_lines(by_method: dict, budget: float, metric: str) -> tuple[list[str], list[str]]:
+    """Per seed, sweeper against each method at the budget (same seed = the same first random points).
+    Also returns the methods against which sweeper's mean holdout margin is not above its paired sd."""
+    mine = {r["seed"]: r for r in by_method.get("sweeper", [])}
+    weak: list[str] = []
+    lines = [f"- Paired by seed at {budget:g} trial-epochs (sweeper minus the other; wins / ties / losses over seeds):"]
+    for m, runs in by_method.items():
+        if m == "sweeper":
+            continue
+        hold, test, record = [], [], [0, 0, 0]
+        for r in runs:
+            if r["seed"] not in mine:
+                continue
+            a, b = best_so_far(mine[r["seed"]]["events"], budget), best_so_far(r["events"], budget)
+            hold.append(a - b)
+            record[0 if a > b + 1e-9 else 1 if abs(a - b) <= 1e-9 else 2] += 1
+            if mine[r["seed"]]["test"] is not None and r["test"] is not None:
+                test.append(mine[r["seed"]]["test"] - r["test"])
+        if hold:
+            sd = statistics.stdev(hold) if len(hold) > 1 else 0.0
+            tsd = statistics.stdev(test) if len(test) > 1 else 0.0
+            lines.append(f"  - vs {METHODS[m]}: holdout {metric} {statistics.mean(hold):+.3f} ± {sd:.3f}, "
+                         f"test {statistics.mean(test) if test else float('nan'):+.3f} ± {tsd:.3f}; "
+                         f"{record[0]} / {record[1]} / {record[2]}")
+            if statistics.mean(hold) <= sd:
+                weak.append(m)
+    return lines, weak
+
+
 def render(results: list[dict], args, wall_s: float) -> tuple[str, dict]:
     budget = args.budget
     metric = TASKS[args.task]["metric"]
@@ -647,6 +676,11 @@ def render(results: list[dict], args, wall_s: float) -> tuple[str, dict]:
             f"{metric}: **{'met' if beats_holdout else 'NOT met'}**; mean test {metric} of the selected model: "
             f"**{'met' if beats_test else 'NOT met'}**.",
         ]
+        paired, weak = paired_lines(by_method, budget, metric)
+        if weak and (beats_holdout or beats_test):
+            lines[-1] += (f" On the mean only: against {', '.join(weak)} the paired margin is smaller than its "
+                          "seed-to-seed spread, so this is not a reliable win.")
+        lines += paired
     stops = {}
     for r in by_method.get("sweeper", []):
         for k, v in (r.get("stops") or {}).items():
@@ -671,7 +705,17 @@ def main() -> int:
     parser.add_argument("--smoke", action="store_true", help="CI setting: restaurant8k-small, 1 seed, budget 1, "
                                                               "every job at once")
     parser.add_argument("--job", help=argparse.SUPPRESS)
+    parser.add_argument("--from-raw", help="render the table again from a --raw file of an earlier run (no training)")
     args = parser.parse_args()
+    if args.from_raw:
+        raw = json.loads(Path(args.from_raw).read_text())
+        for key in ("task", "seeds", "budget", "methods", "command"):
+            setattr(args, key, raw["args"][key])
+        text, _ = render(raw["runs"], args, raw.get("wall_s", math.nan))
+        print(text)
+        with open(args.results, "a") as fh:
+            fh.write("\n" + text)
+        return 0
     if args.job:
         ctx = json.loads(Path(args.job).read_text())
         result = run_job(ctx)
@@ -695,7 +739,8 @@ def main() -> int:
     text, _ = render(results, args, wall_s)
     print(text)
     if args.raw:
-        Path(args.raw).write_text(json.dumps({"args": {k: v for k, v in vars(args).items()}, "runs": results}, indent=1))
+        Path(args.raw).write_text(json.dumps({"args": {k: v for k, v in vars(args).items()}, "runs": results,
+                                              "wall_s": wall_s}, indent=1))
     with open(args.results, "a") as fh:
         fh.write("\n" + text)
     return 0

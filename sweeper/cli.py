@@ -30,6 +30,32 @@ app.add_typer(db_app, name="db")
 out = Console(width=None if sys.stdout.isatty() else 200)  # logs and pipes get the whole table
 err = Console(stderr=True)
 
+ServerOption = Annotated[Optional[str], typer.Option(
+    "--server", envvar="SWEEPER_SERVER", help="talk to a sweep service at this URL (token: SWEEPER_API_TOKEN) for "
+                                              "run, status, trials, promote and export")]
+
+
+@app.callback()
+def _main(ctx: typer.Context, server: ServerOption = None) -> None:
+    if server:
+        from sweeper.client import ServiceClient
+
+        ctx.obj = ServiceClient(server, os.environ.get("SWEEPER_API_TOKEN"))
+
+
+def _remote(ctx: typer.Context, action, *args):
+    """Run the remote form of a command when `--server` was given; None means: run it locally."""
+    if ctx.obj is None:
+        return None
+    from sweeper.client import ServiceError
+
+    try:
+        result = action(ctx.obj, *args, out)
+    except (ServiceError, OSError) as exc:
+        _fail(exc, 1)
+    return True if result is None else result
+
+
 DEFAULT_DB = f"sqlite:///{Path('.sweeper/sweeper.db').resolve()}"
 DbOption = Annotated[str, typer.Option("--db", envvar="SWEEPER_DATABASE_URL", show_default=False,
                                        help="SQLAlchemy URL of the trial store [default: .sweeper/sweeper.db]")]
@@ -95,13 +121,17 @@ def audit(
 
 @app.command()
 def run(
+    ctx: typer.Context,
     spec_path: Annotated[Path, typer.Argument(help="the sweep spec (YAML)")],
     address: Annotated[Optional[str], typer.Option(help="Ray cluster: 'auto' or ray://HOST:10001; "
                                                    "default: a local Ray")] = None,
     allow: AllowOption = None,
 ) -> None:
     """Run a sweep; if the sweep was interrupted, resume it. The data audit runs first (exit 2 if refused)."""
-    from sweeper import sweeps
+    from sweeper import remote, sweeps
+
+    if _remote(ctx, remote.run, spec_path) is not None:
+        return
 
     allowed = _allowed(allow)
     try:
@@ -156,8 +186,12 @@ def _print_trials(store: TrialStore, name: str) -> None:
 
 
 @app.command()
-def trials(name: Annotated[str, typer.Argument(help="sweep name")], db: DbOption = None) -> None:
+def trials(ctx: typer.Context, name: Annotated[str, typer.Argument(help="sweep name")], db: DbOption = None) -> None:
     """Table of a sweep's trials: params, holdout loss per round, status, stop reason, time (* = best)."""
+    from sweeper import remote
+
+    if _remote(ctx, remote.trials, name) is not None:
+        return
     try:
         _print_trials(_store(db), name)
     except StoreError as exc:
@@ -165,9 +199,14 @@ def trials(name: Annotated[str, typer.Argument(help="sweep name")], db: DbOption
 
 
 @app.command()
-def status(name: Annotated[Optional[str], typer.Argument(help="sweep name; all sweeps if omitted")] = None,
+def status(ctx: typer.Context,
+           name: Annotated[Optional[str], typer.Argument(help="sweep name; all sweeps if omitted")] = None,
            db: DbOption = None) -> None:
     """Sweeps and their state: trials by status and the best value so far."""
+    from sweeper import remote
+
+    if _remote(ctx, remote.status, name) is not None:
+        return
     try:
         store = _store(db)
         sweeps = [store.get_sweep(name)] if name else store.list_sweeps()
@@ -191,6 +230,7 @@ def status(name: Annotated[Optional[str], typer.Argument(help="sweep name; all s
 
 @app.command()
 def export(
+    ctx: typer.Context,
     name: Annotated[str, typer.Argument(help="sweep name")],
     out_dir: Annotated[Path, typer.Option("--out", help="folder to write the export to")] = Path("winner"),
     db: DbOption = None,
@@ -200,8 +240,12 @@ def export(
     The file also holds the data audit and the latest `sweeper promote` outcome: it says NOT PROMOTED, and
     why, when the trial was not promoted.
     """
+    from sweeper import remote
     from sweeper.export import export_sweep
     from trainers.models import resolve_model
+
+    if _remote(ctx, remote.export, name, out_dir.resolve()) is not None:
+        return
 
     try:
         store = _store(db)
@@ -221,6 +265,7 @@ NOT_PROMOTED = 3  # exit code of `promote` (and of `run` with promotion.on_run) 
 
 @app.command()
 def promote(
+    ctx: typer.Context,
     name: Annotated[str, typer.Argument(help="sweep name")],
     out_dir: Annotated[Optional[Path], typer.Option("--out", help="folder for the export [default: the sweep's "
                                                     "export folder under storage.root]")] = None,
@@ -230,8 +275,13 @@ def promote(
 
     Exit 0: PROMOTED. Exit 3: NOT PROMOTED (the table says which gate failed). Exit 2: promotion could not run.
     """
+    from sweeper import remote
     from sweeper.promotion import promote as promote_sweep
     from trainers.models import resolve_model
+
+    promoted = _remote(ctx, remote.promote, name)
+    if promoted is not None:
+        raise typer.Exit(0 if promoted else 3)
 
     try:
         store = _store(db)

@@ -109,9 +109,9 @@ def trial_worker(params: dict, job: dict) -> None:
 def release_memory() -> None:
     """Give a finished trial's memory back to the OS before a reused actor starts the next trial.
 
-    The trial's model, Trainer and optimizer are garbage once it returns, but glibc keeps the freed pages
-    in its per-thread arenas (Tune runs each trial in a new thread): a reused MiniLM worker grew ~50 MB a
-    trial, 760 MB to 1.6 GB over 20 trials, with no Python object left alive. malloc_trim hands them back.
+    The trial's model, Trainer and optimizer are garbage once it returns, but in a Ray worker glibc kept
+    the freed memory: a reused MiniLM worker grew ~50 MB a trial (520 MB to 1.4 GB before its 20th trial)
+    with no Python object of earlier trials alive. malloc_trim hands it back (tests/reliability/test_resources.py).
     """
     gc.collect()
     try:

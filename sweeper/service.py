@@ -23,7 +23,8 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from sweeper.datasets import DataError, read_splits
+from sweeper.audit import audit
+from sweeper.datasets import DataError
 from sweeper.settings import ServiceSettings
 from sweeper.spec import Spec, SpecError, parse_spec
 from sweeper.store import StoreError, TrialStore
@@ -124,7 +125,7 @@ def _raw_spec(body: SweepCreate) -> Any:
     try:
         return yaml.safe_load(body.spec_yaml)
     except yaml.YAMLError as exc:
-        raise _problem(422, [{"path": "spec_yaml", "message": f"not valid YAML: {getattr(exc, 'problem', exc)}"}])
+        raise _problem(422, [{"path": "spec_yaml", "message": f"not valid YAML: {getattr(exc, 'problem', exc)}"}]) from None
 
 
 def _service_spec(raw: Any, settings: ServiceSettings) -> Spec:
@@ -136,15 +137,17 @@ def _service_spec(raw: Any, settings: ServiceSettings) -> Spec:
     try:
         spec = parse_spec(raw, settings.data_roots[0], "spec")
     except SpecError as exc:
-        raise _problem(422, [{"path": p, "message": m} for p, m in exc.errors])
+        raise _problem(422, [{"path": p, "message": m} for p, m in exc.errors]) from None
     errors = _confinement_errors(spec, settings)
     if errors:
         raise _problem(422, errors)
     try:
-        read_splits(spec.data)
+        report = audit(spec)  # the same data audit as `sweeper run`; a spec allows refusals under `audit.allow`
     except DataError as exc:
         field, _, message = str(exc).partition(": ")
-        raise _problem(422, [{"path": field, "message": message}])
+        raise _problem(422, [{"path": field, "message": message}]) from None
+    if not report.passed:
+        raise _problem(422, [{"path": f"audit.{f.code}", "message": f.message} for f in report.blocking])
     return spec
 
 
@@ -324,6 +327,24 @@ def create_app(settings: ServiceSettings) -> FastAPI:
         if not supervisor.cancel(name):
             raise _problem(409, f"sweep {name!r} was not started by this service")
         return Accepted(name=name, status="cancelling")
+
+    @api.post("/sweeps/{name}/promote", responses={404: {}, 409: {}, 422: {}})
+    def promote_sweep(name: str) -> dict[str, Any]:
+        """Check the spec's gates on the best trial, re-evaluated on the test split (200 either way: read
+        `promoted`); the export is rewritten to say the outcome."""
+        from sweeper.promotion import PromotionError, promote
+        from trainers.models import resolve_model
+
+        sweep = _public_sweep(store, name)
+        if sweep.status != "completed":
+            raise _problem(409, f"sweep {name!r} is {sweep.status}; promote it once it has completed")
+        spec = store.get_sweep(name).spec
+        try:
+            result = promote(store, name, resolve_model(spec["model"]), settings.root / "sweeps" / name / "export",
+                             log=lambda line: None)
+        except PromotionError as exc:
+            raise _problem(422, str(exc)) from None
+        return result.to_dict()
 
     @api.get("/sweeps/{name}/export", responses={200: {"content": {"application/zip": {}}}, 404: {}})
     def download_export(name: str) -> StreamingResponse:

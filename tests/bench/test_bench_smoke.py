@@ -52,7 +52,7 @@ def test_every_benchmark_runs_in_its_small_setting(tmp_path):
                 [sys.executable, str(ROOT / "bench" / f"{name}.py"), "--smoke", "--results", str(tmp_path / f"{name}.md")],
                 cwd=tmp_path, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
         deadline = time.monotonic() + 600
-        for name, proc in procs.items():
+        for proc in procs.values():
             proc.wait(timeout=max(1, deadline - time.monotonic()))
     finally:
         for proc in procs.values():

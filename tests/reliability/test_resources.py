@@ -27,8 +27,8 @@ def test_reused_worker_does_not_grow_over_20_trials_and_leaves_no_temp_files(tmp
     monkeypatch.setenv("TMPDIR", str(tmp_path / "tmp"))
     (tmp_path / "tmp").mkdir()
     spec = fault_spec(tmp_path, name=NAME, trials=TRIALS, epochs=1, evals_per_epoch=1)  # one round a trial
-    data = tmp_path / "data"  # 48 train rows: 3 steps a trial
-    (data / "train.json").write_text(json.dumps(json.loads((data / "train.json").read_text())[:48]))
+    data = tmp_path / "data"  # 32 train rows: 2 steps a trial
+    (data / "train.json").write_text(json.dumps(json.loads((data / "train.json").read_text())[:32]))
     result = run_cli(["run", spec], tmp_path, timeout=400)
     assert result.returncode == 0, result.stdout + result.stderr + cli_log(tmp_path)
 

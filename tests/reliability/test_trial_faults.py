@@ -92,7 +92,7 @@ def cluster(tmp_path, monkeypatch, ray_cleanup):
 
 def test_removed_worker_node_has_its_trial_rescheduled(tmp_path, cluster):
     ray_cluster, workers = cluster
-    spec = fault_spec(tmp_path, name=NAME, trials=2, max_concurrent=2)
+    spec = fault_spec(tmp_path, name=NAME, trials=1)
     rows = Rows(tmp_path / "state" / "sweeper.db")
     driver = start_cli(["run", spec, "--address", ray_cluster.address], tmp_path)
     try:
@@ -106,13 +106,14 @@ def test_removed_worker_node_has_its_trial_rescheduled(tmp_path, cluster):
             os.killpg(driver.pid, signal.SIGKILL)
 
     assert rows.sweep_status(NAME)[0] == "completed"
-    trials = {t["key"]: t for t in rows.trials(NAME)}
-    assert len(trials) == 2 and {t["status"] for t in trials.values()} == {"completed"}, trials
-    moved = trials[victim["trial"]]
+    [moved] = rows.trials(NAME)
+    assert moved["key"] == victim["trial"] and moved["status"] == "completed", moved
     assert moved["retries"] >= 1 and moved["node"] != node.node_id, moved
     rounds = rows.rounds(NAME)
     old_pids = {r["metrics"]["pid"] for r in rounds if r["metrics"]["node"] == node.node_id}
     parts = assert_resumed_not_restarted(rounds, old_pids, victim["trial"])
     assert {r["metrics"]["node"] for r in parts["before"]} == {node.node_id}
     assert node.node_id not in {r["metrics"]["node"] for r in parts["after"]}
-    assert rows.study_states(NAME) == ["COMPLETE", "COMPLETE"]
+    print(f"removed node {node.node_id[:8]} after round {victim['round']}; rounds there: "
+          f"{[r['round'] for r in parts['before']]}, on {moved['node'][:8]}: {[r['round'] for r in parts['after']]}")
+    assert rows.study_states(NAME) == ["COMPLETE"]

@@ -29,7 +29,7 @@ class Service:
     """One service process; `restart()` starts a new one on the same root, store and port."""
 
     def __init__(self, tmp_path: Path, database_url: str):
-        self.tmp_path, self.root, self.port = tmp_path, tmp_path / "service", free_port()
+        self.tmp_path, self.root, self.port, self.token = tmp_path, tmp_path / "service", free_port(), TOKEN
         self.env = {**cli_env(tmp_path), "SWEEPER_API_TOKENS": TOKEN, "SWEEPER_SERVICE_ROOT": str(self.root),
                     "SWEEPER_DATA_ROOTS": str(tmp_path / "data"), "SWEEPER_DATABASE_URL": database_url,
                     "SWEEPER_MAX_BODY_BYTES": str(64 * 1024)}

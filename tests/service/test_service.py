@@ -5,6 +5,8 @@ from __future__ import annotations
 import io
 import json
 import signal
+import subprocess
+import sys
 import zipfile
 from pathlib import Path
 
@@ -20,6 +22,7 @@ def submittable_spec(tmp_path: Path, trials: int = 3, name: str = "svc-sweep") -
     """The small test spec, with its data under the service's data root and no storage section."""
     spec = yaml.safe_load(small_spec(tmp_path, name=name, budget={"trials": trials, "max_concurrent": 2}).read_text())
     spec.pop("storage")
+    spec["promotion"] = {"gates": ["eval_loss <= 50"], "bootstrap_samples": 200}  # generous: checks the path
     return spec
 
 
@@ -82,12 +85,31 @@ def test_submit_watch_and_download(tmp_path, make_service, backend, request):
     assert done["trials"] == 3 and done["best_trial"]
     page = service.client.get("/sweeps/svc-sweep/trials", params={"limit": 2, "offset": 1}).json()
     assert page["total"] == 3 and len(page["items"]) == 2
+    promotion = service.client.post("/sweeps/svc-sweep/promote")
+    assert promotion.status_code == 200, promotion.text
+    assert promotion.json()["status"] == "PROMOTED" and promotion.json()["split"] == "test"
     export = service.client.get("/sweeps/svc-sweep/export")
     assert export.status_code == 200 and export.headers["content-type"] == "application/zip"
     with zipfile.ZipFile(io.BytesIO(export.content)) as archive:
         assert {"winner.yaml", "winner.json", "adapter/adapter_config.json"} <= set(archive.namelist())
         record = json.loads(archive.read("winner.json"))
     assert record["winner"]["trial_key"] == done["best_trial"]
+    assert record["promotion"]["promoted"] == promotion.json()["promoted"]  # the export says the outcome
+
+    # The CLI's remote mode drives the same service.
+    env = {**service.env, "SWEEPER_API_TOKEN": service.token}
+    remote = [sys.executable, "-m", "sweeper", "--server", service.url]
+    listing = subprocess.run([*remote, "trials", "svc-sweep"], env=env, capture_output=True, text=True, timeout=60)
+    assert listing.returncode == 0 and done["best_trial"] in listing.stdout, listing.stderr
+    promoted = subprocess.run([*remote, "promote", "svc-sweep"], env=env, capture_output=True, text=True, timeout=300)
+    assert promoted.returncode == 0 and "PROMOTED" in promoted.stdout, promoted.stderr
+    target = tmp_path / "downloaded"
+    exported = subprocess.run([*remote, "export", "svc-sweep", "--out", str(target)], env=env, capture_output=True,
+                              text=True, timeout=60)
+    assert exported.returncode == 0 and (target / "winner.yaml").is_file(), exported.stderr
+    refused = subprocess.run([*remote, "status"], env={**env, "SWEEPER_API_TOKEN": "wrong-token-0123456789"},
+                             capture_output=True, text=True, timeout=60)
+    assert refused.returncode == 1 and "401" in refused.stderr
 
 
 def test_cancel_stops_the_driver(tmp_path, make_service):
