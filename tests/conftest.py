@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 import signal
 import sys
 from pathlib import Path
@@ -11,7 +12,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # `import helpers` from any test folder
 
-from helpers import PostgresUnavailable, fresh_postgres_database, ray_processes  # noqa: E402
+from helpers import PostgresUnavailable, fresh_postgres_database, ray_processes, ray_tmp  # noqa: E402
 
 _postgres_down: str | None = None  # the first failure, so later tests fail at once with the same text
 
@@ -32,10 +33,13 @@ def postgres_url():
 
 @pytest.fixture
 def ray_cleanup(tmp_path):
-    """After the test, stop (by id) any process of the Ray instance the test started."""
+    """After the test, stop (by id) any process of the Ray instance the test started, and remove its files."""
     yield
-    for proc in ray_processes(tmp_path):
+    procs = ray_processes(tmp_path)
+    for proc in procs:
         try:
             proc.send_signal(signal.SIGKILL)
         except psutil.NoSuchProcess:
             pass
+    psutil.wait_procs(procs, timeout=10)
+    shutil.rmtree(ray_tmp(tmp_path), ignore_errors=True)
