@@ -127,7 +127,7 @@ def sweep_measurements(spec_path: Path, trials: int, workdir: Path) -> tuple[lis
     return rows, sweep_s, spec.budget.max_concurrent
 
 
-def render(rows: list[dict], sweep_s: float, probe: dict, args) -> str:
+def render(rows: list[dict], sweep_s: float, probe: dict, args, concurrent: int) -> str:
     from trial_breakdown import PHASES
 
     total = sum(r["wall"] for r in rows)
@@ -140,7 +140,7 @@ def render(rows: list[dict], sweep_s: float, probe: dict, args) -> str:
         "",
         f"Command: `{args.command}`",
         "",
-        f"A real sweep of {len(rows)} trials ({args.spec}, 2 at a time, W&B off), wall {sweep_s:.0f} s; "
+        f"A real sweep of {len(rows)} trials ({args.spec}, {concurrent} at a time, W&B off), wall {sweep_s:.0f} s; "
         f"{sum(r['rounds'] for r in rows)} rounds.",
         "",
         "| phase | share of trial wall time | median per trial (s) |",
@@ -174,6 +174,7 @@ def smoke_spec(workdir: Path) -> Path:
                     "test": str(data / "test.json"), "max_seq_length": 32}
     spec["search_space"] = {"name": "smoke", "params": {"learning_rate": {"type": "float", "low": 1e-3, "high": 1e-2,
                                                                           "log": True}}}
+    spec["budget"] = {"trials": 2, "max_concurrent": 1}  # one actor, started once and then reused
     spec["fixed"] = {"batch_size": 16, "num_epochs": 1, "lr_scheduler_type": "linear", "warmup_ratio": 0.0,
                      "weight_decay": 0.0, "lora_r": 8, "lora_alpha": 16, "lora_dropout": 0.0}
     path = workdir / "smoke.yaml"
@@ -186,7 +187,8 @@ def main() -> int:
     parser.add_argument("--trials", type=int, default=8)
     parser.add_argument("--spec", default="examples/restaurant8k-minilm.yaml")
     parser.add_argument("--results", default=str(ROOT / "bench" / "RESULTS.md"))
-    parser.add_argument("--smoke", action="store_true", help="CI setting: 2 one-epoch trials on restaurant8k-small")
+    parser.add_argument("--smoke", action="store_true", help="CI setting: 2 one-epoch trials on restaurant8k-small, "
+                                                              "one at a time")
     parser.add_argument("--first-step-probe", nargs=3, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.first_step_probe:
@@ -208,7 +210,7 @@ def main() -> int:
             raw = yaml.safe_load(spec_path.read_text())
             data = (spec_path.parent / raw["data"]["train"]).parent
             seq = raw["data"].get("max_seq_length", 128)
-        rows, sweep_s, _ = sweep_measurements(spec_path, args.trials, workdir)
+        rows, sweep_s, concurrent = sweep_measurements(spec_path, args.trials, workdir)
         out = workdir / "probe.json"
         subprocess.run([sys.executable, str(Path(__file__).resolve()), "--first-step-probe", str(out), str(data),
                         str(seq)], check=True, capture_output=True, env={**os.environ, "HF_HUB_OFFLINE": "1"})
@@ -217,7 +219,7 @@ def main() -> int:
         shutil.rmtree(workdir, ignore_errors=True)
         if "bte" in os.environ["RAY_TMPDIR"]:
             shutil.rmtree(os.environ["RAY_TMPDIR"], ignore_errors=True)
-    text = render(rows, sweep_s, probe, args)
+    text = render(rows, sweep_s, probe, args, concurrent)
     print(text)
     with open(args.results, "a") as fh:
         fh.write("\n" + text)
