@@ -265,7 +265,8 @@ def main() -> int:
     finally:
         controller.shutdown()
         shutil.rmtree(workdir, ignore_errors=True)
-        shutil.rmtree(os.environ["RAY_TMPDIR"], ignore_errors=True) if "bco" in os.environ["RAY_TMPDIR"] else None
+        if "bco" in os.environ["RAY_TMPDIR"]:  # only the private Ray folder this script made
+            shutil.rmtree(os.environ["RAY_TMPDIR"], ignore_errors=True)
     text = render(rows, args, extra)
     print(text)
     with open(args.results, "a") as fh:

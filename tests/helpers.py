@@ -72,9 +72,8 @@ def start_cli(args: list[str], tmp_path: Path) -> subprocess.Popen:
                             stderr=subprocess.STDOUT, start_new_session=True)
 
 
-def ray_processes(tmp_path: Path) -> list[psutil.Process]:
-    """Processes of the Ray instance this test started (identified by its private temp folder)."""
-    marker = str(ray_tmp(tmp_path))
+def processes_mentioning(marker: str) -> list[psutil.Process]:
+    """Processes whose command line contains `marker` (a test's private folder: only what it started)."""
     found = []
     for proc in psutil.process_iter(["cmdline"]):
         try:
@@ -83,6 +82,11 @@ def ray_processes(tmp_path: Path) -> list[psutil.Process]:
         except (psutil.NoSuchProcess, psutil.AccessDenied):
             continue
     return found
+
+
+def ray_processes(tmp_path: Path) -> list[psutil.Process]:
+    """Processes of the Ray instance this test started (identified by its private temp folder)."""
+    return processes_mentioning(str(ray_tmp(tmp_path)))
 
 
 

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import psutil
 import pytest
+from helpers import processes_mentioning
 
 ROOT = Path(__file__).resolve().parents[2]
 SCRIPTS = {
@@ -33,12 +34,11 @@ pytestmark = pytest.mark.slow
 
 
 def _stop_ray(marker: str) -> None:
-    for proc in psutil.process_iter(["cmdline"]):
+    for proc in processes_mentioning(marker):
         try:
-            if any(marker in part for part in proc.info["cmdline"] or []):
-                proc.send_signal(signal.SIGKILL)
-        except (psutil.NoSuchProcess, psutil.AccessDenied):
-            continue
+            proc.send_signal(signal.SIGKILL)
+        except psutil.NoSuchProcess:
+            pass
 
 
 def test_every_benchmark_runs_in_its_small_setting(tmp_path):
