@@ -5,7 +5,7 @@ the service's trial listing: time, memory, and how they grow from 1k to 10k tria
     .venv/bin/python bench/store_scale.py --smoke --results /tmp/r.md       # CI smoke (SQLite, tiny)
 
 Writing. The real write path is per round: Tune's events reach `StoreCallback`, which calls
-`TrialStore.trial_started`, then per round `round_reported` + `checkpoint_saved`, then `trial_finished`, one
+`TrialStore.trial_started`, then per round `round_reported` (with its checkpoint), then `trial_finished`, one
 transaction each. Writing 500,000 rounds that way takes hours, so each sweep is written in two parts: all
 but the last `--real-trials` trials through bulk INSERTs (SQLAlchemy Core, the same tables and values the
 real path writes, a real round's 38 metric keys), then the last `--real-trials` trials through the real
@@ -167,8 +167,8 @@ def write_sweep(url: str, name: str, n_trials: int, rounds: int, real_trials: in
         best = rng.uniform(0.0, 0.8)
         for r in range(1, rounds + 1):
             t0 = time.perf_counter()
-            store.round_reported(name, key, round_metrics(rng, key, r, best))
-            store.checkpoint_saved(name, key, r, f"/shared/ray/{name}/trial_{key}/checkpoint_{r - 1:06d}")
+            store.round_reported(name, key, round_metrics(rng, key, r, best),
+                                 f"/shared/ray/{name}/trial_{key}/checkpoint_{r - 1:06d}")
             per_round.append(time.perf_counter() - t0)
         store.trial_finished(name, key, "completed", "completed")
     real_s = time.perf_counter() - started
@@ -288,7 +288,7 @@ def render(results: dict, args) -> str:
         "",
         f"Each sweep: N trials x {args.rounds} rounds, a real round's 38 metric keys (~1 KB of JSON). All but the "
         f"last {args.real_trials} trials are bulk-inserted; those {args.real_trials} go through the real per-round "
-        "path (`round_reported` + `checkpoint_saved`, what `StoreCallback` calls) on top of the full tables.",
+        "path (`round_reported` with its checkpoint, what `StoreCallback` calls) on top of the full tables.",
         "",
         "### Writing",
         "",

@@ -201,11 +201,10 @@ class StoreCallback(tune.Callback):
         self.store.trial_started(self.sweep_name, trial.trial_id, trial.config)
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
-        self.store.round_reported(self.sweep_name, trial.trial_id, result)
-
-    def on_checkpoint(self, iteration, trials, trial, checkpoint, **info):
-        self.store.checkpoint_saved(self.sweep_name, trial.trial_id, int(trial.last_result.get("round", 0)),
-                                    checkpoint.path)
+        # The worker persisted the round's checkpoint before reporting it. Tune's own checkpoint event comes
+        # later, from a separate task, and never comes for a trial stopped at the time budget meanwhile.
+        name = result.get("checkpoint_dir_name")
+        self.store.round_reported(self.sweep_name, trial.trial_id, result, f"{trial.path}/{name}" if name else "")
 
     def on_trial_complete(self, iteration, trials, trial, **info):
         reason = trial.last_result.get("stop_reason") or self._stopped_by()
@@ -544,10 +543,33 @@ def run_sweep(spec: Spec, database_url: str, tune_path: str, sweep_dir: Path, mo
         while _ACTIVE:  # Ctrl+C ends fit() without on_experiment_end: finish W&B runs, restore the terminal
             _ACTIVE.pop().close()
     trials = results._experiment_analysis.trials
-    ended = all(t.status in ("TERMINATED", "ERROR") for t in trials)
+    ended = all(t.status in ("TERMINATED", "ERROR") for t in trials)  # Tune's view, after its clean-up
     budget = spec.budget.time_budget_s
-    spent = len(trials) >= spec.budget.trials or bool(budget and time.monotonic() - started >= budget)
+    over_time = bool(budget and time.monotonic() - started >= budget)
+    store = TrialStore(database_url)
+    try:
+        if over_time:  # Tune stops the trials still running at the deadline without a trial-complete event
+            store.mark_unfinished(spec.name, "stopped", "time_budget")
+            _close_study_trials(spec.name, database_url)
+        # A Ctrl+C also ends live trials without that event (they resume): the store still has them running.
+        unfinished = any(t.status == "running" for t in store.trials(spec.name))
+    finally:
+        store.engine.dispose()
+    spent = over_time or (len(trials) >= spec.budget.trials and not unfinished)
     return SweepResult(finished=ended and spent, experiment_path=experiment_path, resumed=resumed)
+
+
+def _close_study_trials(study_name: str, database_url: str) -> None:
+    """Close the Optuna trials that Tune stopped at the time budget: no completion reached the searcher, so
+    they stay RUNNING. Closed as Tune closes ASHA-stopped trials: COMPLETE with the last objective they
+    reported (the best so far), or PRUNED when they reported none."""
+    study = optuna.load_study(study_name=study_name, storage=_study_storage(database_url))
+    for trial in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
+        values = trial.intermediate_values
+        if values:
+            study.tell(trial.number, values[max(values)])
+        else:
+            study.tell(trial.number, state=optuna.trial.TrialState.PRUNED)
 
 
 def shutdown() -> None:

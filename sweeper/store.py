@@ -215,6 +215,11 @@ def _json_scalar(value: Any) -> bool:
     return isinstance(value, (int, str, bool))
 
 
+def ranked(trials: list[Trial], mode: str) -> list[Trial]:
+    """Trials with an objective value, best first for `mode` (min | max); ties keep the earlier trial first."""
+    return sorted([t for t in trials if t.best_value is not None], key=lambda t: t.best_value, reverse=mode == "max")
+
+
 class TrialStore:
     """All reads and writes of sweep state. Construct with a SQLAlchemy URL."""
 
@@ -350,7 +355,10 @@ class TrialStore:
 
         self._write(work)
 
-    def round_reported(self, sweep_name: str, key: str, metrics: dict) -> None:
+    def round_reported(self, sweep_name: str, key: str, metrics: dict, checkpoint: str = "") -> None:
+        """Record one round (and the checkpoint it reported, already persisted by the worker); replays keep the
+        round's recorded checkpoint."""
+
         def work(session: Session):
             trial = self._trial(session, sweep_name, key)
             sweep = trial.sweep
@@ -358,9 +366,10 @@ class TrialStore:
             row = session.scalar(select(Round).where(Round.trial_id == trial.id, Round.round == number))
             clean = {k: v for k, v in metrics.items() if _json_scalar(v)}
             if row is None:
-                session.add(Round(trial_id=trial.id, round=number, eval_loss=metrics.get("eval_loss"), metrics=clean))
-            else:
-                row.metrics, row.eval_loss = clean, metrics.get("eval_loss")
+                row = Round(trial_id=trial.id, round=number, checkpoint="")
+                session.add(row)
+            row.metrics, row.eval_loss = clean, metrics.get("eval_loss")
+            row.checkpoint = checkpoint or row.checkpoint
             value = metrics.get(sweep.objective_metric)
             if _better(value, trial.best_value, sweep.objective_mode):
                 trial.best_value, trial.best_round = float(value), number
@@ -372,15 +381,6 @@ class TrialStore:
             trial.examples_seen = int(metrics.get("examples_seen", trial.examples_seen))
             trial.tokens_seen = int(metrics.get("tokens_seen", trial.tokens_seen))
             trial.wall_time_s = float(metrics.get("time_total_s", trial.wall_time_s))
-
-        self._write(work)
-
-    def checkpoint_saved(self, sweep_name: str, key: str, round_: int, path: str) -> None:
-        def work(session: Session):
-            trial = self._trial(session, sweep_name, key)
-            row = session.scalar(select(Round).where(Round.trial_id == trial.id, Round.round == round_))
-            if row is not None:
-                row.checkpoint = path
 
         self._write(work)
 
@@ -424,6 +424,19 @@ class TrialStore:
 
         return self._read(work)
 
+    def trial_rounds(self, sweep_name: str, key: str) -> list[Round]:
+        """Per-round rows of one trial, in round order."""
+        return self._read(lambda s: list(s.scalars(
+            select(Round).join(Round.trial).join(Trial.sweep)
+            .where(Sweep.name == sweep_name, Trial.trial_key == key).order_by(Round.round))))
+
+    def best_round_metrics(self, sweep_name: str) -> dict[str, dict]:
+        """Each trial's recorded metrics at its best round, keyed by trial key (one query, not every round)."""
+        at_best = (Round.trial_id == Trial.id) & (Round.round == Trial.best_round)
+        return self._read(lambda s: dict(s.execute(
+            select(Trial.trial_key, Round.metrics).join(Round, at_best).join(Trial.sweep)
+            .where(Sweep.name == sweep_name)).all()))
+
     def best_trial(self, sweep_name: str) -> Trial | None:
         """The trial with the best value of the objective at any of its rounds (not its last round)."""
         ranked = self.ranked_trials(sweep_name)
@@ -432,10 +445,7 @@ class TrialStore:
     def ranked_trials(self, sweep_name: str) -> list[Trial]:
         """Trials with an objective value, best first (ties: the earlier trial first)."""
         sweep = self.get_sweep(sweep_name)
-        candidates = [t for t in self.trials(sweep_name) if t.best_value is not None]
-        if sweep is None:
-            return []
-        return sorted(candidates, key=lambda t: t.best_value, reverse=sweep.objective_mode == "max")
+        return ranked(self.trials(sweep_name), sweep.objective_mode) if sweep else []
 
     # -- promotions ----------------------------------------------------------------------------------
     def record_promotion(self, sweep_name: str, trial_key: str, promoted: bool, split: str, result: dict,

@@ -299,9 +299,7 @@ def test_best_checkpoint_is_the_best_rounds_checkpoint(store):
     new_sweep(store)
     store.trial_started("s1", "t1", {})
     for number, value in enumerate([0.5, 0.1, 0.3], start=1):
-        report(store, "s1", "t1", number, value)
-        store.checkpoint_saved("s1", "t1", number, f"/ckpt/round-{number}")
-    store.checkpoint_saved("s1", "t1", 9, "/ckpt/never-reported")  # no such round: ignored
+        store.round_reported("s1", "t1", {"round": number, "eval_loss": value}, f"/ckpt/round-{number}")
     t = trial(store, "s1", "t1")
     assert store.best_checkpoint(t) == "/ckpt/round-2"
     assert [r.checkpoint for r in store.rounds("s1")["t1"]] == ["/ckpt/round-1", "/ckpt/round-2", "/ckpt/round-3"]
@@ -311,8 +309,7 @@ def test_best_checkpoint_is_the_best_rounds_checkpoint(store):
     assert store.best_checkpoint(trial(store, "s1", "t1")) == "/ckpt/round-2"
     # a trial without a best round has no checkpoint
     store.trial_started("s1", "t2", {})
-    report(store, "s1", "t2", 1, float("nan"))
-    store.checkpoint_saved("s1", "t2", 1, "/ckpt/t2")
+    store.round_reported("s1", "t2", {"round": 1, "eval_loss": float("nan")}, "/ckpt/t2")
     assert store.best_checkpoint(trial(store, "s1", "t2")) == ""
 
 
@@ -340,8 +337,7 @@ def test_delete_sweep_removes_its_trials_and_rounds_only(store):
         for key in ["t1", "t2"]:
             store.trial_started(name, key, {})
             for number in [1, 2]:
-                report(store, name, key, number, 0.1 * number)
-                store.checkpoint_saved(name, key, number, f"/{name}/{key}/{number}")
+                store.round_reported(name, key, {"round": number, "eval_loss": 0.1 * number}, f"/{name}/{key}/{number}")
     assert store.delete_sweep("gone") is True
     assert store.get_sweep("gone") is None
     assert store.trials("gone") == [] and store.rounds("gone") == {}
@@ -437,8 +433,8 @@ def test_two_stores_writing_interleaved_lose_nothing(store, new_store):
             barrier.wait(timeout=10)
             writer.trial_started("s1", key, {"key": key})
             for number in range(1, rounds_each + 1):
-                report(writer, "s1", key, number, 1.0 / number, accuracy=number / 100)
-                writer.checkpoint_saved("s1", key, number, f"/{key}/{number}")
+                writer.round_reported("s1", key, {"round": number, "eval_loss": 1.0 / number, "accuracy": number / 100},
+                                      f"/{key}/{number}")
             writer.trial_finished("s1", key, "completed", "max_rounds")
         except BaseException as exc:  # noqa: BLE001 - surfaced by the assertion below
             errors.append(exc)

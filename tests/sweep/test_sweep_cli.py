@@ -112,3 +112,27 @@ def test_interrupted_sweep_resumes_without_duplicates(tmp_path, ray_cleanup, sig
     assert sorted(t.state.name for t in study) == ["COMPLETE"] * 4
     assert len({json.dumps(t.params, sort_keys=True) for t in study}) == 4
     assert "winner.yaml" in result.stdout
+
+
+def test_time_budget_ends_running_trials_and_exports(tmp_path, ray_cleanup):
+    """The sweep's time budget runs out mid-trial: the trials Tune stops at the deadline end `stopped`
+    (time_budget) in the store, none is left `running`, and the winner's checkpoint is there to export."""
+    spec = small_spec(tmp_path, budget={"trials": 12, "max_concurrent": 2, "time_budget_s": 45},
+                      scheduler={"type": "none", "evals_per_epoch": 2})  # no ASHA: trials run to the deadline
+    started = time.monotonic()
+    result = run_cli(["run", spec], tmp_path, check=True)
+    assert time.monotonic() - started < 240, "the time budget did not stop the sweep"
+    db = tmp_path / "state" / "sweeper.db"
+    assert store_rows(db, "select status from sweeper_sweeps") == [("completed",)]
+    trials = store_rows(db, "select trial_key, status, stop_reason, rounds from sweeper_trials")
+    assert 2 <= len(trials) < 12, trials
+    assert [t for t in trials if t[1] == "running" or not t[2]] == [], trials
+    assert any(t[1:3] == ("stopped", "time_budget") for t in trials), trials
+    # The study closes them too: COMPLETE with the objective so far, PRUNED before any round; none left RUNNING.
+    study = sorted(t.state.name for t in study_trials(db, "small-sweep"))
+    assert study == sorted("COMPLETE" if t[3] > 0 else "PRUNED" for t in trials), (study, trials)
+    export = tmp_path / "state" / "sweeps" / "small-sweep" / "export"
+    assert (export / "adapter" / "adapter_model.safetensors").is_file(), result.stdout + result.stderr
+    recorded = store_rows(db, "select t.trial_key, r.checkpoint from sweeper_rounds r join sweeper_trials t "
+                              "on t.id = r.trial_id where r.round = t.best_round")
+    assert recorded and all(path for _, path in recorded), recorded  # every best round names its checkpoint
