@@ -32,7 +32,7 @@ err = Console(stderr=True)
 
 ServerOption = Annotated[Optional[str], typer.Option(
     "--server", envvar="SWEEPER_SERVER", help="talk to a sweep service at this URL (token: SWEEPER_API_TOKEN) for "
-                                              "run, status, trials, promote and export")]
+                                              "run, status, trials, compare, promote and export")]
 
 
 @app.callback()
@@ -360,6 +360,7 @@ def train(
 
 @app.command()
 def compare(
+    ctx: typer.Context,
     names: Annotated[list[str], typer.Argument(help="one or more sweep names", show_default=False)],
     sort: Annotated[str, typer.Option(help="sort by a metric (at each trial's best round), a parameter "
                                            "(param.NAME) or a field (rounds, wall_time_s, ...)")] = "objective",
@@ -373,28 +374,28 @@ def compare(
 ) -> None:
     """Compare the trials of one or more sweeps: metrics at each trial's best round, the best per sweep."""
     from sweeper import compare as cmp
+    from sweeper import remote
 
     if fmt not in ("table", "csv", "json"):
         _fail(ValueError(f"--format {fmt!r}: use table, csv or json"))
-    names = list(dict.fromkeys(names))
     statuses = [s.strip() for item in status_filter or [] for s in item.split(",") if s.strip()] or None
-    try:
-        store = _store(db)
-        rows = cmp.sort_rows(cmp.trial_rows(store, names, statuses), sort,
-                             None if ascending is None else not ascending)
-        best = cmp.best_per_sweep(store, names)
-    except (StoreError, cmp.CompareError) as exc:
-        _fail(exc)
+    descending = None if ascending is None else not ascending
+    comparison = _remote(ctx, remote.compare, names, statuses, sort, descending)
+    if comparison is None:
+        try:
+            comparison = cmp.compare(_store(db), names, statuses, sort, descending)
+        except (StoreError, cmp.CompareError) as exc:
+            _fail(exc)
     if fmt == "csv":
-        sys.stdout.write(cmp.to_csv(rows))
-        return
-    if fmt == "json":
-        sys.stdout.write(cmp.to_json(rows, best) + "\n")
-        return
-    _print_comparison(rows, best, sort, many=len(names) > 1)
+        sys.stdout.write(cmp.to_csv(comparison.trials))
+    elif fmt == "json":
+        sys.stdout.write(comparison.to_json() + "\n")
+    else:
+        _print_comparison(comparison, sort)
 
 
-def _print_comparison(rows, best: list[dict], sort: str, many: bool) -> None:
+def _print_comparison(comparison, sort: str) -> None:
+    rows, many = comparison.trials, len(comparison.best) > 1
     def num(value, spec: str = ".4f") -> str:
         return "-" if value is None else format(value, spec) if isinstance(value, float) else str(value)
 
@@ -418,9 +419,9 @@ def _print_comparison(rows, best: list[dict], sort: str, many: bool) -> None:
         table.add_row(*cells)
     out.print(table)
     summary = Table("sweep", "status", "trials", "objective", "best trial", "value@round", title="best per sweep")
-    for b in best:
-        summary.add_row(b["sweep"], b["status"], str(b["trials"]), f"{b['objective_metric']} ({b['objective_mode']})",
-                        b["trial"] or "-", "-" if b["value"] is None else f"{b['value']:.4f}@{b['best_round']}")
+    for b in comparison.best:
+        summary.add_row(b.sweep, b.status, str(b.trials), f"{b.objective_metric} ({b.objective_mode})",
+                        b.trial or "-", "-" if b.value is None else f"{b.value:.4f}@{b.best_round}")
     out.print(summary)
 
 

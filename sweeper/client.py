@@ -46,6 +46,12 @@ class ServiceClient:
             if offset >= page["total"] or not page["items"]:
                 return items
 
+    def compare(self, names: list[str], statuses: list[str] | None, sort: str, descending: bool | None) -> dict:
+        params = {"sweep": names, "status": statuses or [], "sort": sort}
+        if descending is not None:
+            params["descending"] = descending
+        return self._call("GET", "/compare", params=params).json()
+
     def cancel(self, name: str) -> dict:
         return self._call("POST", f"/sweeps/{name}/cancel").json()
 
@@ -66,6 +72,13 @@ def _detail(response: httpx.Response) -> Any:
     except ValueError:
         return response.text[:500]
     if isinstance(detail, list):
-        return "; ".join(f"{d.get('path', '')}: {d.get('message', d)}" if isinstance(d, dict) else str(d)
-                         for d in detail)
+        return "; ".join(_item(d) for d in detail)
     return detail
+
+
+def _item(problem: Any) -> str:
+    """One problem of a 422: ours are {path, message}; FastAPI's own validation gives {loc, msg}."""
+    if not isinstance(problem, dict):
+        return str(problem)
+    path = problem.get("path") or ".".join(str(part) for part in problem.get("loc", []))
+    return f"{path}: {problem.get('message') or problem.get('msg', problem)}"

@@ -13,9 +13,9 @@ import io
 import json
 import math
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import Any, Literal, get_args
 
-from sweeper.store import StoreError, TrialStore, safe_url
+from sweeper.store import StoreError, TrialStore, ranked, safe_url
 
 # Keys of a round's record that are bookkeeping, not holdout metrics (ours, then those Ray Tune adds).
 BOOKKEEPING = {"round", "epoch", "train_loss", "examples_seen", "tokens_seen", "objective", "stop_reason", "device"}
@@ -24,7 +24,8 @@ RAY_KEYS = {"timestamp", "training_iteration", "time_this_iter_s", "time_total_s
             "done", "should_checkpoint", "checkpoint_dir_name", "config", "experiment_id"}
 FIELDS = ("sweep", "trial", "status", "stop_reason", "rounds", "best_round", "objective_metric", "objective",
           "is_best", "wall_time_s", "retries")
-STATUSES = ("running", "completed", "early_stopped", "stopped", "failed")
+TrialStatus = Literal["running", "completed", "early_stopped", "stopped", "failed"]
+STATUSES = get_args(TrialStatus)
 
 
 class CompareError(ValueError):
@@ -74,31 +75,6 @@ class TrialRow:
         return data
 
 
-def trial_rows(store: TrialStore, sweeps: list[str], statuses: list[str] | None = None) -> list[TrialRow]:
-    """Rows for every trial of the given sweeps (in sweep order, then trial order), optionally filtered."""
-    if statuses:
-        unknown = [s for s in statuses if s not in STATUSES]
-        if unknown:
-            raise CompareError(f"unknown status {', '.join(unknown)}; use one of {', '.join(STATUSES)}")
-    rows: list[TrialRow] = []
-    for name in sweeps:
-        sweep = store.get_sweep(name)
-        if sweep is None:
-            raise StoreError(f"no sweep named {name!r} in {safe_url(store.url)}")
-        best = store.best_trial(name)
-        rounds = store.rounds(name)
-        for t in store.trials(name):
-            at_best = next((r.metrics for r in rounds.get(t.trial_key, []) if r.round == t.best_round), {})
-            rows.append(TrialRow(
-                sweep=name, trial=t.trial_key, status=t.status, stop_reason=t.stop_reason, rounds=t.rounds,
-                best_round=t.best_round, objective_metric=sweep.objective_metric, objective_mode=sweep.objective_mode,
-                objective=t.best_value, is_best=bool(best and best.id == t.id), wall_time_s=round(t.wall_time_s, 3),
-                retries=t.retries, metrics=holdout_metrics(at_best), params=dict(t.params), error=t.error or ""))
-    if statuses:
-        rows = [r for r in rows if r.status in statuses]
-    return rows
-
-
 def sort_keys(rows: list[TrialRow]) -> list[str]:
     """Every key rows can be sorted by."""
     metrics = sorted({k for r in rows for k in r.metrics})
@@ -128,20 +104,88 @@ def sort_rows(rows: list[TrialRow], key: str = "objective", descending: bool | N
     return present + missing
 
 
-def best_per_sweep(store: TrialStore, sweeps: list[str]) -> list[dict]:
-    """The best trial of each sweep (by its objective at any round), or None where no trial has a value."""
-    out = []
-    for name in sweeps:
-        sweep = store.get_sweep(name)
-        if sweep is None:
-            raise StoreError(f"no sweep named {name!r} in {safe_url(store.url)}")
-        best = store.best_trial(name)
-        out.append({"sweep": name, "status": sweep.status, "trials": len(store.trials(name)),
-                    "objective_metric": sweep.objective_metric, "objective_mode": sweep.objective_mode,
-                    "trial": best.trial_key if best else None, "value": best.best_value if best else None,
-                    "best_round": best.best_round if best else None,
-                    "params": dict(best.params) if best else None})
-    return out
+@dataclass
+class SweepBest:
+    """The best trial of one sweep (by its objective at any round); trial, value and params are None until one
+    trial has a value."""
+
+    sweep: str
+    status: str
+    trials: int
+    objective_metric: str
+    objective_mode: str
+    trial: str | None
+    value: float | None
+    best_round: int | None
+    params: dict[str, Any] | None
+
+
+def _check_statuses(statuses: list[str] | None) -> None:
+    unknown = [s for s in statuses or [] if s not in STATUSES]
+    if unknown:
+        raise CompareError(f"unknown status {', '.join(unknown)}; use one of {', '.join(STATUSES)}")
+
+
+def _sweep_rows(store: TrialStore, name: str) -> tuple[list[TrialRow], SweepBest]:
+    """Every trial of one sweep as a row (trial order), and the sweep's best trial: two queries in all."""
+    sweep = store.get_sweep(name)
+    if sweep is None:
+        raise StoreError(f"no sweep named {name!r} in {safe_url(store.url)}")
+    trials = store.trials(name)
+    best = next(iter(ranked(trials, sweep.objective_mode)), None)
+    at_best = store.best_round_metrics(name)
+    rows = [TrialRow(sweep=name, trial=t.trial_key, status=t.status, stop_reason=t.stop_reason, rounds=t.rounds,
+                     best_round=t.best_round, objective_metric=sweep.objective_metric,
+                     objective_mode=sweep.objective_mode, objective=t.best_value, is_best=best is t,
+                     wall_time_s=round(t.wall_time_s, 3), retries=t.retries,
+                     metrics=holdout_metrics(at_best.get(t.trial_key, {})), params=dict(t.params),
+                     error=t.error or "") for t in trials]
+    summary = SweepBest(sweep=name, status=sweep.status, trials=len(trials), objective_metric=sweep.objective_metric,
+                        objective_mode=sweep.objective_mode, trial=best.trial_key if best else None,
+                        value=best.best_value if best else None, best_round=best.best_round if best else None,
+                        params=dict(best.params) if best else None)
+    return rows, summary
+
+
+def trial_rows(store: TrialStore, sweeps: list[str], statuses: list[str] | None = None) -> list[TrialRow]:
+    """Rows for every trial of the given sweeps (in sweep order, then trial order), optionally filtered."""
+    return compare(store, sweeps, statuses, sort=None).trials
+
+
+def best_per_sweep(store: TrialStore, sweeps: list[str]) -> list[SweepBest]:
+    return compare(store, sweeps, sort=None).best
+
+
+@dataclass
+class Comparison:
+    """What `sweeper compare` shows: the rows (filtered, sorted) and the best trial of each sweep. The service
+    sends it as JSON (`to_dict`); the CLI's remote mode reads it back (`from_dict`) and renders it as locally."""
+
+    trials: list[TrialRow]
+    best: list[SweepBest]
+
+    def to_dict(self) -> dict:
+        return {"trials": [r.to_dict() for r in self.trials], "best": [asdict(b) for b in self.best]}
+
+    @classmethod
+    def from_dict(cls, data: dict) -> Comparison:
+        return cls([TrialRow(**r) for r in data["trials"]], [SweepBest(**b) for b in data["best"]])
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2)
+
+
+def compare(store: TrialStore, sweeps: list[str], statuses: list[str] | None = None, sort: str | None = "objective",
+            descending: bool | None = None) -> Comparison:
+    """The trials of `sweeps` (duplicates ignored), filtered by status and sorted by `sort` (default: best
+    first; None: sweep order, then trial order), with the best trial of each sweep."""
+    _check_statuses(statuses)
+    rows, best = [], []
+    for name in dict.fromkeys(sweeps):
+        sweep_rows, summary = _sweep_rows(store, name)
+        rows += [r for r in sweep_rows if not statuses or r.status in statuses]
+        best.append(summary)
+    return Comparison(rows if sort is None else sort_rows(rows, sort, descending), best)
 
 
 def metric_columns(rows: list[TrialRow]) -> list[str]:
@@ -160,7 +204,3 @@ def to_csv(rows: list[TrialRow]) -> str:
         writer.writerow([*("" if getattr(r, f) is None else getattr(r, f) for f in FIELDS),
                          *(r.metrics.get(m, "") for m in metrics), *(r.params.get(p, "") for p in params)])
     return buffer.getvalue()
-
-
-def to_json(rows: list[TrialRow], best: list[dict]) -> str:
-    return json.dumps({"trials": [r.to_dict() for r in rows], "best": best}, indent=2, sort_keys=False)

@@ -13,6 +13,7 @@ from rich.console import Console
 from rich.table import Table
 
 from sweeper.client import ServiceClient
+from sweeper.compare import Comparison
 
 
 def run(client: ServiceClient, spec_path: Path, out: Console) -> None:
@@ -41,6 +42,12 @@ def trials(client: ServiceClient, name: str, out: Console) -> None:
         table.add_row(t["trial_key"] + marker, t["status"], t["stop_reason"], str(t["rounds"]), best, t["node"][:8],
                       json.dumps(t["params"], sort_keys=True))
     out.print(table)
+
+
+def compare(client: ServiceClient, names: list[str], statuses: list[str] | None, sort: str, descending: bool | None,
+            out: Console) -> Comparison:
+    """The service's comparison, rendered by the CLI exactly as a local one."""
+    return Comparison.from_dict(client.compare(names, statuses, sort, descending))
 
 
 def promote(client: ServiceClient, name: str, out: Console) -> bool:

@@ -298,8 +298,8 @@ def _page(store: TrialStore, name: str, rows: list[TrialRow], images: dict[str, 
     meta = [("status", sweep.status), ("objective", f"{sweep.objective_metric} "
                                                     f"({'minimise' if sweep.objective_mode == 'min' else 'maximise'})"),
             ("trials", f"{len(rows)}: " + ", ".join(f"{v} {k}" for k, v in sorted(counts.items()))),
-            ("best trial", f"{best['trial']}: {sweep.objective_metric} = {_fmt(best['value'])} at round "
-                           f"{best['best_round']}" if best["trial"] else "none yet"),
+            ("best trial", f"{best.trial}: {sweep.objective_metric} = {_fmt(best.value)} at round "
+                           f"{best.best_round}" if best.trial else "none yet"),
             ("store", safe_url(store.url)),
             ("generated", datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC"))]
     out += [f"<tr><td><b>{e(k)}</b></td><td>{e(str(v))}</td></tr>" for k, v in meta]

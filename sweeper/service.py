@@ -15,7 +15,7 @@ import tempfile
 import threading
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any
 
 import yaml
 from fastapi import APIRouter, Depends, FastAPI, HTTPException, Query, Request
@@ -24,6 +24,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from sweeper.audit import audit
+from sweeper.compare import CompareError, Comparison, TrialStatus, compare
 from sweeper.datasets import DataError
 from sweeper.settings import ServiceSettings
 from sweeper.spec import Spec, SpecError, parse_spec
@@ -32,6 +33,7 @@ from sweeper.supervisor import Supervisor
 from trainers.models import NAMED_MODELS
 
 RECONCILE_EVERY_S = 2.0
+MAX_COMPARED = 20  # sweeps one comparison may name
 
 
 # -- schemas -------------------------------------------------------------------------------------------
@@ -300,8 +302,7 @@ def create_app(settings: ServiceSettings) -> FastAPI:
     @api.get("/sweeps/{name}/trials", response_model=TrialPage, responses={404: {}})
     def list_trials(
         name: str,
-        status_: Annotated[Literal["running", "completed", "early_stopped", "stopped", "failed"] | None,
-                           Query(alias="status")] = None,
+        status_: Annotated[TrialStatus | None, Query(alias="status")] = None,
         offset: Annotated[int, Query(ge=0)] = 0,
         limit: Annotated[int, Query(ge=1, le=500)] = 50,
     ) -> TrialPage:
@@ -314,10 +315,28 @@ def create_app(settings: ServiceSettings) -> FastAPI:
              responses={404: {}})
     def trial_rounds(name: str, trial_key: str) -> list[RoundPublic]:
         _public_sweep(store, name)
-        rounds = store.rounds(name)
         if trial_key not in {t.trial_key for t in store.trials(name)}:
             raise _problem(404, f"sweep {name!r} has no trial {trial_key!r}")
-        return [RoundPublic(round=r.round, eval_loss=r.eval_loss, metrics=r.metrics) for r in rounds.get(trial_key, [])]
+        return [RoundPublic(round=r.round, eval_loss=r.eval_loss, metrics=r.metrics)
+                for r in store.trial_rounds(name, trial_key)]
+
+    @api.get("/compare", response_model=Comparison, responses={404: {}, 422: {}})
+    def compare_sweeps(
+        sweep: Annotated[list[str], Query(min_length=1, max_length=MAX_COMPARED,
+                                          description="sweep names (repeat the parameter for several)")],
+        status_: Annotated[list[TrialStatus] | None, Query(alias="status", description="keep these statuses")] = None,
+        sort: Annotated[str, Query(max_length=200, description="a metric, `param.NAME` or a field")] = "objective",
+        descending: Annotated[bool | None, Query(description="sort direction; default: best first")] = None,
+    ) -> dict[str, Any]:
+        """The trials of one or more sweeps side by side, as `sweeper compare --format json` prints them:
+        holdout metrics at each trial's best round, and the best trial of each sweep."""
+        for name in sweep:
+            if store.get_sweep(name) is None:
+                raise _problem(404, f"no sweep named {name!r}")
+        try:
+            return compare(store, sweep, status_, sort, descending).to_dict()
+        except CompareError as exc:
+            raise _problem(422, str(exc)) from None
 
     @api.post("/sweeps/{name}/cancel", response_model=Accepted, responses={404: {}, 409: {}})
     def cancel(name: str) -> Accepted:

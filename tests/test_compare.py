@@ -1,4 +1,5 @@
-"""`sweeper compare` on a store whose trials are known exactly (written through TrialStore, no Ray)."""
+"""`sweeper compare` on a store whose trials are known exactly (written through TrialStore, no Ray), locally and
+through the sweep service."""
 
 from __future__ import annotations
 
@@ -7,10 +8,16 @@ import io
 import json
 
 import pytest
+from fastapi.testclient import TestClient
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from typer.testing import CliRunner
 
 from sweeper import compare
 from sweeper.cli import app
+from sweeper.client import ServiceClient
+from sweeper.service import create_app
+from sweeper.settings import ServiceSettings
 from sweeper.store import StoreError, TrialStore
 
 # alpha maximises f1_micro. Rounds are (eval_loss, f1_micro); each trial's best round is NOT its last.
@@ -132,3 +139,80 @@ def test_cli_errors(db):
     assert bad_sort.exit_code == 2 and "cannot sort by" in bad_sort.output
     bad_format = _cli("alpha", "--db", db, "--format", "xml")
     assert bad_format.exit_code == 2 and "use table, csv or json" in bad_format.output
+
+
+# -- the same comparison through the sweep service (`GET /compare`, `sweeper --server URL compare`) ------------
+TOKEN = "compare-token-0123456789abcdef"
+
+
+@pytest.fixture
+def service(db, tmp_path):
+    """The real FastAPI app in-process on the same store (no sweep is launched: everything is read-only)."""
+    settings = ServiceSettings.from_env({"SWEEPER_API_TOKENS": TOKEN, "SWEEPER_SERVICE_ROOT": str(tmp_path / "svc"),
+                                         "SWEEPER_DATABASE_URL": db, "SWEEPER_DATA_ROOTS": str(tmp_path)})
+    with TestClient(create_app(settings), headers={"Authorization": f"Bearer {TOKEN}"}) as client:
+        yield client
+
+
+def test_service_compare_is_the_local_comparison(db, service):
+    for args, query in [((), {}),
+                        (("--sort", "f1_micro"), {"sort": "f1_micro"}),
+                        (("--status", "completed", "--ascending"), {"status": ["completed"], "descending": "false"}),
+                        (("--sort", "param.learning_rate", "--descending"),
+                         {"sort": "param.learning_rate", "descending": "true"})]:
+        local = _cli("alpha", "beta", "--db", db, "--format", "json", *args)
+        assert local.exit_code == 0, local.output
+        response = service.get("/compare", params={"sweep": ["alpha", "beta"], **query})
+        assert response.status_code == 200, response.text
+        assert response.json() == json.loads(local.stdout), args
+    assert [t["trial"] for t in service.get("/compare", params={"sweep": "alpha"}).json()["trials"]] == \
+        ["a1", "a2", "a3", "a4"]
+
+
+def test_service_compare_errors(service):
+    assert service.get("/compare", params={"sweep": "alpha"}, headers={"Authorization": "Bearer wrong"}).status_code == 401
+    missing = service.get("/compare", params={"sweep": ["alpha", "gamma"]})
+    assert missing.status_code == 404 and "no sweep named 'gamma'" in missing.json()["detail"]
+    bad_sort = service.get("/compare", params={"sweep": "alpha", "sort": "f1_nope"})
+    assert bad_sort.status_code == 422 and "cannot sort by 'f1_nope'" in bad_sort.json()["detail"]
+    assert service.get("/compare", params={"sweep": "alpha", "status": "finished"}).status_code == 422
+    assert service.get("/compare").status_code == 422  # at least one sweep
+
+
+def _remote_cli(service, *args: str):
+    client = ServiceClient("http://testserver", TOKEN)
+    client.http = service  # the in-process app behind the very client `--server URL` builds
+    return CliRunner().invoke(app, ["compare", *args], obj=client)
+
+
+def test_remote_cli_compare_renders_as_the_local_one(db, service):
+    for fmt in ("json", "csv", "table"):
+        args = ("alpha", "beta", "--format", fmt, "--status", "completed,early_stopped", "--sort", "f1_date")
+        local, remote = _cli(*args, "--db", db), _remote_cli(service, *args)
+        assert remote.exit_code == 0, remote.output
+        assert remote.stdout == local.stdout, fmt
+    assert "a1 *" in remote.stdout and "best per sweep" in remote.stdout
+    unknown = _remote_cli(service, "gamma")
+    assert unknown.exit_code == 1 and "404" in unknown.output and "gamma" in unknown.output
+    bad_status = _remote_cli(service, "alpha", "--status", "finished")
+    assert bad_status.exit_code == 1 and "422" in bad_status.output and "query.status" in bad_status.output
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture], database=None)
+@given(sort=st.one_of(st.sampled_from(["objective", "f1_micro", "param.lora_r", "rounds", "error"]), st.text(max_size=20)),
+       statuses=st.lists(st.sampled_from(compare.STATUSES), max_size=3), descending=st.sampled_from([None, True, False]))
+def test_service_compare_any_sort_and_filter(db, service, sort, statuses, descending):
+    """Whatever is asked of real sweeps: the local answer, or the same 422 with the known keys; never a 500."""
+    query = {"sweep": ["alpha", "beta"], "sort": sort, "status": statuses}
+    if descending is not None:
+        query["descending"] = str(descending).lower()
+    response = service.get("/compare", params=query)
+    store = TrialStore(db)
+    try:
+        expected = compare.compare(store, ["alpha", "beta"], statuses, sort, descending).to_dict()
+    except compare.CompareError as exc:
+        assert response.status_code == 422 and response.json()["detail"] == str(exc)
+    else:
+        assert response.status_code == 200 and response.json() == expected
+    finally:
+        store.engine.dispose()

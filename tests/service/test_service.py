@@ -101,6 +101,15 @@ def test_submit_watch_and_download(tmp_path, make_service, backend, request):
     remote = [sys.executable, "-m", "sweeper", "--server", service.url]
     listing = subprocess.run([*remote, "trials", "svc-sweep"], env=env, capture_output=True, text=True, timeout=60)
     assert listing.returncode == 0 and done["best_trial"] in listing.stdout, listing.stderr
+    compared = subprocess.run([*remote, "compare", "svc-sweep", "--format", "json"], env=env, capture_output=True,
+                              text=True, timeout=60)
+    local = subprocess.run([sys.executable, "-m", "sweeper", "compare", "svc-sweep", "--format", "json", "--db",
+                            service.env["SWEEPER_DATABASE_URL"]], env=env, capture_output=True, text=True, timeout=60)
+    assert compared.returncode == 0 and local.returncode == 0, compared.stderr + local.stderr
+    comparison = json.loads(compared.stdout)
+    assert comparison == json.loads(local.stdout)  # the service's comparison is the store's, row for row
+    assert [t["trial"] for t in comparison["trials"] if t["is_best"]] == [comparison["trials"][0]["trial"]] == \
+        [done["best_trial"]] and comparison["trials"][0]["metrics"]["eval_loss"] > 0
     promoted = subprocess.run([*remote, "promote", "svc-sweep"], env=env, capture_output=True, text=True, timeout=300)
     assert promoted.returncode == 0 and "PROMOTED" in promoted.stdout, promoted.stderr
     target = tmp_path / "downloaded"
