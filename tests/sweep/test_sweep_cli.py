@@ -114,6 +114,26 @@ def test_interrupted_sweep_resumes_without_duplicates(tmp_path, ray_cleanup, sig
     assert "winner.yaml" in result.stdout
 
 
+def test_ctrl_c_after_the_last_trial_started_leaves_the_sweep_resumable(tmp_path, ray_cleanup):
+    """Every trial of the budget has started when Ctrl+C comes: Tune's clean-up marks them all TERMINATED,
+    yet the sweep is interrupted, not completed, and the re-run finishes the same trials."""
+    spec = small_spec(tmp_path, budget={"trials": 2, "max_concurrent": 2},
+                      scheduler={"type": "none", "evals_per_epoch": 2})
+    db = tmp_path / "state" / "sweeper.db"
+    driver = start_cli(["run", spec], tmp_path)
+    _wait_for_rounds(db, 1)
+    driver.send_signal(signal.SIGINT)
+    assert driver.wait(timeout=120) != 0
+    assert store_rows(db, "select status from sweeper_sweeps") == [("interrupted",)]
+    assert store_rows(db, "select count(*) from sweeper_trials where status = 'running'") != [(0,)]
+    assert not (tmp_path / "state" / "sweeps" / "small-sweep" / "export").exists()
+
+    run_cli(["run", spec], tmp_path, check=True)
+    assert store_rows(db, "select status from sweeper_sweeps") == [("completed",)]
+    trials = store_rows(db, "select trial_key, status, retries from sweeper_trials")
+    assert len(trials) == 2 and all(t[1] in ("completed", "early_stopped") for t in trials), trials
+
+
 def test_time_budget_ends_running_trials_and_exports(tmp_path, ray_cleanup):
     """The sweep's time budget runs out mid-trial: the trials Tune stops at the deadline end `stopped`
     (time_budget) in the store, none is left `running`, and the winner's checkpoint is there to export."""
