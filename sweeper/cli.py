@@ -214,12 +214,9 @@ def status(ctx: typer.Context,
             raise StoreError(f"no sweep named {name!r} in {safe_url(store.url)}")
         table = Table("sweep", "status", "trials", "by status", "best", "updated")
         for sweep in sweeps:
-            trial_rows = store.trials(sweep.name)
-            counts: dict[str, int] = {}
-            for t in trial_rows:
-                counts[t.status] = counts.get(t.status, 0) + 1
+            counts = store.trial_counts(sweep.name)
             best = store.best_trial(sweep.name)
-            table.add_row(sweep.name, sweep.status, str(len(trial_rows)),
+            table.add_row(sweep.name, sweep.status, str(sum(counts.values())),
                           ", ".join(f"{k} {v}" for k, v in sorted(counts.items())),
                           f"{sweep.objective_metric}={best.best_value:.4f}" if best else "-",
                           sweep.updated_at.strftime("%Y-%m-%d %H:%M:%S"))

@@ -122,17 +122,22 @@ def release_memory() -> None:
 
 # -- the driver side ---------------------------------------------------------------------------------
 class StudyStorage(optuna.storages.RDBStorage):
-    """Optuna's RDB storage, pickled without the database password.
+    """Optuna's RDB storage, pickled without the database password, in WAL mode on SQLite (`use_wal`).
 
     Tune pickles the searcher, and with it this storage, into the experiment folder; the password is put
     back from the driver's memory (`remember_url`) when a resumed sweep unpickles it.
     """
+
+    def __init__(self, url: str, **kwargs):
+        super().__init__(url, **kwargs)
+        store_module.use_wal(self.engine)  # Optuna's commits were most of the controller's overhead on SQLite
 
     def __getstate__(self):
         return {**super().__getstate__(), "url": remember_url(self.url)}
 
     def __setstate__(self, state):
         super().__setstate__({**state, "url": full_url(state["url"])})
+        store_module.use_wal(self.engine)
 
 
 # Optuna retries nothing but trial creation; a dropped or refused connection would end the sweep from

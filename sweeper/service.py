@@ -153,18 +153,21 @@ def _service_spec(raw: Any, settings: ServiceSettings) -> Spec:
     return spec
 
 
-def _public_sweep(store: TrialStore, name: str) -> SweepPublic:
+def _existing_sweep(store: TrialStore, name: str):
     sweep = store.get_sweep(name)
     if sweep is None:
         raise _problem(404, f"no sweep named {name!r}")
-    trials = store.trials(name)
-    counts: dict[str, int] = {}
-    for t in trials:
-        counts[t.status] = counts.get(t.status, 0) + 1
+    return sweep
+
+
+def _public_sweep(store: TrialStore, name: str) -> SweepPublic:
+    sweep = _existing_sweep(store, name)
+    counts = store.trial_counts(name)
     best = store.best_trial(name)
     return SweepPublic(name=sweep.name, status=sweep.status, message=sweep.message,
                        objective_metric=sweep.objective_metric, objective_mode=sweep.objective_mode,
-                       trials=len(trials), trials_by_status=counts, best_value=best.best_value if best else None,
+                       trials=sum(counts.values()), trials_by_status=counts,
+                       best_value=best.best_value if best else None,
                        best_trial=best.trial_key if best else None)
 
 
@@ -306,16 +309,15 @@ def create_app(settings: ServiceSettings) -> FastAPI:
         offset: Annotated[int, Query(ge=0)] = 0,
         limit: Annotated[int, Query(ge=1, le=500)] = 50,
     ) -> TrialPage:
-        _public_sweep(store, name)
-        trials = [t for t in store.trials(name) if status_ is None or t.status == status_]
-        return TrialPage(total=len(trials), offset=offset, limit=limit,
-                         items=[_public_trial(t) for t in trials[offset : offset + limit]])
+        _existing_sweep(store, name)
+        total, page = store.trial_page(name, status_, offset, limit)
+        return TrialPage(total=total, offset=offset, limit=limit, items=[_public_trial(t) for t in page])
 
     @api.get("/sweeps/{name}/trials/{trial_key}/rounds", response_model=list[RoundPublic],
              responses={404: {}})
     def trial_rounds(name: str, trial_key: str) -> list[RoundPublic]:
-        _public_sweep(store, name)
-        if trial_key not in {t.trial_key for t in store.trials(name)}:
+        _existing_sweep(store, name)
+        if store.trial(name, trial_key) is None:
             raise _problem(404, f"sweep {name!r} has no trial {trial_key!r}")
         return [RoundPublic(round=r.round, eval_loss=r.eval_loss, metrics=r.metrics)
                 for r in store.trial_rounds(name, trial_key)]
@@ -331,8 +333,7 @@ def create_app(settings: ServiceSettings) -> FastAPI:
         """The trials of one or more sweeps side by side, as `sweeper compare --format json` prints them:
         holdout metrics at each trial's best round, and the best trial of each sweep."""
         for name in sweep:
-            if store.get_sweep(name) is None:
-                raise _problem(404, f"no sweep named {name!r}")
+            _existing_sweep(store, name)
         try:
             return compare(store, sweep, status_, sort, descending).to_dict()
         except CompareError as exc:
@@ -340,7 +341,7 @@ def create_app(settings: ServiceSettings) -> FastAPI:
 
     @api.post("/sweeps/{name}/cancel", response_model=Accepted, responses={404: {}, 409: {}})
     def cancel(name: str) -> Accepted:
-        sweep = _public_sweep(store, name)
+        sweep = _existing_sweep(store, name)
         if sweep.status not in ("queued", "running", "interrupted"):
             raise _problem(409, f"sweep {name!r} is {sweep.status}; nothing to cancel")
         if not supervisor.cancel(name):
@@ -354,12 +355,11 @@ def create_app(settings: ServiceSettings) -> FastAPI:
         from sweeper.promotion import PromotionError, promote
         from trainers.models import resolve_model
 
-        sweep = _public_sweep(store, name)
+        sweep = _existing_sweep(store, name)
         if sweep.status != "completed":
             raise _problem(409, f"sweep {name!r} is {sweep.status}; promote it once it has completed")
-        spec = store.get_sweep(name).spec
         try:
-            result = promote(store, name, resolve_model(spec["model"]), settings.root / "sweeps" / name / "export",
+            result = promote(store, name, resolve_model(sweep.spec["model"]), settings.root / "sweeps" / name / "export",
                              log=lambda line: None)
         except PromotionError as exc:
             raise _problem(422, str(exc)) from None
@@ -367,7 +367,7 @@ def create_app(settings: ServiceSettings) -> FastAPI:
 
     @api.get("/sweeps/{name}/export", responses={200: {"content": {"application/zip": {}}}, 404: {}})
     def download_export(name: str) -> StreamingResponse:
-        _public_sweep(store, name)
+        _existing_sweep(store, name)
         export_dir = settings.root / "sweeps" / name / "export"
         if not (export_dir / "winner.yaml").is_file():
             raise _problem(404, f"sweep {name!r} has no export yet (it is written when the sweep completes)")

@@ -28,6 +28,8 @@ from sqlalchemy import (
     UniqueConstraint,
     create_engine,
     delete,
+    event,
+    func,
     select,
     text,
 )
@@ -173,6 +175,26 @@ def schema_lock(engine: Engine) -> Iterator[None]:
             connection.commit()
 
 
+def use_wal(engine: Engine) -> Engine:
+    """SQLite only: write-ahead log and `synchronous=NORMAL` on every connection from now on.
+
+    In the default rollback journal every commit (a trial start, each round, each Optuna ask / report / tell)
+    waits for a full fsync, and a reader (`sweeper trials` during a sweep) blocks the writer. With WAL, readers
+    never block, and a commit survives a process crash; a power cut may lose the last commits, never the
+    database (a resumed sweep replays them). WAL needs a local disk: a store on a network share belongs in
+    PostgreSQL (README, cluster).
+    """
+    if engine.dialect.name == "sqlite" and not event.contains(engine, "connect", _wal_pragmas):
+        event.listen(engine, "connect", _wal_pragmas)
+        engine.dispose()  # connections opened before this do not have the pragmas
+    return engine
+
+
+def _wal_pragmas(dbapi_connection, _record) -> None:
+    dbapi_connection.execute("PRAGMA journal_mode=WAL")
+    dbapi_connection.execute("PRAGMA synchronous=NORMAL")
+
+
 def backoff_s(attempt: int) -> float:
     """Seconds to wait before retry `attempt + 1` of a database operation: 0.5, 1, 2, 4, 8 (15.5 s in all)."""
     return min(0.5 * 2**attempt, 8)
@@ -228,7 +250,7 @@ class TrialStore:
         self.retries: int | None = None  # retries of a failed connection; None: RETRIES
         if url.startswith("sqlite:///"):
             Path(make_url(url).database).parent.mkdir(parents=True, exist_ok=True)
-        self.engine = create_engine(url, pool_pre_ping=True, future=True)
+        self.engine = use_wal(create_engine(url, pool_pre_ping=True, future=True))
         self._sessions = sessionmaker(self.engine, expire_on_commit=False)
 
     # -- schema --------------------------------------------------------------------------------------
@@ -408,6 +430,28 @@ class TrialStore:
 
         return self._write(work)
 
+    def trial(self, sweep_name: str, key: str) -> Trial | None:
+        return self._read(lambda s: self._trial(s, sweep_name, key))
+
+    def trial_counts(self, sweep_name: str) -> dict[str, int]:
+        """How many trials of the sweep are in each status."""
+        return self._read(lambda s: dict(s.execute(
+            select(Trial.status, func.count()).join(Trial.sweep).where(Sweep.name == sweep_name)
+            .group_by(Trial.status)).all()))
+
+    def trial_page(self, sweep_name: str, status: str | None = None, offset: int = 0,
+                   limit: int = 50) -> tuple[int, list[Trial]]:
+        """(how many trials match, the `limit` of them after `offset`), in trial order: paged in SQL."""
+        where = [Sweep.name == sweep_name] + ([Trial.status == status] if status else [])
+
+        def work(session: Session):
+            total = session.scalar(select(func.count()).select_from(Trial).join(Trial.sweep).where(*where))
+            page = session.scalars(select(Trial).join(Trial.sweep).where(*where).order_by(Trial.id)
+                                   .offset(offset).limit(limit))
+            return total, list(page)
+
+        return self._read(work)
+
     def trials(self, sweep_name: str) -> list[Trial]:
         return self._read(lambda s: list(s.scalars(select(Trial).join(Sweep).where(Sweep.name == sweep_name).order_by(Trial.id))))
 
@@ -438,9 +482,17 @@ class TrialStore:
             .where(Sweep.name == sweep_name)).all()))
 
     def best_trial(self, sweep_name: str) -> Trial | None:
-        """The trial with the best value of the objective at any of its rounds (not its last round)."""
-        ranked = self.ranked_trials(sweep_name)
-        return ranked[0] if ranked else None
+        """The trial with the best value of the objective at any of its rounds (not its last round); ties: the
+        earlier trial. One row read, whatever the sweep's size."""
+
+        def work(session: Session) -> Trial | None:
+            mode = session.scalar(select(Sweep.objective_mode).where(Sweep.name == sweep_name))
+            order = Trial.best_value.desc() if mode == "max" else Trial.best_value.asc()
+            return session.scalar(select(Trial).join(Trial.sweep).where(Sweep.name == sweep_name,
+                                                                         Trial.best_value.is_not(None))
+                                  .order_by(order, Trial.id).limit(1))
+
+        return self._read(work)
 
     def ranked_trials(self, sweep_name: str) -> list[Trial]:
         """Trials with an objective value, best first (ties: the earlier trial first)."""

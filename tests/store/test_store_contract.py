@@ -245,6 +245,50 @@ def test_best_trial_picks_across_trials_by_best_round(store, mode, winner):
     assert store.best_trial("unknown") is None
 
 
+@pytest.mark.parametrize("mode", ["min", "max"])
+def test_best_trial_ties_go_to_the_earlier_trial(store, mode):
+    new_sweep(store, mode=mode)
+    for key in ["first", "second", "third"]:
+        store.trial_started("s1", key, {})
+    report(store, "s1", "second", 1, 0.5)
+    report(store, "s1", "third", 1, 0.5)
+    report(store, "s1", "first", 1, 0.4 if mode == "max" else 0.6)
+    assert store.best_trial("s1").trial_key == "second"
+    assert [t.trial_key for t in store.ranked_trials("s1")] == ["second", "third", "first"]
+
+
+def test_paged_and_per_trial_reads_agree_with_whole_sweep_reads(store):
+    new_sweep(store)
+    new_sweep(store, "other")
+    statuses = ["completed", "stopped", "completed", "failed", "running", "completed", "early_stopped"]
+    for i, status in enumerate(statuses):
+        key = f"t{i}"
+        store.trial_started("s1", key, {"i": i})
+        store.trial_started("other", key, {"i": i})
+        for number in range(1, i % 3 + 2):
+            report(store, "s1", key, number, 1.0 / (number + i), accuracy=number / 10)
+        if status != "running":
+            store.trial_finished("s1", key, status)
+    everything = store.trials("s1")
+    assert store.trial_counts("s1") == {"completed": 3, "stopped": 1, "failed": 1, "running": 1, "early_stopped": 1}
+    assert store.trial_counts("other") == {"running": 7} and store.trial_counts("unknown") == {}
+    total, page = store.trial_page("s1", offset=2, limit=3)
+    assert total == 7 and [t.trial_key for t in page] == [t.trial_key for t in everything[2:5]]
+    total, page = store.trial_page("s1", "completed", offset=1, limit=5)
+    assert total == 3 and [t.trial_key for t in page] == ["t2", "t5"]
+    assert store.trial_page("s1", offset=7) == (7, [])
+    whole = store.rounds("s1")
+    at_best = store.best_round_metrics("s1")
+    assert set(at_best) == set(whole)
+    for t in everything:
+        assert [(r.round, r.metrics) for r in store.trial_rounds("s1", t.trial_key)] == \
+            [(r.round, r.metrics) for r in whole[t.trial_key]]
+        assert at_best[t.trial_key] == next(r.metrics for r in whole[t.trial_key] if r.round == t.best_round)
+        assert store.trial("s1", t.trial_key).params == {"i": int(t.trial_key[1:])}
+    assert store.trial("s1", "nope") is None and store.trial_rounds("s1", "nope") == []
+    assert store.trial_rounds("other", "t1") == [] and store.best_round_metrics("other") == {}
+
+
 def test_best_trial_is_none_without_any_value(store):
     new_sweep(store)
     assert store.best_trial("s1") is None
