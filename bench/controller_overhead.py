@@ -13,7 +13,9 @@ each), actors reused. What differs:
   bare optuna       `study.optimize` in one process: same sampler, in-memory study, SuccessiveHalvingPruner
                     (min_resource 1, reduction factor 2) standing in for ASHA; no Ray.
   raw tune          `tune.Tuner` + OptunaSearch (in-memory study) in a ConcurrencyLimiter + the same ASHA.
-  raw tune + RDB    as raw tune, with the Optuna study in SQLite (sweeper's `StudyStorage`), to attribute.
+  raw tune + RDB    as raw tune, with the Optuna study in SQLite through Optuna's plain `RDBStorage` (SQLite's
+                    default rollback journal: a full fsync per commit), to attribute.
+  ... WAL           (`--attribution`) the same through sweeper's `StudyStorage`: WAL + synchronous=NORMAL.
   sweeper           `sweeper.controller.run_sweep` itself, with only `controller._trainable` swapped for the
                     near-empty trial: the Optuna study in the store's SQLite database, `StoreCallback` writing
                     every trial start, round and end to the SQLite trial store, `ProgressCallback`, the
@@ -43,7 +45,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 VARIANTS = ("bare optuna", "raw tune", "raw tune + RDB study", "sweeper")
-WAL_VARIANT = "raw tune + RDB study, SQLite WAL + synchronous=NORMAL"
+WAL_VARIANT = "raw tune + RDB study, SQLite WAL + synchronous=NORMAL (sweeper's StudyStorage)"
 
 
 def fake_trial(params: dict, job: dict) -> None:
@@ -112,16 +114,9 @@ def run_raw_tune(spec, rounds: int, workdir: Path, rdb_url: str | None = None, w
 
     startup = max(2, min(10, spec.budget.trials // 3))
     sampler = optuna.samplers.TPESampler(seed=spec.seed, n_startup_trials=startup, constant_liar=True)
-    storage = controller.StudyStorage(rdb_url) if rdb_url else None
-    if wal:  # attribution: the same SQLite study without a full fsync per Optuna write
-        from sqlalchemy import event
-
-        def pragmas(connection, _record):
-            connection.execute("PRAGMA journal_mode=WAL")
-            connection.execute("PRAGMA synchronous=NORMAL")
-
-        event.listen(storage.engine, "connect", pragmas)
-        storage.engine.dispose()
+    storage = None
+    if rdb_url:  # attribution: Optuna's own storage in SQLite's default journal, or sweeper's (WAL)
+        storage = controller.StudyStorage(rdb_url) if wal else optuna.storages.RDBStorage(rdb_url)
     searcher = OptunaSearch(space=spec.space().sample, metric="objective", mode=spec.objective.mode, sampler=sampler,
                             study_name=spec.name, storage=storage)
     tuner = tune.Tuner(
