@@ -393,6 +393,7 @@ def compare(
 
 def _print_comparison(comparison, sort: str) -> None:
     rows, many = comparison.trials, len(comparison.best) > 1
+
     def num(value, spec: str = ".4f") -> str:
         return "-" if value is None else format(value, spec) if isinstance(value, float) else str(value)
 

@@ -127,7 +127,8 @@ def _check_statuses(statuses: list[str] | None) -> None:
 
 
 def _sweep_rows(store: TrialStore, name: str) -> tuple[list[TrialRow], SweepBest]:
-    """Every trial of one sweep as a row (trial order), and the sweep's best trial: two queries in all."""
+    """Every trial of one sweep as a row (trial order), and the sweep's best trial: three queries, whatever the
+    sweep's size (each trial's best round is joined in SQL, not picked from every round)."""
     sweep = store.get_sweep(name)
     if sweep is None:
         raise StoreError(f"no sweep named {name!r} in {safe_url(store.url)}")

@@ -227,7 +227,7 @@ def promote(store: TrialStore, sweep_name: str, model_path: str, export_dir: Pat
     tagged = isinstance(examples[0], TaggedExample)  # fields to gate one by one (a class label is no field)
     fields = sorted({f for e in train + examples for f in labels_of(e)}) if tagged else []
     module = task_module(spec["task"])
-    rounds = store.rounds(sweep_name)
+    at_best = store.best_round_metrics(sweep_name)
 
     def evaluate(trial) -> TrialCheck | None:
         checkpoint = store.best_checkpoint(trial)
@@ -240,8 +240,7 @@ def promote(store: TrialStore, sweep_name: str, model_path: str, export_dir: Pat
             f"({len(examples)} rows)")
         config = _config(spec, trial.params, model_path)
         records = module.predict(config, checkpoint, examples)
-        holdout = next((r.metrics for r in rounds.get(trial.trial_key, []) if r.round == trial.best_round), {})
-        checks = check_gates(records, module.score, settings, fields, spec["seed"], holdout)
+        checks = check_gates(records, module.score, settings, fields, spec["seed"], at_best.get(trial.trial_key, {}))
         return TrialCheck(trial.trial_key, trial.best_value, len(examples), checks)
 
     best = evaluate(ranked[0])

@@ -89,11 +89,11 @@ def round_metrics(result: dict) -> dict[str, float]:
 
 def trial_summary(store: TrialStore, sweep_name: str, key: str) -> dict:
     """A trial's W&B summary from the store: status, stop reason, and holdout metrics at its best round."""
-    trial = next((t for t in store.trials(sweep_name) if t.trial_key == key), None)
+    trial = store.trial(sweep_name, key)
     if trial is None:
         return {}
     sweep = store.get_sweep(sweep_name)
-    at_best = next((r.metrics for r in store.rounds(sweep_name).get(key, []) if r.round == trial.best_round), {})
+    at_best = next((r.metrics for r in store.trial_rounds(sweep_name, key) if r.round == trial.best_round), {})
     summary = {"status": trial.status, "stop_reason": trial.stop_reason, "rounds": trial.rounds,
                "best_round": trial.best_round, "objective_metric": sweep.objective_metric,
                "wall_time_s": trial.wall_time_s, "retries": trial.retries,
