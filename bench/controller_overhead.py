@@ -111,12 +111,13 @@ def run_raw_tune(spec, rounds: int, workdir: Path, rdb_url: str | None = None, w
     from ray.tune.search.optuna import OptunaSearch
 
     from sweeper import controller
+    from sweeper.study import StudyStorage
 
     startup = max(2, min(10, spec.budget.trials // 3))
     sampler = optuna.samplers.TPESampler(seed=spec.seed, n_startup_trials=startup, constant_liar=True)
     storage = None
     if rdb_url:  # attribution: Optuna's own storage in SQLite's default journal, or sweeper's (WAL)
-        storage = controller.StudyStorage(rdb_url) if wal else optuna.storages.RDBStorage(rdb_url)
+        storage = StudyStorage(rdb_url) if wal else optuna.storages.RDBStorage(rdb_url)
     searcher = OptunaSearch(space=spec.space().sample, metric="objective", mode=spec.objective.mode, sampler=sampler,
                             study_name=spec.name, storage=storage)
     tuner = tune.Tuner(

@@ -9,7 +9,6 @@ functions of `trainers/`, wrapped here with a reporter that speaks to Tune.
 from __future__ import annotations
 
 import ctypes
-import functools
 import gc
 import json
 import math
@@ -17,7 +16,6 @@ import os
 import shutil
 import sys
 import tempfile
-import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,12 +27,10 @@ from ray import tune
 from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 from ray.tune.search import ConcurrencyLimiter
 from ray.tune.search.optuna import OptunaSearch
-from sqlalchemy import create_engine
-from sqlalchemy.exc import OperationalError
 
-from sweeper import store as store_module
 from sweeper.spec import Spec
-from sweeper.store import StoreUnavailable, TrialStore, full_url, remember_url, safe_url
+from sweeper.store import TrialStore, full_url, remember_url
+from sweeper.study import close_stopped_trials, study_storage
 from sweeper.tracking import RUNS_FOLDER, TrialRuns, round_metrics, spec_mode
 from trainers import trainer_for
 from trainers.base import TrialConfig
@@ -121,66 +117,6 @@ def release_memory() -> None:
 
 
 # -- the driver side ---------------------------------------------------------------------------------
-class StudyStorage(optuna.storages.RDBStorage):
-    """Optuna's RDB storage, pickled without the database password, in WAL mode on SQLite (`use_wal`).
-
-    Tune pickles the searcher, and with it this storage, into the experiment folder; the password is put
-    back from the driver's memory (`remember_url`) when a resumed sweep unpickles it.
-    """
-
-    def __init__(self, url: str, **kwargs):
-        super().__init__(url, **kwargs)
-        store_module.use_wal(self.engine)  # Optuna's commits were most of the controller's overhead on SQLite
-
-    def __getstate__(self):
-        return {**super().__getstate__(), "url": remember_url(self.url)}
-
-    def __setstate__(self, state):
-        super().__setstate__({**state, "url": full_url(state["url"])})
-        store_module.use_wal(self.engine)
-
-
-# Optuna retries nothing but trial creation; a dropped or refused connection would end the sweep from
-# inside Tune's searcher. These calls (all the searcher and Optuna's cache make) get the trial store's
-# retries and backoff instead; past them, a StoreError that names the database (password hidden).
-_STUDY_CALLS = ("create_new_study", "delete_study", "get_all_studies", "get_study_directions",
-                "get_study_id_from_name", "get_study_name_from_id", "get_study_system_attrs", "get_study_user_attrs",
-                "set_study_system_attr", "set_study_user_attr", "create_new_trial", "_create_new_trial",
-                "set_trial_param", "_set_trial_param", "get_trial_param", "set_trial_intermediate_value",
-                "set_trial_state_values", "set_trial_system_attr", "set_trial_user_attr", "get_trial_user_attrs",
-                "get_trial_system_attrs", "get_trial", "get_trial_id_from_study_id_trial_number", "get_all_trials",
-                "_get_trials", "get_best_trial", "_get_best_trial_id")
-_in_study_call = threading.local()
-
-
-def _retried(method):
-    @functools.wraps(method)
-    def call(self, *args, **kwargs):
-        if getattr(_in_study_call, "active", False):  # an inner call: the outermost one retries
-            return method(self, *args, **kwargs)
-        _in_study_call.active = True
-        try:
-            for attempt in range(store_module.RETRIES + 1):
-                try:
-                    return method(self, *args, **kwargs)
-                except (optuna.exceptions.StorageInternalError, OperationalError) as exc:
-                    cause = exc if isinstance(exc, OperationalError) else exc.__cause__
-                    if not isinstance(cause, OperationalError):
-                        raise
-                    if attempt == store_module.RETRIES:
-                        raise StoreUnavailable(f"database {safe_url(self.url)} unavailable after {store_module.RETRIES} "
-                                         f"retries (Optuna study): {store_module._reason(cause)}") from None
-                    store_module.wait_before_retry(self.url, cause, attempt, " (Optuna study)")
-        finally:
-            _in_study_call.active = False
-
-    return call
-
-
-for _name in _STUDY_CALLS:
-    setattr(StudyStorage, _name, _retried(getattr(optuna.storages.RDBStorage, _name)))
-
-
 class StoreCallback(tune.Callback):
     """Mirrors Tune's trial events into the trial store (idempotent, so replays after a resume are safe)."""
 
@@ -268,19 +204,9 @@ def _searcher(spec: Spec, database_url: str) -> ConcurrencyLimiter:
         mode=spec.objective.mode,
         sampler=sampler,
         study_name=spec.name,
-        storage=_study_storage(database_url),
+        storage=study_storage(database_url),
     )
     return ConcurrencyLimiter(searcher, max_concurrent=spec.budget.max_concurrent)
-
-
-def _study_storage(database_url: str) -> StudyStorage:
-    """The study's storage; Optuna creates its tables on first use, one process at a time (schema_lock)."""
-    engine = create_engine(database_url)
-    try:
-        with store_module.schema_lock(engine):
-            return StudyStorage(database_url, engine_kwargs={"pool_pre_ping": True})
-    finally:
-        engine.dispose()
 
 
 def _scheduler(spec: Spec):
@@ -555,26 +481,13 @@ def run_sweep(spec: Spec, database_url: str, tune_path: str, sweep_dir: Path, mo
     try:
         if over_time:  # Tune stops the trials still running at the deadline without a trial-complete event
             store.mark_unfinished(spec.name, "stopped", "time_budget")
-            _close_study_trials(spec.name, database_url)
+            close_stopped_trials(spec.name, database_url)
         # A Ctrl+C also ends live trials without that event (they resume): the store still has them running.
         unfinished = any(t.status == "running" for t in store.trials(spec.name))
     finally:
         store.engine.dispose()
     spent = over_time or (len(trials) >= spec.budget.trials and not unfinished)
     return SweepResult(finished=ended and spent, experiment_path=experiment_path, resumed=resumed)
-
-
-def _close_study_trials(study_name: str, database_url: str) -> None:
-    """Close the Optuna trials that Tune stopped at the time budget: no completion reached the searcher, so
-    they stay RUNNING. Closed as Tune closes ASHA-stopped trials: COMPLETE with the last objective they
-    reported (the best so far), or PRUNED when they reported none."""
-    study = optuna.load_study(study_name=study_name, storage=_study_storage(database_url))
-    for trial in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
-        values = trial.intermediate_values
-        if values:
-            study.tell(trial.number, values[max(values)])
-        else:
-            study.tell(trial.number, state=optuna.trial.TrialState.PRUNED)
 
 
 def shutdown() -> None:

@@ -3,7 +3,7 @@
 The shared PostgreSQL server is never stopped: the sweep reaches it through a proxy the test owns
 (`fault_kit.PostgresProxy`), which cuts every open connection and refuses new ones while it is down.
 Both writers in the driver go through it: the trial store (StoreCallback) and the Optuna study (Tune's
-searcher, `controller.StudyStorage`).
+searcher, `sweeper.study.StudyStorage`).
 """
 
 from __future__ import annotations
@@ -138,8 +138,8 @@ if schema == "store":
     from sweeper.store import TrialStore
     create = TrialStore(url).upgrade
 else:
-    from sweeper.controller import _study_storage
-    create = lambda: _study_storage(url)
+    from sweeper.study import study_storage
+    create = lambda: study_storage(url)
 Path(folder, schema + str(time.monotonic_ns())).touch()
 while len(list(Path(folder).iterdir())) < 2:  # both imported: go together
     time.sleep(0.001)
