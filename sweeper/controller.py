@@ -477,17 +477,23 @@ def run_sweep(spec: Spec, database_url: str, tune_path: str, sweep_dir: Path, mo
     ended = all(t.status in ("TERMINATED", "ERROR") for t in trials)  # Tune's view, after its clean-up
     budget = spec.budget.time_budget_s
     over_time = bool(budget and time.monotonic() - started >= budget)
-    store = TrialStore(database_url)
-    try:
-        if over_time:  # Tune stops the trials still running at the deadline without a trial-complete event
-            store.mark_unfinished(spec.name, "stopped", "time_budget")
-            close_stopped_trials(spec.name, database_url)
-        # A Ctrl+C also ends live trials without that event (they resume): the store still has them running.
-        unfinished = any(t.status == "running" for t in store.trials(spec.name))
-    finally:
-        store.engine.dispose()
+    unfinished = _settle_unfinished_trials(spec.name, database_url, over_time)
     spent = over_time or (len(trials) >= spec.budget.trials and not unfinished)
     return SweepResult(finished=ended and spent, experiment_path=experiment_path, resumed=resumed)
+
+
+def _settle_unfinished_trials(sweep_name: str, database_url: str, over_time: bool) -> bool:
+    """Trials Tune ended without a trial-complete event are still `running` in the store. Past the time budget
+    Tune stopped them: mark them so, in the store and the study. Otherwise a Ctrl+C did, and they resume.
+    Returns whether any trial is left to resume."""
+    store = TrialStore(database_url)
+    try:
+        if over_time:
+            store.mark_unfinished(sweep_name, "stopped", "time_budget")
+            close_stopped_trials(sweep_name, database_url)
+        return store.trial_counts(sweep_name).get("running", 0) > 0
+    finally:
+        store.engine.dispose()
 
 
 def shutdown() -> None:
