@@ -18,7 +18,8 @@ from typing import Any, Literal, get_args
 from sweeper.store import StoreError, TrialStore, ranked, safe_url
 
 # Keys of a round's record that are bookkeeping, not holdout metrics (ours, then those Ray Tune adds).
-BOOKKEEPING = {"round", "epoch", "train_loss", "examples_seen", "tokens_seen", "objective", "stop_reason", "device"}
+BOOKKEEPING = {"round", "epoch", "train_loss", "examples_seen", "tokens_seen", "objective", "stop_reason", "device",
+               "rss_mb", "rss_start_mb"}
 RAY_KEYS = {"timestamp", "training_iteration", "time_this_iter_s", "time_total_s", "time_since_restore",
             "iterations_since_restore", "pid", "date", "hostname", "node_ip", "trial_id", "experiment_tag",
             "done", "should_checkpoint", "checkpoint_dir_name", "config", "experiment_id"}

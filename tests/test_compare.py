@@ -45,7 +45,7 @@ def _sweep(store: TrialStore, name: str, metric: str, mode: str, trials: dict) -
         store.trial_started(name, key, params)
         for n, (loss, f1) in enumerate(rounds, start=1):
             store.round_reported(name, key, {"round": n, "eval_loss": loss, "f1_micro": f1, "f1_date": f1 / 2,
-                                              "train_loss": 9.9, "time_total_s": 10.0 * n, "objective": 0.0,
+                                              "train_loss": 9.9, "time_total_s": 10.0 * n, "objective": 0.0, "rss_mb": 812.5,
                                               "training_iteration": n, "stop_reason": "", "device": "cpu"})
         store.trial_finished(name, key, status, reason, "Traceback ...\nValueError: boom" if status == "failed" else "")
 
