@@ -154,10 +154,6 @@ def trial_rows(store: TrialStore, sweeps: list[str], statuses: list[str] | None 
     return compare(store, sweeps, statuses, sort=None).trials
 
 
-def best_per_sweep(store: TrialStore, sweeps: list[str]) -> list[SweepBest]:
-    return compare(store, sweeps, sort=None).best
-
-
 @dataclass
 class Comparison:
     """What `sweeper compare` shows: the rows (filtered, sorted) and the best trial of each sweep. The service

@@ -28,7 +28,7 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.ticker import MaxNLocator
 
-from sweeper.compare import TrialRow, best_per_sweep, trial_rows
+from sweeper.compare import SweepBest, TrialRow, compare
 from sweeper.store import StoreError, TrialStore, safe_url
 
 MIN_IMPORTANCE_TRIALS = 4  # below this, importances are noise (with 1 trial every parameter gets 1/n)
@@ -284,10 +284,10 @@ def dashboard_command(url: str) -> str:
     return f"optuna-dashboard {safe_url(url)}"
 
 
-def _page(store: TrialStore, name: str, rows: list[TrialRow], images: dict[str, Path], notes: dict[str, str]) -> str:
+def _page(store: TrialStore, name: str, rows: list[TrialRow], best: SweepBest, images: dict[str, Path],
+          notes: dict[str, str]) -> str:
     e = html.escape
     sweep = store.get_sweep(name)
-    best = best_per_sweep(store, [name])[0]
     counts: dict[str, int] = {}
     for r in rows:
         counts[r.status] = counts.get(r.status, 0) + 1
@@ -335,7 +335,8 @@ def build_report(store: TrialStore, name: str, out_dir: str | Path) -> Report:
         raise StoreError(f"no sweep named {name!r} in {safe_url(store.url)}")
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    rows = trial_rows(store, [name])
+    comparison = compare(store, [name], sort=None)
+    rows = comparison.trials
     rounds = store.rounds(name)
     metric, mode = sweep.objective_metric, sweep.objective_mode
     study = load_study(store, name)
@@ -367,5 +368,5 @@ def build_report(store: TrialStore, name: str, out_dir: str | Path) -> Report:
         path = out_dir / f"{key}.png"
         fig.savefig(path, format="png")
         report.images[key] = path
-    report.html.write_text(_page(store, name, rows, report.images, report.notes), encoding="utf-8")
+    report.html.write_text(_page(store, name, rows, comparison.best[0], report.images, report.notes), encoding="utf-8")
     return report
