@@ -79,8 +79,7 @@ def export_sweep(store: TrialStore, sweep_name: str, out: Path, model_path: str,
     if best is None:
         raise ExportError(f"sweep {sweep_name!r} has no trial with a {sweep.objective_metric} value yet")
     trial = trial_config(sweep.spec, best.params, model_path)
-    best_round_metrics = next((r.metrics for r in store.trial_rounds(sweep_name, best.trial_key)
-                               if r.round == best.best_round), {})
+    best_round_metrics = store.best_round_metrics(sweep_name, best.trial_key).get(best.trial_key, {})
     training_args, lora = _hf_kwargs(trial)
     record = {
         "sweep": sweep_name,

@@ -474,12 +474,13 @@ class TrialStore:
             select(Round).join(Round.trial).join(Trial.sweep)
             .where(Sweep.name == sweep_name, Trial.trial_key == key).order_by(Round.round))))
 
-    def best_round_metrics(self, sweep_name: str) -> dict[str, dict]:
-        """Each trial's recorded metrics at its best round, keyed by trial key (one query, not every round)."""
+    def best_round_metrics(self, sweep_name: str, key: str | None = None) -> dict[str, dict]:
+        """Each trial's recorded metrics at its best round (only trial `key`'s if given), keyed by trial key: one
+        query, not every round."""
         at_best = (Round.trial_id == Trial.id) & (Round.round == Trial.best_round)
+        where = [Sweep.name == sweep_name] + ([Trial.trial_key == key] if key else [])
         return self._read(lambda s: dict(s.execute(
-            select(Trial.trial_key, Round.metrics).join(Round, at_best).join(Trial.sweep)
-            .where(Sweep.name == sweep_name)).all()))
+            select(Trial.trial_key, Round.metrics).join(Round, at_best).join(Trial.sweep).where(*where)).all()))
 
     def best_trial(self, sweep_name: str) -> Trial | None:
         """The trial with the best value of the objective at any of its rounds (not its last round); ties: the

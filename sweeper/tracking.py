@@ -93,7 +93,7 @@ def trial_summary(store: TrialStore, sweep_name: str, key: str) -> dict:
     if trial is None:
         return {}
     sweep = store.get_sweep(sweep_name)
-    at_best = next((r.metrics for r in store.trial_rounds(sweep_name, key) if r.round == trial.best_round), {})
+    at_best = store.best_round_metrics(sweep_name, key).get(key, {})
     summary = {"status": trial.status, "stop_reason": trial.stop_reason, "rounds": trial.rounds,
                "best_round": trial.best_round, "objective_metric": sweep.objective_metric,
                "wall_time_s": trial.wall_time_s, "retries": trial.retries,

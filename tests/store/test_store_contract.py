@@ -284,6 +284,7 @@ def test_paged_and_per_trial_reads_agree_with_whole_sweep_reads(store):
         assert [(r.round, r.metrics) for r in store.trial_rounds("s1", t.trial_key)] == \
             [(r.round, r.metrics) for r in whole[t.trial_key]]
         assert at_best[t.trial_key] == next(r.metrics for r in whole[t.trial_key] if r.round == t.best_round)
+        assert store.best_round_metrics("s1", t.trial_key) == {t.trial_key: at_best[t.trial_key]}
         assert store.trial("s1", t.trial_key).params == {"i": int(t.trial_key[1:])}
     assert store.trial("s1", "nope") is None and store.trial_rounds("s1", "nope") == []
     assert store.trial_rounds("other", "t1") == [] and store.best_round_metrics("other") == {}
