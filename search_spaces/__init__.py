@@ -8,9 +8,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import yaml
-
 from search_spaces.space import SearchSpace
+from sweeper.yaml_safe import load_yaml
 
 _SPACES: dict[str, SearchSpace] = {}
 
@@ -32,4 +31,4 @@ def registered_search_spaces() -> list[str]:
 
 
 for _file in sorted(Path(__file__).parent.glob("*.yaml")):
-    register_search_space(SearchSpace.model_validate(yaml.safe_load(_file.read_text())))
+    register_search_space(SearchSpace.model_validate(load_yaml(_file.read_text(encoding="utf-8"))))

@@ -23,11 +23,19 @@ class _Param(BaseModel):
             raise ValueError("a conditional parameter (when:) needs an `otherwise:` value")
         return self
 
+    def values(self) -> list[tuple[str, Any]]:
+        """(key, value) for every value that bounds what a trial can receive: its range's ends or its choices,
+        and `otherwise` when conditional. Trial constraints are intervals, so checking these checks them all."""
+        return self._ends() + ([("otherwise", self.otherwise)] if self.when else [])
+
+    def _ends(self) -> list[tuple[str, Any]]:  # float and int ranges; a categorical has its choices instead
+        return [("low", self.low), ("high", self.high)]
+
 
 class FloatParam(_Param):
     type: Literal["float"]
-    low: float
-    high: float
+    low: float = Field(allow_inf_nan=False)
+    high: float = Field(allow_inf_nan=False)
     log: bool = False
 
     @model_validator(mode="after")
@@ -57,6 +65,9 @@ class IntParam(_Param):
 class CategoricalParam(_Param):
     type: Literal["categorical"]
     choices: list[Union[int, float, str, bool]] = Field(min_length=1)
+
+    def _ends(self) -> list[tuple[str, Any]]:
+        return [(f"choices.{i}", choice) for i, choice in enumerate(self.choices)]
 
 
 Param = Annotated[Union[FloatParam, IntParam, CategoricalParam], Field(discriminator="type")]

@@ -21,7 +21,16 @@ from collections import Counter, defaultdict
 from dataclasses import asdict, dataclass, field
 from itertools import combinations
 
-from sweeper.datasets import DataError, DataFile, Example, LabeledExample, TaggedExample, read_split_files
+from sweeper.datasets import (
+    DataChanged,
+    DataError,
+    DataFile,
+    Example,
+    LabeledExample,
+    TaggedExample,
+    fingerprint,
+    read_split_files,
+)
 from sweeper.spec import AUDIT_CODES, Spec
 
 SHOWN = 10  # rows named per finding; the count says how many there are in all
@@ -62,6 +71,7 @@ class AuditReport:
     refusals: list[Finding] = field(default_factory=list)
     warnings: list[Finding] = field(default_factory=list)
     allowed: list[str] = field(default_factory=list)  # refusal codes the user let through
+    fingerprints: dict[str, dict] = field(default_factory=dict)  # role -> {path, sha256} of the files audited
 
     @property
     def blocking(self) -> list[Finding]:
@@ -115,6 +125,7 @@ def audit(spec: Spec, allow: set[str] | frozenset[str] = frozenset()) -> AuditRe
     bad = unknown_codes(allow)
     if bad:
         raise ValueError(f"--allow {', '.join(bad)}: not an audit code; use one of {', '.join(AUDIT_CODES)}")
+    fingerprints = data_fingerprints(spec.data)  # before the read: a file replaced meanwhile fails the trials' check
     splits = read_split_files(spec.data)
     for role, data in splits.items():
         if not data.examples:
@@ -122,7 +133,7 @@ def audit(spec: Spec, allow: set[str] | frozenset[str] = frozenset()) -> AuditRe
             raise DataError(f"data.{role}: {getattr(spec.data, role)}: no usable rows{first}")
     settings = spec.audit
     report = AuditReport({role: len(data.examples) for role, data in splits.items()},
-                         allowed=sorted(set(settings.allow) | set(allow)))
+                         allowed=sorted(set(settings.allow) | set(allow)), fingerprints=fingerprints)
     report.refusals += _empty_rows(splits, spec)
     report.refusals += _small_holdout(splits, settings.min_holdout_fraction)
     report.refusals += _overlaps(splits)
@@ -273,3 +284,46 @@ def _no_test(splits: dict[str, DataFile]) -> list[Finding]:
         return []
     return [Finding("no-test-split", "no data.test: promotion can then only be checked on the holdout, the data "
                                      "the trials were selected on, and will say so")]
+
+
+# -- fingerprints: the trials, resumes, exports and re-runs use the files the audit read, or refuse --------
+def data_fingerprints(data) -> dict[str, dict]:
+    """{role: {path, sha256}} of each data file; an unreadable one is left to the readers to explain."""
+    found = {}
+    for role in ("train", "holdout", "test"):
+        path = getattr(data, role)
+        if path is None:
+            continue
+        try:
+            found[role] = {"path": str(path), "sha256": fingerprint(path)}
+        except OSError:
+            continue  # missing or unreadable: the readers say which and why
+    return found
+
+
+def audited_sha256(audit: dict | None) -> dict[str, str] | None:
+    """{role: sha256} of a stored audit report; None when it has none (recorded before fingerprints were)."""
+    entries = (audit or {}).get("fingerprints")
+    return {role: entry["sha256"] for role, entry in entries.items()} if entries else None
+
+
+def recorded_sha256(database_url: str, sweep_name: str) -> dict[str, str] | None:
+    """The audited SHA-256 of each data file as stored with the sweep (None: no sweep or audit recorded)."""
+    from sweeper import migrations
+    from sweeper.store import TrialStore
+
+    store = TrialStore(database_url)
+    try:
+        sweep = store.get_sweep(sweep_name) if migrations.schema_state(store.engine) != "missing" else None
+    finally:
+        store.engine.dispose()
+    return audited_sha256(sweep.audit) if sweep else None
+
+
+def check_same_data(recorded: dict | None, report: AuditReport) -> None:
+    """A resumed sweep must go on with the data its trials started on: DataChanged for the first file whose
+    SHA-256 differs from the one recorded with the sweep."""
+    expected, now = audited_sha256(recorded) or {}, audited_sha256({"fingerprints": report.fingerprints}) or {}
+    for role, sha256 in expected.items():
+        if role in now and now[role] != sha256:
+            raise DataChanged.of(report.fingerprints[role]["path"], sha256, now[role])

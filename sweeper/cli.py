@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import sys
 import tempfile
 from pathlib import Path
@@ -216,7 +217,7 @@ def status(ctx: typer.Context,
         for sweep in sweeps:
             counts = store.trial_counts(sweep.name)
             best = store.best_trial(sweep.name)
-            table.add_row(sweep.name, sweep.status, str(sum(counts.values())),
+            table.add_row(sweep.name, store.shown_status(sweep)[0], str(sum(counts.values())),  # no live driver: interrupted
                           ", ".join(f"{k} {v}" for k, v in sorted(counts.items())),
                           f"{sweep.objective_metric}={best.best_value:.4f}" if best else "-",
                           sweep.updated_at.strftime("%Y-%m-%d %H:%M:%S"))
@@ -229,18 +230,23 @@ def status(ctx: typer.Context,
 def export(
     ctx: typer.Context,
     name: Annotated[str, typer.Argument(help="sweep name")],
-    out_dir: Annotated[Path, typer.Option("--out", help="folder to write the export to")] = Path("winner"),
+    out_dir: Annotated[Path, typer.Option("--out", help="a new or empty folder for the export")] = Path("winner"),
+    force: Annotated[bool, typer.Option("--force", help="replace a previous export in --out (only what it wrote; "
+                                                        "any other file there still refuses)")] = False,
     db: DbOption = None,
 ) -> None:
     """Export the best trial: config (YAML + JSON), adapter, reproduce command, versions, data hashes.
 
     The file also holds the data audit and the latest `sweeper promote` outcome: it says NOT PROMOTED, and
-    why, when the trial was not promoted.
+    why, when the trial was not promoted. A folder holding other files is refused (exit 2), never written over.
     """
     from sweeper import remote
-    from sweeper.export import export_sweep
+    from sweeper.export import export_sweep, target_problem
     from trainers.models import resolve_model
 
+    problem = target_problem(out_dir.resolve(), force)
+    if problem:
+        _fail(ExportError(problem))
     if _remote(ctx, remote.export, name, out_dir.resolve()) is not None:
         return
 
@@ -251,10 +257,92 @@ def export(
             raise ExportError(f"no sweep named {name!r} in {safe_url(store.url)}")
         promotion = store.latest_promotion(name)
         path = export_sweep(store, name, out_dir.resolve(), resolve_model(sweep.spec["model"]),
-                            promotion=promotion.result if promotion else None)
+                            promotion=promotion.result if promotion else None, replace=force)
     except KNOWN_ERRORS as exc:
         _fail(exc)
     out.print(f"exported {name!r} to {path} ({promotion.result['status'] if promotion else 'no promotion was run'})")
+
+
+@app.command()
+def delete(
+    name: Annotated[str, typer.Argument(help="sweep name")],
+    yes: Annotated[bool, typer.Option("--yes", "-y", help="delete without asking")] = False,
+    db: DbOption = None,
+) -> None:
+    """Delete a sweep: its store rows, its Optuna study, its Tune experiment and its folder (exports, W&B runs).
+
+    Asks first unless --yes. Refused (exit 2) while the sweep runs. The name is then free for a new spec.
+    """
+    try:
+        store = _store(db)
+        sweep = store.get_sweep(name)
+        if sweep is None:
+            raise StoreError(f"no sweep named {name!r} in {safe_url(store.url)}")
+        status, _ = store.shown_status(sweep)  # `running` with no live driver behind it shows as interrupted
+        if status in ("running", "queued"):
+            raise StoreError(f"sweep {name!r} is {status}; stop it first (Ctrl+C its `sweeper run`, or cancel it on "
+                             "the service), then delete it")
+    except StoreError as exc:
+        _fail(exc)
+    folders, left = _sweep_folders(sweep)
+    out.print(f"sweep {name!r} ({status}) in {safe_url(store.url)}: delete its store rows and Optuna study"
+              + (", and:" if folders else ""), markup=False, highlight=False, soft_wrap=True)
+    for folder in folders:
+        out.print(f"  {folder}", markup=False, highlight=False, soft_wrap=True)
+    for place in left:
+        out.print(f"  not removed: {place}", markup=False, highlight=False, soft_wrap=True)
+    if not yes:
+        typer.confirm(f"delete sweep {name!r}?", abort=True)
+    for folder in folders:  # files first, rows last: a delete cut short can be run again
+        try:
+            shutil.rmtree(folder)
+        except OSError as exc:
+            _fail(OSError(f"cannot remove {folder}: {exc.strerror or exc}; the sweep's rows and study are kept: "
+                          "fix that and run `sweeper delete` again"), 1)
+        out.print(f"removed {folder}", markup=False, highlight=False, soft_wrap=True)
+    try:
+        study = _delete_study(store.url, name)
+        counts = store.delete_sweep(name) or {}
+    except StoreError as exc:
+        _fail(exc, 1)
+    out.print(f"removed the Optuna study {name!r}" if study else f"no Optuna study named {name!r}", markup=False)
+    out.print(f"removed sweep {name!r} from the store: {counts.get('trials', 0)} trial(s), {counts.get('rounds', 0)} "
+              f"round(s), {counts.get('promotions', 0)} promotion(s)", markup=False)
+
+
+def _sweep_folders(sweep) -> tuple[list[Path], list[str]]:
+    """(the sweep's local folders that exist, places it used that `delete` leaves, with why). Tune's experiment
+    is removed only when it is a local folder named after the sweep under the sweep's own storage."""
+    storage = sweep.spec.get("storage") or {}
+    root = Path(storage.get("root") or ".sweeper").resolve()
+    tune_path = os.environ.get("SWEEPER_STORAGE_PATH") or storage.get("tune_path") or str(root / "ray")
+    experiment = sweep.experiment_path or f"{tune_path.rstrip('/')}/{sweep.name}"
+    bases = [root] + [Path(p).resolve() for p in (tune_path, storage.get("tune_path")) if p and "://" not in p]
+    folders, left = [], []
+    if "://" in experiment:
+        left.append(f"{experiment} (Tune's experiment on remote storage: remove it with that storage's tools)")
+    elif Path(experiment).name == sweep.name and any(b in Path(experiment).resolve().parents for b in bases):
+        folders.append(Path(experiment).resolve())
+    else:
+        left.append(f"{experiment} (Tune's experiment, outside the sweep's storage)")
+    folders.append(root / "sweeps" / sweep.name)
+    return [f for f in dict.fromkeys(folders) if f.exists()], left
+
+
+def _delete_study(url: str, name: str) -> bool:
+    """Delete the sweep's Optuna study (named after it, in the store's database); False if there is none."""
+    import optuna
+
+    from sweeper.study import study_storage
+
+    storage = study_storage(url)
+    try:
+        optuna.delete_study(study_name=name, storage=storage)
+        return True
+    except KeyError:
+        return False
+    finally:
+        storage.engine.dispose()
 
 
 NOT_PROMOTED = 3  # exit code of `promote` (and of `run` with promotion.on_run) when a gate fails
@@ -339,13 +427,20 @@ def train(
 
     try:
         record = yaml.safe_load(winner.read_text())
-        trial = {**record["trial"], "model_path": resolve_model(record["spec"]["model"]),
+        data = record["trial"]["data"]
+        if not data.get("sha256"):  # an export from before trial configs carried them: the hashes it recorded
+            recorded = record.get("data_fingerprints") or {}
+            data = {**data, "sha256": {role: entry["sha256"] for role, entry in recorded.items()}}
+        trial = {**record["trial"], "data": data, "model_path": resolve_model(record["spec"]["model"]),
                  "output_dir": str(out_dir or tempfile.mkdtemp(prefix="sweeper-train-")), "max_rounds": rounds}
         config = TrialConfig.model_validate(trial)
     except (OSError, KeyError, TypeError, yaml.YAMLError, ModelNotFound) as exc:
         _fail(ValueError(f"{winner}: not a usable export ({exc})"))
     reporter = ListReporter()
-    trainer_for(config.task)(config, reporter)
+    try:
+        trainer_for(config.task)(config, reporter)  # refuses a data file that is not the one the sweep audited
+    except DataError as exc:
+        _fail(exc)
     objective = record["winner"]["objective"]
     metric = objective["metric"]
     for r in reporter.rounds:

@@ -14,33 +14,31 @@ import json
 import math
 import os
 import shutil
-import sys
 import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
-import optuna
 import psutil
 import ray
+from pyarrow import fs as pafs
 from ray import tune
 from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
-from ray.tune.search import ConcurrencyLimiter
-from ray.tune.search.optuna import OptunaSearch
+from ray.tune.search import ConcurrencyLimiter, Searcher
 
-from sweeper.spec import Spec
+from sweeper.progress import LiveProgress, TrialView
+from sweeper.search import SweepSearch
+from sweeper.spec import Spec, SpecError
 from sweeper.store import TrialStore, full_url, remember_url
-from sweeper.study import close_stopped_trials, study_storage
+from sweeper.study import close_stopped_trials
 from sweeper.tracking import RUNS_FOLDER, TrialRuns, round_metrics, spec_mode
+from sweeper.trial_status import STATUS_BY_REASON
 from trainers import trainer_for
 from trainers.base import TrialConfig
 
 BEST_FILE = "sweeper_best.json"  # the running best objective, kept with each checkpoint for resumes
-# Tune warns whenever num_to_keep forces an experiment snapshot; with one checkpoint a round that is always.
-os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
 WORKER_ENV = {"HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false", "TRANSFORMERS_NO_ADVISORY_WARNINGS": "1"}
-STATUS_BY_REASON = {"completed": "completed", "max_rounds": "completed", "patience": "early_stopped",
-                    "asha": "stopped", "time_budget": "stopped"}
+TRIAL = "sweeper_trial"  # reserved config entry: the trial's stable key and the checkpoint it resumes from
 
 
 # -- the worker side ---------------------------------------------------------------------------------
@@ -51,11 +49,12 @@ class TuneReporter:
     its last round, which early stopping and overfitting make worse by design.
     """
 
-    def __init__(self, metric: str, mode: str, workdir: str | None = None):
+    def __init__(self, metric: str, mode: str, workdir: str | None = None, resume: tune.Checkpoint | None = None):
         self.metric, self.mode = metric, mode
         self.best = math.inf if mode == "min" else -math.inf
         self.rss_start_mb = _rss_mb()  # what the worker holds before this trial: growth here is a leak
-        self.checkpoint = tune.get_checkpoint()
+        # Tune's own checkpoint (a retry in this run) first, else the one an earlier driver run recorded.
+        self.checkpoint = tune.get_checkpoint() or resume
         if self.checkpoint is not None:
             # Into the trial's own folder (removed when the trial ends), not Ray's default: a fresh
             # $TMPDIR/checkpoint_tmp_* per resume that nothing ever deletes.
@@ -89,6 +88,9 @@ def _rss_mb() -> float:
 
 def trial_worker(params: dict, job: dict) -> None:
     """A Tune function trainable: one trial of the sweep, run by the task's trainer."""
+    params = dict(params)
+    resume_from = params.pop(TRIAL)["resume_from"]
+    resume = tune.Checkpoint(resume_from, filesystem=_filesystem(job["storage"])) if resume_from else None
     trial_id = tune.get_context().get_trial_id()
     for stale in Path(tempfile.gettempdir()).glob(f"sweeper-{trial_id}-*"):  # left by an attempt that was killed
         shutil.rmtree(stale, ignore_errors=True)
@@ -96,7 +98,7 @@ def trial_worker(params: dict, job: dict) -> None:
     try:
         config = TrialConfig.model_validate({**job["trial"], "hparams": {**job["fixed"], **params},
                                              "output_dir": output_dir})
-        trainer_for(config.task)(config, TuneReporter(job["metric"], job["mode"], workdir=output_dir))
+        trainer_for(config.task)(config, TuneReporter(job["metric"], job["mode"], output_dir, resume))
     finally:
         shutil.rmtree(output_dir, ignore_errors=True)  # Tune has copied every reported checkpoint
         release_memory()
@@ -139,24 +141,39 @@ class StoreCallback(tune.Callback):
         self.started = time.monotonic()
 
     def on_trial_start(self, iteration, trials, trial, **info):
-        self.store.trial_started(self.sweep_name, trial.trial_id, trial.config)
+        self.store.trial_started(self.sweep_name, trial_key(trial), sampled(trial))
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
         # The worker persisted the round's checkpoint before reporting it. Tune's own checkpoint event comes
         # later, from a separate task, and never comes for a trial stopped at the time budget meanwhile.
         name = result.get("checkpoint_dir_name")
-        self.store.round_reported(self.sweep_name, trial.trial_id, result, f"{trial.path}/{name}" if name else "")
+        self.store.round_reported(self.sweep_name, trial_key(trial), result, f"{trial.path}/{name}" if name else "")
 
     def on_trial_complete(self, iteration, trials, trial, **info):
         reason = trial.last_result.get("stop_reason") or self._stopped_by()
-        self.store.trial_finished(self.sweep_name, trial.trial_id, STATUS_BY_REASON[reason], reason)
+        self.store.trial_finished(self.sweep_name, trial_key(trial), STATUS_BY_REASON[reason], reason)
 
     def on_trial_error(self, iteration, trials, trial, **info):
-        self.store.trial_finished(self.sweep_name, trial.trial_id, "failed", "error", _error_text(trial))
+        self.store.trial_finished(self.sweep_name, trial_key(trial), "failed", "error", _error_text(trial))
+
+    def close(self):
+        if self._store is not None:
+            self._store.engine.dispose()
+            self._store = None
 
     def _stopped_by(self) -> str:
         over_time = self.time_budget_s and time.monotonic() - self.started >= self.time_budget_s
         return "time_budget" if over_time else "asha"
+
+
+def trial_key(trial) -> str:
+    """The trial's key in the store and W&B: stable across driver runs, unlike Tune's trial id."""
+    return trial.config[TRIAL]["key"]
+
+
+def sampled(trial) -> dict:
+    """The trial's hyperparameters, without sweeper's reserved entry."""
+    return {k: v for k, v in trial.config.items() if k != TRIAL}
 
 
 def _error_text(trial) -> str:
@@ -174,6 +191,10 @@ class SweepResult:
 
 
 def _job(spec: Spec, model_path: str, threads: int) -> dict:
+    from sweeper.audit import recorded_sha256
+
+    # Each trial checks its files against the SHA-256 the sweep's recorded audit read: a replaced file fails it.
+    sha256 = recorded_sha256(spec.database_url(), spec.name)
     return {
         "fixed": spec.fixed,
         "metric": spec.objective.metric,
@@ -181,7 +202,7 @@ def _job(spec: Spec, model_path: str, threads: int) -> dict:
         "trial": {
             "task": spec.task,
             "model_path": model_path,
-            "data": spec.data.model_dump(exclude={"max_seq_length"}),
+            "data": {**spec.data.model_dump(exclude={"max_seq_length"}), "sha256": sha256},
             "seed": spec.seed,
             "max_seq_length": spec.data.max_seq_length,
             "evals_per_epoch": spec.scheduler.evals_per_epoch,
@@ -194,19 +215,36 @@ def _job(spec: Spec, model_path: str, threads: int) -> dict:
     }
 
 
-def _searcher(spec: Spec, database_url: str) -> ConcurrencyLimiter:
-    # A few random points first, then TPE; constant_liar keeps concurrent trials from proposing one point.
-    startup = max(2, min(10, spec.budget.trials // 3))
-    sampler = optuna.samplers.TPESampler(seed=spec.seed, n_startup_trials=startup, constant_liar=True)
-    searcher = OptunaSearch(
-        space=spec.space().sample,
-        metric="objective",
-        mode=spec.objective.mode,
-        sampler=sampler,
-        study_name=spec.name,
-        storage=study_storage(database_url),
-    )
-    return ConcurrencyLimiter(searcher, max_concurrent=spec.budget.max_concurrent)
+class StudySearcher(Searcher):
+    """Tune's side of `SweepSearch`: Tune trial ids in, the sweep's stable trial keys out.
+
+    Its state is the study in the store; Tune's searcher snapshots are not needed to resume (save is a no-op)."""
+
+    def __init__(self, search: SweepSearch, mode: str):
+        super().__init__(metric="objective", mode=mode)
+        self.search = search
+        self.keys: dict[str, str] = {}  # Tune trial id -> trial key
+
+    def suggest(self, trial_id: str):
+        suggestion = self.search.suggest()
+        if suggestion is None:
+            return Searcher.FINISHED
+        self.keys[trial_id] = suggestion.key
+        return {**suggestion.params, TRIAL: {"key": suggestion.key, "resume_from": suggestion.resume_from}}
+
+    def on_trial_result(self, trial_id: str, result: dict) -> None:
+        self.search.round_reported(self.keys[trial_id], result.get("round"), result.get("objective"))
+
+    def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
+        key = self.keys.pop(trial_id, None)
+        if key is not None:
+            self.search.finished(key, (result or {}).get("objective"), error)
+
+    def save(self, checkpoint_path: str) -> None:
+        pass
+
+    def restore(self, checkpoint_path: str) -> None:
+        pass
 
 
 def _scheduler(spec: Spec):
@@ -225,6 +263,8 @@ def start_ray(address: str | None, env: dict[str, str]) -> None:
     """Connect to a cluster (`auto`, `ray://host:10001`) or start a private local one."""
     if ray.is_initialized():
         return
+    # Tune warns whenever num_to_keep forces an experiment snapshot; with one checkpoint a round that is always.
+    os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
     runtime_env = {"env_vars": {**WORKER_ENV, **env}}
     if address:
         ray.init(address=address, runtime_env=runtime_env, log_to_driver=False)
@@ -253,33 +293,32 @@ class WandbCallback(tune.Callback):
 
     def setup(self, **info):
         self._runs = TrialRuns(self.project, self.group, self.mode, self.directory, full_url(self.database_url))
-        _ACTIVE.append(self)
 
     def _config(self, trial) -> dict:
-        params = dict(trial.config)
-        return {**params, "sweep": self.group, "trial_id": trial.trial_id, "objective": self.objective,
+        params = sampled(trial)
+        return {**params, "sweep": self.group, "trial_id": trial_key(trial), "objective": self.objective,
                 "training": {**self.training, "hparams": {**self.fixed, **params}}}
 
     def on_trial_start(self, iteration, trials, trial, **info):
         if self._runs is not None:
-            self._started.add(trial.trial_id)
-            self._runs.start(trial.trial_id, self._config(trial))
+            self._started.add(trial_key(trial))
+            self._runs.start(trial_key(trial), self._config(trial))
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
         if self._runs is None:
             return
-        if trial.trial_id not in self._started:
+        if trial_key(trial) not in self._started:
             self.on_trial_start(iteration, trials, trial)
         step = result.get("round")
-        self._runs.log(trial.trial_id, round_metrics(result), int(step) if step is not None else None)
+        self._runs.log(trial_key(trial), round_metrics(result), int(step) if step is not None else None)
 
     def on_trial_complete(self, iteration, trials, trial, **info):
-        if self._runs is not None and trial.trial_id in self._started:
-            self._runs.finish(trial.trial_id)  # after StoreCallback: the store holds the final status
+        if self._runs is not None and trial_key(trial) in self._started:
+            self._runs.finish(trial_key(trial))  # after StoreCallback: the store holds the final status
 
     def on_trial_error(self, iteration, trials, trial, **info):
-        if self._runs is not None and trial.trial_id in self._started:
-            self._runs.finish(trial.trial_id, failed=True)
+        if self._runs is not None and trial_key(trial) in self._started:
+            self._runs.finish(trial_key(trial), failed=True)
 
     def on_experiment_end(self, trials, **info):
         self.close()
@@ -291,138 +330,36 @@ class WandbCallback(tune.Callback):
 
 
 class ProgressCallback(tune.Callback):
-    """Live progress on the driver: a rich live table on a terminal; otherwise one line per finished trial."""
-
-    REFRESH_S = 0.5
+    """Feeds Tune's trial events to the live progress view (sweeper.progress)."""
 
     def __init__(self, spec: Spec):
-        self.name, self.metric, self.mode = spec.name, spec.objective.metric, spec.objective.mode
-        self.total, self.time_budget_s = spec.budget.trials, spec.budget.time_budget_s
-        self._live = None
-        self._reset()
-
-    def _reset(self):
-        self.started, self.interactive, self._last = time.monotonic(), False, 0.0
-        self._done_at_start: int | None = None
-        self._snapshot: dict = {"done": 0, "running": [], "counts": {}, "best": None}
-
-    def __getstate__(self):  # Tune pickles callbacks; a live display does not pickle
-        return {**self.__dict__, "_live": None}
+        self.view = LiveProgress(spec)
 
     def setup(self, **info):
-        self._reset()
-        self.interactive = sys.stdout.isatty()
-        _ACTIVE.append(self)
-        if self.interactive:
-            from rich.console import Console
-            from rich.live import Live
-
-            self._live = Live(get_renderable=self._render, console=Console(), refresh_per_second=2, transient=True)
-            self._live.start()
-
-    def _update(self, trials, finishing: tuple[str, str] | None = None) -> None:
-        """Count trials by state; `finishing` = (trial id, status) of a trial Tune has not marked ended yet."""
-        counts = {"completed": 0, "early_stopped": 0, "stopped": 0, "failed": 0, "pending": 0}
-        running, best = [], None
-        for t in trials:
-            result = t.last_result or {}
-            value = result.get("objective")
-            if isinstance(value, (int, float)) and math.isfinite(value):
-                if best is None or (value < best[0] if self.mode == "min" else value > best[0]):
-                    best = (value, t.trial_id)
-            if finishing and t.trial_id == finishing[0]:
-                counts[finishing[1]] += 1
-            elif t.status in ("RUNNING", "PAUSED"):
-                running.append((t.trial_id, result.get("round", 0), value, result.get("eval_loss"),
-                                t.config.get("learning_rate")))
-            elif t.status == "PENDING":
-                counts["pending"] += 1
-            elif t.status == "ERROR":
-                counts["failed"] += 1
-            elif t.status == "TERMINATED":
-                reason = result.get("stop_reason") or "stopped"
-                counts[STATUS_BY_REASON.get(reason, "stopped")] += 1
-        done = counts["completed"] + counts["early_stopped"] + counts["stopped"] + counts["failed"]
-        if self._done_at_start is None:
-            self._done_at_start = done
-        self._snapshot = {"done": done, "running": running, "counts": counts, "best": best}
-
-    def _eta(self) -> float | None:
-        elapsed = time.monotonic() - self.started
-        done = self._snapshot["done"]
-        finished_here = done - (self._done_at_start or 0)
-        eta = elapsed / finished_here * max(self.total - done, 0) if finished_here > 0 else None
-        if self.time_budget_s:
-            left = max(self.time_budget_s - elapsed, 0.0)
-            eta = left if eta is None else min(eta, left)
-        return eta
-
-    def _line(self) -> str:
-        snap, counts = self._snapshot, self._snapshot["counts"]
-        best = snap["best"]
-        eta = self._eta()
-        return (f"{snap['done']}/{self.total} done (completed {counts.get('completed', 0)}, early-stopped "
-                f"{counts.get('early_stopped', 0)}, stopped {counts.get('stopped', 0)}, failed "
-                f"{counts.get('failed', 0)}), {len(snap['running'])} running | best {self.metric} "
-                + (f"{best[0]:.4f} ({best[1]})" if best else "-")
-                + f" | elapsed {_clock(time.monotonic() - self.started)}, ETA {_clock(eta) if eta is not None else '-'}")
-
-    def _render(self):
-        from rich.console import Group
-        from rich.progress_bar import ProgressBar
-        from rich.table import Table
-        from rich.text import Text
-
-        snap = self._snapshot
-        table = Table("running trial", "round", f"best {self.metric}", "eval_loss", "lr", box=None, pad_edge=False)
-        for key, round_, value, loss, lr in snap["running"]:
-            table.add_row(key, str(round_ or "-"), _fmt(value), _fmt(loss), f"{lr:.2e}" if isinstance(lr, float) else "-")
-        bar = ProgressBar(total=max(self.total, 1), completed=min(snap["done"], self.total), width=40)
-        head, _, tail = self._line().partition(" | ")
-        return Group(Text(f"sweep {self.name}: {head}"), bar, Text(tail), table)
+        self.view.start()
 
     def on_step_end(self, iteration, trials, **info):
-        now = time.monotonic()
-        if now - self._last >= self.REFRESH_S:
-            self._last = now
-            self._update(trials)
-
-    def _finished(self, trials, trial, status: str) -> None:
-        self._update(trials, (trial.trial_id, status))
-        if not self.interactive:
-            result = trial.last_result or {}
-            value = result.get("objective")
-            print(f"[{self.name}] trial {trial.trial_id} {status} after {result.get('round', 0)} rounds, "
-                  f"best {self.metric} {_fmt(value)} | {self._line()}", flush=True)
+        self.view.step(_views(trials))
 
     def on_trial_complete(self, iteration, trials, trial, **info):
-        reason = (trial.last_result or {}).get("stop_reason") or "stopped"
-        self._finished(trials, trial, STATUS_BY_REASON.get(reason, "stopped"))
+        self.view.finished(_views(trials), _view(trial))
 
     def on_trial_error(self, iteration, trials, trial, **info):
-        self._finished(trials, trial, "failed")
+        self.view.finished(_views(trials), _view(trial), "failed")
 
     def on_experiment_end(self, trials, **info):
-        self._update(trials)
-        self.close()
+        self.view.end(_views(trials))
 
     def close(self):
-        if self._live is not None:
-            self._live.stop()
-            self._live = None
+        self.view.close()
 
 
-_ACTIVE: list = []  # callbacks with open resources (W&B runs, a live display), closed when fit() returns
+def _view(trial) -> TrialView:
+    return TrialView(trial_key(trial), trial.status, trial.last_result or {}, trial.config.get("learning_rate"))
 
 
-def _clock(seconds: float) -> str:
-    seconds = int(max(seconds, 0))
-    return f"{seconds // 3600}:{seconds % 3600 // 60:02d}:{seconds % 60:02d}" if seconds >= 3600 else \
-        f"{seconds // 60}:{seconds % 60:02d}"
-
-
-def _fmt(value) -> str:
-    return f"{value:.4f}" if isinstance(value, (int, float)) and math.isfinite(value) else "-"
+def _views(trials) -> list[TrialView]:
+    return [_view(t) for t in trials]
 
 
 def tracking_callbacks(spec: Spec, sweep_dir: Path, database_url: str, job: dict, mode: str | None = None) -> list:
@@ -435,51 +372,100 @@ def tracking_callbacks(spec: Spec, sweep_dir: Path, database_url: str, job: dict
 def run_sweep(spec: Spec, database_url: str, tune_path: str, sweep_dir: Path, model_path: str,
               address: str | None = None, env: dict[str, str] | None = None,
               tracking_mode: str | None = None) -> SweepResult:
-    """Run (or resume) the sweep to its budget; trial events land in the store as they happen."""
-    threads = spec.resources.torch_threads or max(1, int(spec.resources.cpus))
-    start_ray(address, env or {})
-    remember_url(database_url)  # a resumed experiment's searcher and callbacks need the password back
+    """Run the sweep, or resume it, to its budget; trial events land in the store as they happen.
+
+    Every run is a fresh Tune experiment fed by `SweepSearch`, which resumes what the store and the study say is
+    unfinished: Tune's saved experiment state may lag them and is not read back."""
+    remember_url(database_url)  # the searcher's study storage and the callbacks are pickled without the password
     experiment_path = f"{tune_path.rstrip('/')}/{spec.name}"
-    job = _job(spec, model_path, threads)
-    trainable = _trainable(spec, job)
-    resumed = tune.Tuner.can_restore(experiment_path)
-    if resumed:
-        tuner = tune.Tuner.restore(experiment_path, trainable, resume_unfinished=True, resume_errored=True)
-    else:
-        tuner = tune.Tuner(
-            trainable,
-            tune_config=tune.TuneConfig(
-                search_alg=_searcher(spec, database_url),
-                scheduler=_scheduler(spec),
-                num_samples=spec.budget.trials,
-                time_budget_s=spec.budget.time_budget_s,
-                reuse_actors=True,
-            ),
-            run_config=tune.RunConfig(
-                name=spec.name,
-                storage_path=tune_path,
-                callbacks=[StoreCallback(database_url, spec.name, spec.budget.time_budget_s),  # first: the
-                           *tracking_callbacks(spec, sweep_dir, database_url, job, tracking_mode),  # W&B summary
-                           ProgressCallback(spec)],                                                # reads it
-                failure_config=tune.FailureConfig(max_failures=spec.budget.max_failures),
-                checkpoint_config=tune.CheckpointConfig(num_to_keep=2, checkpoint_score_attribute=spec.objective.metric,
-                                                        checkpoint_score_order=spec.objective.mode),
-                verbose=0,
-            ),
-        )
+    search = SweepSearch(spec, database_url, _checkpoint_exists(tune_path))
+    if search.done():  # every trial ended before the driver stopped (e.g. killed while exporting)
+        return SweepResult(finished=True, experiment_path=experiment_path, resumed=True)
+    start_ray(address, env or {})
+    threads = spec.resources.torch_threads or max(1, int(spec.resources.cpus))
+    job = {**_job(spec, model_path, threads), "storage": tune_path}
+    callbacks = [StoreCallback(database_url, spec.name, spec.budget.time_budget_s),  # first: the W&B summary
+                 *tracking_callbacks(spec, sweep_dir, database_url, job, tracking_mode),  # reads it
+                 ProgressCallback(spec)]
+    tuner = tune.Tuner(
+        _trainable(spec, job),
+        tune_config=tune.TuneConfig(
+            search_alg=ConcurrencyLimiter(StudySearcher(search, spec.objective.mode),
+                                          max_concurrent=spec.budget.max_concurrent),
+            scheduler=_scheduler(spec),
+            num_samples=spec.budget.trials,
+            time_budget_s=spec.budget.time_budget_s,
+            reuse_actors=True,
+            trial_name_creator=trial_key,
+            trial_dirname_creator=lambda trial: f"{trial_key(trial)}_{trial.trial_id}",
+        ),
+        run_config=tune.RunConfig(
+            name=spec.name,
+            storage_path=tune_path,
+            callbacks=list(callbacks),  # Tune appends its own reporter to the list it is given
+            failure_config=tune.FailureConfig(max_failures=spec.budget.max_failures),
+            checkpoint_config=tune.CheckpointConfig(num_to_keep=2, checkpoint_score_attribute=spec.objective.metric,
+                                                    checkpoint_score_order=spec.objective.mode),
+            verbose=0,
+        ),
+    )
     started = time.monotonic()
     try:
         results = tuner.fit()
     finally:
-        while _ACTIVE:  # Ctrl+C ends fit() without on_experiment_end: finish W&B runs, restore the terminal
-            _ACTIVE.pop().close()
-    trials = results._experiment_analysis.trials
-    ended = all(t.status in ("TERMINATED", "ERROR") for t in trials)  # Tune's view, after its clean-up
+        for callback in callbacks:  # Ctrl+C ends fit() without on_experiment_end: finish W&B runs, restore the terminal
+            callback.close()
+    ended = all(t.status in ("TERMINATED", "ERROR") for t in results._experiment_analysis.trials)  # after clean-up
     budget = spec.budget.time_budget_s
     over_time = bool(budget and time.monotonic() - started >= budget)
     unfinished = _settle_unfinished_trials(spec.name, database_url, over_time)
-    spent = over_time or (len(trials) >= spec.budget.trials and not unfinished)
-    return SweepResult(finished=ended and spent, experiment_path=experiment_path, resumed=resumed)
+    spent = over_time or search.done()
+    return SweepResult(finished=ended and spent and not unfinished, experiment_path=experiment_path,
+                       resumed=search.resumed)
+
+
+def connect(spec: Spec, address: str | None, env: dict[str, str]) -> None:
+    """Start or join Ray and check that a node can hold one trial; nothing of the sweep is written yet."""
+    start_ray(address, env)
+    try:
+        check_schedulable(spec, address)
+    except Unschedulable:
+        shutdown()
+        raise
+
+
+class Unschedulable(SpecError):
+    """A trial asks for more than any node of the cluster has: it would wait forever."""
+
+
+def check_schedulable(spec: Spec, address: str | None) -> None:
+    """Refuse a trial no node can hold. A cluster that adds nodes on demand (KubeRay's autoscaler) is trusted to,
+    when it says so (SWEEPER_CLUSTER_AUTOSCALES=1, set by the shipped RayJob)."""
+    if address and os.environ.get("SWEEPER_CLUSTER_AUTOSCALES") == "1":
+        return
+    nodes = [node["Resources"] for node in ray.nodes() if node.get("Alive")]
+    asked = {"CPU": spec.resources.cpus, "GPU": spec.resources.gpus}
+    if any(all(node.get(name, 0) >= amount for name, amount in asked.items()) for node in nodes):
+        return
+    largest = {name: max((node.get(name, 0) for node in nodes), default=0) for name in asked}
+    where = f"the Ray cluster at {address}" if address else "this machine"
+    problems = [(f"resources.{field}", f"each trial asks for {asked[name]:g}, but no node of {where} has that many "
+                 f"(the largest has {largest[name]:g}); lower it or add a node that has them")
+                for field, name in (("cpus", "CPU"), ("gpus", "GPU")) if asked[name] > largest[name]]
+    raise Unschedulable(problems or [("resources", f"no single node of {where} has {asked} at once")],
+                        source="resources")
+
+
+def _filesystem(tune_path: str) -> pafs.FileSystem | None:
+    """The pyarrow filesystem of a remote Tune storage (s3://, gs://); None for a local path."""
+    return pafs.FileSystem.from_uri(tune_path)[0] if "://" in tune_path else None
+
+
+def _checkpoint_exists(tune_path: str):
+    filesystem = _filesystem(tune_path)
+    if filesystem is None:
+        return os.path.isdir
+    return lambda path: filesystem.get_file_info(path).type == pafs.FileType.Directory
 
 
 def _settle_unfinished_trials(sweep_name: str, database_url: str, over_time: bool) -> bool:

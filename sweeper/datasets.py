@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import io
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,6 +25,17 @@ MAX_TEXT_CHARS = 100_000  # one example's text; longer rows are almost always a 
 
 class DataError(ValueError):
     """A data file that cannot be used; the message names the file and the row."""
+
+
+class DataChanged(DataError):
+    """A data file is no longer the one the sweep's data audit read (its SHA-256 differs)."""
+
+    @classmethod
+    def of(cls, path: str | Path, expected: str, actual: str) -> DataChanged:
+        # One message argument: Ray copies and pickles a trial's exception by its args.
+        return cls(f"{path}: changed since the sweep's data audit: SHA-256 {actual}, audited {expected}; re-run "
+                   "`sweeper audit SPEC` on the new data and start a new sweep (a new `name:`), or put the audited "
+                   "file back")
 
 
 @dataclass(frozen=True)
@@ -77,19 +89,44 @@ class DataFile:
     empty_rows: list[str] = field(default_factory=list)  # "line 7: empty text or label"
 
 
-def read_examples(path: str | Path, fmt: DataFormat) -> list[Example]:
-    """The usable examples of a file (empty rows skipped; the audit reports them)."""
-    return read_file(path, fmt).examples
+def read_examples(path: str | Path, fmt: DataFormat, sha256: str | None = None) -> list[Example]:
+    """The usable examples of a file (empty rows skipped; the audit reports them).
+
+    With `sha256` (what the data audit read), a file whose bytes differ now raises `DataChanged`. Checked after
+    the read, so a file replaced before or during it never slips through.
+    """
+    try:
+        examples = read_file(path, fmt).examples
+    except DataError:
+        if sha256:
+            check_fingerprint(path, sha256)  # a replaced file: say that, not what is wrong with the new one
+        raise
+    if sha256:
+        check_fingerprint(path, sha256)
+    return examples
+
+
+def file_problem(path: str | Path) -> str | None:
+    """Why `path` cannot be read as a file (`file not found`, `file is a directory`), or None."""
+    path = Path(path)
+    if path.is_file():
+        return None
+    if path.is_dir():
+        return "file is a directory"
+    return "file is not a regular file" if path.exists() else "file not found"
 
 
 def read_file(path: str | Path, fmt: DataFormat) -> DataFile:
     path = Path(path)
-    if not path.is_file():
-        raise DataError(f"{path}: file not found")
+    problem = file_problem(path)
+    if problem:
+        raise DataError(f"{path}: {problem}")
     try:
-        raw = path.read_text(encoding="utf-8")
+        raw = path.read_text(encoding="utf-8-sig")  # -sig: a byte-order mark (Excel, Notepad) is not text
     except UnicodeDecodeError as exc:
         raise DataError(f"{path}: not UTF-8 text (byte {exc.start}); re-encode the file as UTF-8") from None
+    except OSError as exc:
+        raise DataError(f"{path}: cannot read the file: {exc.strerror}") from None
     if not raw.strip():
         raise DataError(f"{path}: the file is empty")
     readers = {"restaurant8k": _read_restaurant8k, "csv": _read_csv, "jsonl": _read_jsonl}
@@ -123,11 +160,20 @@ def read_splits(data) -> dict[str, list[Example]]:
     return {role: split.examples for role, split in read_split_files(data).items()}
 
 
-def _read_restaurant8k(path: Path, raw: str) -> DataFile:
+def _parse_json(text: str, where: str, one_line: bool = False):
     try:
-        records = json.loads(raw)
+        return json.loads(text)
     except json.JSONDecodeError as exc:
-        raise DataError(f"{path}: not valid JSON ({exc.msg} at line {exc.lineno})") from None
+        at = f"column {exc.colno}" if one_line else f"line {exc.lineno}"
+        raise DataError(f"{where}: not valid JSON ({exc.msg} at {at})") from None
+    except ValueError as exc:  # e.g. an integer of more than 4,300 digits
+        raise DataError(f"{where}: not usable JSON ({str(exc).split(':')[0]})") from None
+    except RecursionError:
+        raise DataError(f"{where}: JSON nested too deeply to be a data record") from None
+
+
+def _read_restaurant8k(path: Path, raw: str) -> DataFile:
+    records = _parse_json(raw, str(path))
     if not isinstance(records, list):
         raise DataError(f"{path}: expected a JSON list of records")
     data = DataFile([], [])
@@ -144,12 +190,15 @@ def _read_restaurant8k(path: Path, raw: str) -> DataFile:
 
 def _restaurant8k_record(path: Path, i: int, rec: dict, text: str) -> TaggedExample:
     where = f"{path}: record {i}"
+    labels = [] if rec.get("labels") is None else rec["labels"]
+    if not isinstance(labels, list):
+        raise DataError(f"{where}: labels must be a list of {{slot, valueSpan}} objects, not {type(labels).__name__}")
     spans = []
-    for label in rec.get("labels", []) or []:
+    for label in labels:
         slot = label.get("slot") if isinstance(label, dict) else None
-        span = label.get("valueSpan", {}) if isinstance(label, dict) else {}
-        start, end = span.get("startIndex", 0), span.get("endIndex")  # a missing startIndex means 0
-        if not isinstance(slot, str) or type(start) is not int or type(end) is not int:
+        span = label.get("valueSpan") if isinstance(label, dict) else None
+        start, end = (span.get("startIndex", 0), span.get("endIndex")) if isinstance(span, dict) else (None, None)
+        if not isinstance(slot, str) or type(start) is not int or type(end) is not int:  # a missing startIndex is 0
             raise DataError(f"{where}: each label needs a string slot and integer valueSpan indices")
         if not 0 <= start < end <= len(text):
             raise DataError(f"{where}: span {start}:{end} of slot {slot!r} is outside the text")
@@ -158,17 +207,18 @@ def _restaurant8k_record(path: Path, i: int, rec: dict, text: str) -> TaggedExam
 
 
 def _read_csv(path: Path, raw: str) -> DataFile:
-    reader = csv.DictReader(raw.splitlines())
+    reader = csv.DictReader(io.StringIO(raw, newline=""))  # quoted fields may hold line breaks of any kind
     try:
-        header, rows = reader.fieldnames or [], list(reader)
+        header = reader.fieldnames or []
+        rows = [(reader.line_num, row) for row in reader]  # the file's own line (the row's last, if quoted)
     except csv.Error as exc:
-        raise DataError(f"{path}: not valid CSV ({exc})") from None
+        raise DataError(f"{path}: line {reader.line_num}: not valid CSV ({exc})") from None
     text_col = "text"
     label_col = next((c for c in ("label", "category") if c in header), None)
     if text_col not in header or label_col is None:
         raise DataError(f"{path}: needs a header with a 'text' column and a 'label' (or 'category') column")
     data = DataFile([], [])
-    for i, row in enumerate(rows, start=2):
+    for i, row in rows:
         text, label = str(row.get(text_col) or "").strip(), str(row.get(label_col) or "").strip()
         if not text or not label:
             data.empty_rows.append(f"line {i}: empty text or label")
@@ -180,13 +230,10 @@ def _read_csv(path: Path, raw: str) -> DataFile:
 
 def _read_jsonl(path: Path, raw: str) -> DataFile:
     data = DataFile([], [])
-    for i, line in enumerate(raw.splitlines(), start=1):
+    for i, line in enumerate(raw.split("\n"), start=1):  # not splitlines(): JSON strings may hold U+2028
         if not line.strip():
             continue  # blank lines separate nothing in JSONL: not rows
-        try:
-            rec = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise DataError(f"{path}: line {i}: not valid JSON ({exc.msg})") from None
+        rec = _parse_json(line, f"{path}: line {i}", one_line=True)
         prompt = rec.get("instruction", rec.get("prompt")) if isinstance(rec, dict) else None
         response = rec.get("response") if isinstance(rec, dict) else None
         if not isinstance(prompt, str) or not isinstance(response, str):
@@ -206,3 +253,13 @@ def fingerprint(path: str | Path) -> str:
         for block in iter(lambda: fh.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()
+
+
+def check_fingerprint(path: str | Path, expected: str) -> None:
+    """Raise DataChanged if the file's SHA-256 is not `expected`; an unreadable file is left to its reader."""
+    try:
+        actual = fingerprint(path)
+    except OSError:
+        return
+    if actual != expected:
+        raise DataChanged.of(path, expected, actual)

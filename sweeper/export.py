@@ -1,26 +1,36 @@
 """Export a sweep's winner so it can be re-run: resolved config, adapter, command, versions, data hashes.
 
 `winner.yaml` / `winner.json` hold the same record. Its `trial:` section is a complete trial config
-(hyperparameters included); `sweeper train <export>/winner.yaml` re-runs it without Ray and compares
-the holdout metric with the one recorded here.
+(hyperparameters and the audited SHA-256 of each data file included); `sweeper train <export>/winner.yaml`
+re-runs it without Ray and compares the holdout metric with the one recorded here.
+
+An export never deletes what it did not write. It is staged beside its folder and then moved in whole: into a
+new or empty folder, or swapped with a previous export (recognised by the `.sweeper-export` marker each export
+writes) in one rename. A folder holding anything else is refused.
 """
 
 from __future__ import annotations
 
+import ctypes
+import errno
 import json
+import os
 import platform
 import shutil
+import uuid
 from importlib import metadata
 from pathlib import Path
 
 import yaml
 
-from sweeper.datasets import fingerprint, read_examples
+from sweeper.datasets import DataChanged, check_fingerprint, fingerprint
 from sweeper.store import TrialStore
+from trainers import model_files
 from trainers.base import TrialConfig
 
 PACKAGES = ("sweeper", "torch", "transformers", "peft", "accelerate", "ray", "optuna", "wandb", "SQLAlchemy")
-ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors", "adapter_model.bin", "README.md")
+MARKER = ".sweeper-export"  # written by every export: what a later export may replace
+EXPORT_FILES = ("adapter", "winner.json", "winner.yaml")  # what an export writes besides its marker
 
 
 class ExportError(RuntimeError):
@@ -37,13 +47,14 @@ def package_versions() -> dict[str, str]:
     return versions
 
 
-def trial_config(sweep_spec: dict, params: dict, model_path: str) -> dict:
-    """The trial config the sweep ran this trial with (output_dir left for the re-run to choose)."""
+def trial_config(sweep_spec: dict, params: dict, model_path: str, sha256: dict[str, str] | None = None) -> dict:
+    """The trial config the sweep ran this trial with (output_dir left for the re-run to choose); `sha256`: the
+    audited SHA-256 of each data file, which a re-run checks its files against."""
     spec = sweep_spec
     return {
         "task": spec["task"],
         "model_path": model_path,
-        "data": {k: spec["data"][k] for k in ("format", "train", "holdout", "test")},
+        "data": {**{k: spec["data"][k] for k in ("format", "train", "holdout", "test")}, "sha256": sha256},
         "hparams": {**spec.get("fixed", {}), **params},
         "seed": spec["seed"],
         "max_seq_length": spec["data"]["max_seq_length"],
@@ -60,7 +71,7 @@ def _hf_kwargs(trial: dict) -> tuple[dict, dict]:
     from trainers import hf_loop  # torch loads only when exporting, not for every CLI command
 
     config = TrialConfig.model_validate({**trial, "output_dir": "<output_dir>"})
-    n_train = len(read_examples(config.data.train, config.data.format))
+    n_train = len(config.data.read("train"))
     micro, accumulation, round_steps = hf_loop.schedule(config, n_train)
     return hf_loop.training_kwargs(config, micro, accumulation, round_steps), hf_loop.lora_kwargs(config)
 
@@ -69,16 +80,41 @@ NO_PROMOTION = {"promoted": False, "status": "NOT PROMOTED",
                 "note": "not promoted: no promotion was run for this sweep (`sweeper promote` checks the spec's gates)"}
 
 
-def export_sweep(store: TrialStore, sweep_name: str, out: Path, model_path: str, promotion: dict | None = None) -> Path:
+def audited_data(sweep) -> dict[str, dict]:
+    """{role: {path, sha256}} of the data files as the sweep's audit read them. The winner was trained on those
+    bytes: a file that differs on disk now is refused, not recorded under the audit's name."""
+    recorded = (sweep.audit or {}).get("fingerprints")
+    if not recorded:  # a sweep audited before fingerprints were recorded: the files as they are now
+        return {role: {"path": path, "sha256": fingerprint(path)}
+                for role, path in sweep.spec["data"].items() if role in ("train", "holdout", "test") and path}
+    for role, entry in recorded.items():
+        if not Path(entry["path"]).is_file():
+            raise ExportError(f"data.{role}: {entry['path']}: file not found; the export records the audited data "
+                              "files: put it back")
+        try:
+            check_fingerprint(entry["path"], entry["sha256"])
+        except DataChanged as exc:
+            raise ExportError(f"data.{role}: {exc}") from None
+    return recorded
+
+
+def export_sweep(store: TrialStore, sweep_name: str, out: Path, model_path: str, promotion: dict | None = None,
+                 replace: bool = True) -> Path:
     """Write the best trial's export under `out` (the only trial a promotion may promote); returns the path of
-    winner.yaml. The record says in itself whether the trial was promoted, and if not, why."""
+    winner.yaml. The record says in itself whether the trial was promoted, and if not, why. `out` must be new,
+    empty, or a previous export (`replace=False`, the CLI without --force, refuses that too); anything else is
+    refused with ExportError."""
+    problem = target_problem(out, replace)
+    if problem:
+        raise ExportError(problem)
     sweep = store.get_sweep(sweep_name)
     if sweep is None:
         raise ExportError(f"no sweep named {sweep_name!r} in the store")
     best = store.best_trial(sweep_name)
     if best is None:
         raise ExportError(f"sweep {sweep_name!r} has no trial with a {sweep.objective_metric} value yet")
-    trial = trial_config(sweep.spec, best.params, model_path)
+    data = audited_data(sweep)
+    trial = trial_config(sweep.spec, best.params, model_path, {role: e["sha256"] for role, e in data.items()})
     best_round_metrics = store.best_round_metrics(sweep_name, best.trial_key).get(best.trial_key, {})
     training_args, lora = _hf_kwargs(trial)
     record = {
@@ -97,27 +133,88 @@ def export_sweep(store: TrialStore, sweep_name: str, out: Path, model_path: str,
         "training_arguments": training_args,
         "lora_config": lora,
         "reproduce": f"sweeper train {out / 'winner.yaml'} --rounds {best.best_round}",
-        "data_fingerprints": {role: {"path": path, "sha256": fingerprint(path)}
-                              for role, path in trial["data"].items() if role != "format" and path},
+        "data_fingerprints": data,
         "versions": package_versions(),
         "spec": sweep.spec,
     }
-    staging = out.with_name(out.name + ".partial")
-    shutil.rmtree(staging, ignore_errors=True)
-    staging.mkdir(parents=True)
-    _copy_adapter(store.best_checkpoint(best), staging / "adapter")
-    (staging / "winner.yaml").write_text(yaml.safe_dump(record, sort_keys=False, width=1000))
-    (staging / "winner.json").write_text(json.dumps(record, indent=2))
-    shutil.rmtree(out, ignore_errors=True)
-    staging.rename(out)  # nothing half-written: the export appears whole or not at all
+    try:
+        _write(out, record, store.best_checkpoint(best), replace)
+    except OSError as exc:
+        raise ExportError(f"cannot write the export to {out}: {exc.strerror or exc}") from None
     return out / "winner.yaml"
 
 
-def _copy_adapter(checkpoint: str, target: Path) -> None:
+# -- where the export goes: never over anything it did not write ------------------------------------------
+def target_problem(out: Path, replace: bool) -> str | None:
+    """Why an export may not be written to `out` now, or None: it must be new, empty, or a previous export."""
+    if not out.exists():
+        return None
+    if not out.is_dir():
+        return f"{out}: not a folder"
+    names = {p.name for p in out.iterdir()}
+    if not names:
+        return None
+    foreign = sorted(names - {*EXPORT_FILES, MARKER})
+    if MARKER not in names and (foreign or "winner.yaml" not in names):  # no marker: one from before it existed
+        return (f"{out}: the folder is not empty and holds no export (e.g. {', '.join(sorted(names)[:3])}); an "
+                "export never writes over other files: name a new or empty folder")
+    if foreign:
+        return (f"{out}: holds a previous export and files it did not write ({', '.join(foreign[:3])}); move them "
+                "away, or name a new or empty folder")
+    if not replace:
+        return f"{out}: holds a previous export; --force replaces it (only the files the export wrote)"
+    return None
+
+
+def _write(out: Path, record: dict, checkpoint: str, replace: bool) -> None:
+    """Stage the export beside `out`, then move it in whole: a crash leaves the old export or the new one."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    staging = out.parent / f".{out.name}.sweeper-partial-{uuid.uuid4().hex[:8]}"
+    staging.mkdir()
+    try:
+        _copy_adapter(checkpoint, staging / "adapter", model_files(record["trial"]["task"]))
+        (staging / "winner.yaml").write_text(yaml.safe_dump(record, sort_keys=False, width=1000))
+        (staging / "winner.json").write_text(json.dumps(record, indent=2))
+        (staging / MARKER).write_text(json.dumps({"sweep": record["sweep"], "files": list(EXPORT_FILES)}) + "\n")
+        problem = target_problem(out, replace)  # again: the folder may have changed while the export was built
+        if problem:
+            raise ExportError(problem)
+        if not out.exists():
+            staging.rename(out)
+        elif not any(out.iterdir()):  # the user's empty folder stays theirs: filled, the marker last
+            for name in (*EXPORT_FILES, MARKER):
+                shutil.move(staging / name, out / name)
+        else:  # a previous export, and nothing else
+            _swap(staging, out)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)  # after a swap it holds the previous export
+
+
+def _swap(staged: Path, out: Path) -> None:
+    """Exchange two folders in one step where Linux can (renameat2 RENAME_EXCHANGE); elsewhere two renames, so a
+    crash between them leaves the previous export beside `out` under a hidden name, never half of one."""
+    try:
+        renameat2 = ctypes.CDLL(None, use_errno=True).renameat2
+    except (OSError, AttributeError):
+        renameat2 = None
+    if renameat2 is not None:
+        at_cwd, exchange = -100, 2
+        if renameat2(at_cwd, os.fsencode(staged), at_cwd, os.fsencode(out), exchange) == 0:
+            return
+        code = ctypes.get_errno()
+        if code not in (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP):  # not "unsupported here": a real failure
+            raise OSError(code, os.strerror(code), str(out))
+    previous = staged.with_name(staged.name + "-previous")
+    out.rename(previous)
+    staged.rename(out)
+    previous.rename(staged)
+
+
+def _copy_adapter(checkpoint: str, target: Path, files: tuple[str, ...]) -> None:
     source = Path(checkpoint) if checkpoint else None
-    if source is None or not (source / "adapter_config.json").is_file():
+    if source is None or not (source / files[0]).is_file():
         raise ExportError(f"the winning trial's checkpoint is missing ({checkpoint or 'never recorded'})")
     target.mkdir()
-    for name in ADAPTER_FILES:
+    for name in files:
         if (source / name).is_file():
             shutil.copy2(source / name, target / name)

@@ -23,9 +23,9 @@ from typing import Callable
 
 import numpy as np
 
-from sweeper.audit import labels_of
+from sweeper.audit import audited_sha256, labels_of
 from sweeper.datasets import TaggedExample, read_examples
-from sweeper.export import export_sweep, trial_config
+from sweeper.export import export_sweep, target_problem, trial_config
 from sweeper.spec import PER_FIELD_GATE, Gate, Promotion
 from sweeper.store import TrialStore
 
@@ -215,15 +215,18 @@ def promote(store: TrialStore, sweep_name: str, model_path: str, export_dir: Pat
     sweep = store.get_sweep(sweep_name)
     if sweep is None:
         raise PromotionError(f"no sweep named {sweep_name!r} in the store")
+    if problem := target_problem(export_dir, replace=True):  # refused now, not after the evaluation
+        raise PromotionError(problem)
     settings, spec = settings_of(sweep), sweep.spec
     ranked = store.ranked_trials(sweep_name)
     if not ranked:
         raise PromotionError(f"sweep {sweep_name!r} has no trial with a {sweep.objective_metric} value")
     split = "test" if spec["data"].get("test") else "holdout"
-    examples = read_examples(spec["data"][split], spec["data"]["format"])
+    sha256 = audited_sha256(sweep.audit) or {}  # the files the sweep's audit read, or DataChanged
+    examples = read_examples(spec["data"][split], spec["data"]["format"], sha256.get(split))
     if not examples:
         raise PromotionError(f"data.{split} ({spec['data'][split]}) has no usable rows to check the gates on")
-    train = read_examples(spec["data"]["train"], spec["data"]["format"])
+    train = read_examples(spec["data"]["train"], spec["data"]["format"], sha256.get("train"))
     tagged = isinstance(examples[0], TaggedExample)  # fields to gate one by one (a class label is no field)
     fields = sorted({f for e in train + examples for f in labels_of(e)}) if tagged else []
     module = task_module(spec["task"])
@@ -238,7 +241,7 @@ def promote(store: TrialStore, sweep_name: str, model_path: str, export_dir: Pat
             return None
         log(f"promotion: re-evaluating trial {trial.trial_key} (round {trial.best_round}) on the {split} split "
             f"({len(examples)} rows)")
-        config = _config(spec, trial.params, model_path)
+        config = _config(sweep, trial.params, model_path)
         records = module.predict(config, checkpoint, examples)
         checks = check_gates(records, module.score, settings, fields, spec["seed"], at_best.get(trial.trial_key, {}))
         return TrialCheck(trial.trial_key, trial.best_value, len(examples), checks)
@@ -263,10 +266,10 @@ def promote(store: TrialStore, sweep_name: str, model_path: str, export_dir: Pat
     return result
 
 
-def _config(spec: dict, params: dict, model_path: str, **overrides):
+def _config(sweep, params: dict, model_path: str, **overrides):
     from trainers.base import TrialConfig
 
-    return TrialConfig.model_validate({**trial_config(spec, params, model_path),
+    return TrialConfig.model_validate({**trial_config(sweep.spec, params, model_path, audited_sha256(sweep.audit)),
                                        "output_dir": tempfile.gettempdir(), **overrides})
 
 
@@ -278,7 +281,7 @@ def _add_seed_values(check: TrialCheck, module, sweep, trial, model_path: str, e
     for seed in seeds:
         log(f"promotion: re-training trial {trial.trial_key} with seed {seed} for {trial.best_round} round(s)")
         with tempfile.TemporaryDirectory(prefix="sweeper-seed-") as out:
-            config = _config(sweep.spec, trial.params, model_path, seed=seed, output_dir=out,
+            config = _config(sweep, trial.params, model_path, seed=seed, output_dir=out,
                              max_rounds=trial.best_round)
             reporter = ListReporter()
             module.train(config, reporter)

@@ -28,12 +28,14 @@ from sweeper.compare import CompareError, Comparison, TrialStatus, compare
 from sweeper.datasets import DataError
 from sweeper.settings import ServiceSettings
 from sweeper.spec import Spec, SpecError, parse_spec
-from sweeper.store import StoreError, TrialStore
+from sweeper.store import ClaimHeld, StoreError, TrialStore
 from sweeper.supervisor import Supervisor
+from sweeper.yaml_safe import describe, load_yaml
 from trainers.models import NAMED_MODELS
 
 RECONCILE_EVERY_S = 2.0
 MAX_COMPARED = 20  # sweeps one comparison may name
+MAX_OFFSET = 10**9  # far beyond any sweep's trials; larger numbers overflow the database's integers
 
 
 # -- schemas -------------------------------------------------------------------------------------------
@@ -106,17 +108,23 @@ def _problem(code: int, detail: Any) -> HTTPException:
     return HTTPException(status_code=code, detail=detail)
 
 
-def _confined(path: str | None, roots: tuple[Path, ...]) -> bool:
-    if path is None:
-        return True
-    resolved = Path(path).resolve()
+def _confined(path: Path, roots: tuple[Path, ...]) -> bool:
+    try:
+        resolved = path.resolve()
+    except (OSError, ValueError):  # a NUL byte, a symlink loop: not a path the service reads
+        return False
     return any(resolved.is_relative_to(root) for root in roots)
 
 
-def _confinement_errors(spec: Spec, settings: ServiceSettings) -> list[dict]:
-    errors = [{"path": f"data.{role}", "message": "outside the service's data roots"}
-              for role in ("train", "holdout", "test") if not _confined(getattr(spec.data, role), settings.data_roots)]
-    if spec.model not in NAMED_MODELS and not _confined(spec.model, settings.data_roots):
+def _confinement_errors(raw: dict, settings: ServiceSettings) -> list[dict]:
+    """Paths outside the data roots, judged on the raw spec: parsing it looks at the files, and its messages
+    would tell a caller whether a path outside the roots exists."""
+    data = raw.get("data") if isinstance(raw.get("data"), dict) else {}
+    base, roots = settings.data_roots[0], settings.data_roots  # relative data paths are read from the first root
+    errors = [{"path": f"data.{role}", "message": "outside the service's data roots"} for role in ("train", "holdout", "test")
+              if isinstance(data.get(role), str) and not _confined(base / data[role], roots)]
+    model = raw.get("model")
+    if isinstance(model, str) and model not in NAMED_MODELS and not _confined(Path(model), roots):
         errors.append({"path": "model", "message": "a model must be a named model or lie under the data roots"})
     return errors
 
@@ -125,9 +133,9 @@ def _raw_spec(body: SweepCreate) -> Any:
     if body.spec is not None:
         return body.spec
     try:
-        return yaml.safe_load(body.spec_yaml)
+        return load_yaml(body.spec_yaml)
     except yaml.YAMLError as exc:
-        raise _problem(422, [{"path": "spec_yaml", "message": f"not valid YAML: {getattr(exc, 'problem', exc)}"}]) from None
+        raise _problem(422, [{"path": "spec_yaml", "message": describe(exc)}]) from None
 
 
 def _service_spec(raw: Any, settings: ServiceSettings) -> Spec:
@@ -135,14 +143,13 @@ def _service_spec(raw: Any, settings: ServiceSettings) -> Spec:
     if isinstance(raw, dict) and "storage" in raw:
         raise _problem(422, [{"path": "storage", "message": "storage is set by the service; remove it"}])
     if isinstance(raw, dict):
+        if errors := _confinement_errors(raw, settings):
+            raise _problem(422, errors)
         raw = {**raw, "storage": {"root": str(settings.root)}}
     try:
         spec = parse_spec(raw, settings.data_roots[0], "spec")
     except SpecError as exc:
         raise _problem(422, [{"path": p, "message": m} for p, m in exc.errors]) from None
-    errors = _confinement_errors(spec, settings)
-    if errors:
-        raise _problem(422, errors)
     try:
         report = audit(spec)  # the same data audit as `sweeper run`; a spec allows refusals under `audit.allow`
     except DataError as exc:
@@ -164,7 +171,8 @@ def _public_sweep(store: TrialStore, name: str) -> SweepPublic:
     sweep = _existing_sweep(store, name)
     counts = store.trial_counts(name)
     best = store.best_trial(name)
-    return SweepPublic(name=sweep.name, status=sweep.status, message=sweep.message,
+    status, message = store.shown_status(sweep)  # `running` with its driver gone reads `interrupted`
+    return SweepPublic(name=sweep.name, status=status, message=message,
                        objective_metric=sweep.objective_metric, objective_mode=sweep.objective_mode,
                        trials=sum(counts.values()), trials_by_status=counts,
                        best_value=best.best_value if best else None,
@@ -179,7 +187,11 @@ def _public_trial(t) -> TrialPublic:
 
 
 class BodyLimit:
-    """Reject bodies over the limit with 413 before the app reads them (chunked bodies included)."""
+    """Reject bodies over the limit with 413 before the app reads them (chunked bodies included).
+
+    The body is read here in full (it is at most `limit` bytes) and replayed to the app: an error raised
+    while the app itself reads would reach FastAPI's body parsing, which answers it with 400.
+    """
 
     def __init__(self, app, limit: int):
         self.app, self.limit = app, limit
@@ -190,30 +202,31 @@ class BodyLimit:
         declared = dict(scope.get("headers") or []).get(b"content-length")
         if declared is not None and declared.isdigit() and int(declared) > self.limit:
             return await self._too_large(send)
-        seen = 0
-
-        async def limited_receive():
-            nonlocal seen
+        chunks, size, more = [], 0, True
+        while more:
             message = await receive()
-            seen += len(message.get("body", b""))
-            if seen > self.limit:
-                raise _TooLarge()
-            return message
+            if message["type"] != "http.request":
+                return  # the client went away: nobody to answer
+            chunks.append(message.get("body", b""))
+            size, more = size + len(chunks[-1]), message.get("more_body", False)
+            if size > self.limit:
+                return await self._too_large(send)
+        replayed = False
 
-        try:
-            await self.app(scope, limited_receive, send)
-        except _TooLarge:
-            await self._too_large(send)
+        async def replay():
+            nonlocal replayed
+            if replayed:
+                return await receive()  # after the body: the disconnect a streaming response waits for
+            replayed = True
+            return {"type": "http.request", "body": b"".join(chunks), "more_body": False}
+
+        await self.app(scope, replay, send)
 
     async def _too_large(self, send):
         body = b'{"detail":"request body too large"}'
         await send({"type": "http.response.start", "status": 413,
                     "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})
         await send({"type": "http.response.body", "body": body})
-
-
-class _TooLarge(Exception):
-    pass
 
 
 # -- the app -------------------------------------------------------------------------------------------
@@ -234,7 +247,7 @@ def create_app(settings: ServiceSettings) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI):
         settings.root.mkdir(parents=True, exist_ok=True)
-        store.upgrade()
+        store.upgrade()  # once, here (under the schema lock): Alembic's context is module-global, not for requests
         supervisor.reconcile()  # adopt or resume what the last service instance left running
         watcher = threading.Thread(target=watch, name="sweeper-supervisor", daemon=True)
         watcher.start()
@@ -244,9 +257,13 @@ def create_app(settings: ServiceSettings) -> FastAPI:
         supervisor.stop_all()
         store.engine.dispose()
 
+    open_docs = not settings.tokens  # with tokens, the schema needs one too and the browser docs (which cannot send it) are off
     app = FastAPI(title="sweeper", version="0.1.0", lifespan=lifespan,
-                  description="Submit, watch, cancel, promote and export hyperparameter sweeps.")
+                  description="Submit, watch, cancel, promote and export hyperparameter sweeps.",
+                  openapi_url="/openapi.json" if open_docs else None, docs_url="/docs" if open_docs else None,
+                  redoc_url="/redoc" if open_docs else None)
     bearer = HTTPBearer(auto_error=False)
+    launching = threading.Lock()  # capacity check, claim and launch as one step: concurrent submissions cannot overshoot
 
     def require_token(credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)]) -> None:
         if not settings.tokens:
@@ -272,6 +289,11 @@ def create_app(settings: ServiceSettings) -> FastAPI:
     def health() -> dict[str, str]:
         return {"status": "ok"}
 
+    if not open_docs:
+        @api.get("/openapi.json", include_in_schema=False)
+        def openapi_schema() -> JSONResponse:
+            return JSONResponse(app.openapi())
+
     @api.post("/sweeps", status_code=202, response_model=Accepted,
               responses={409: {}, 413: {}, 422: {"model": list[ErrorItem]}, 503: {}})
     def submit(body: SweepCreate) -> Accepted:
@@ -279,20 +301,32 @@ def create_app(settings: ServiceSettings) -> FastAPI:
         existing = store.get_sweep(spec.name)
         if existing is not None and existing.spec_fingerprint != spec.fingerprint():
             raise _problem(409, f"sweep {spec.name!r} exists with a different spec; give the new one another name")
-        if existing is not None and existing.status in ("completed", "running", "queued"):
-            raise _problem(409, f"sweep {spec.name!r} is already {existing.status}")
-        if supervisor.active_count() >= settings.max_active_sweeps:
-            raise _problem(503, f"the service already runs {settings.max_active_sweeps} sweep(s); try again later")
+        if existing is not None and existing.status == "completed":
+            raise _problem(409, f"sweep {spec.name!r} is already completed")
+        with launching:
+            if supervisor.active_count() >= settings.max_active_sweeps:
+                raise _problem(503, f"the service already runs {settings.max_active_sweeps} sweep(s); try again later")
+            try:
+                token = store.claim(spec.name)  # a live driver (ours or a `sweeper run` elsewhere) refuses it here
+            except ClaimHeld as exc:
+                raise _problem(409, str(exc)) from None
+            try:
+                queue(spec, token)
+            except BaseException:
+                store.release(spec.name, token)
+                raise
+        return Accepted(name=spec.name, status="queued")
+
+    def queue(spec: Spec, token: str) -> None:
+        """Record the sweep as queued and start its driver, handing it the claim."""
         from sweeper.sweeps import stored_spec
 
-        store.upgrade()
         store.open_sweep(spec.name, stored_spec(spec), spec.fingerprint(), spec.objective.metric, spec.objective.mode)
         store.update_sweep(spec.name, status="queued", message="")
         spec_path = settings.root / "specs" / f"{spec.name}.yaml"
         spec_path.parent.mkdir(parents=True, exist_ok=True)
         spec_path.write_text(yaml.safe_dump(spec.model_dump(mode="json"), sort_keys=False))
-        supervisor.launch(spec.name, spec_path)
-        return Accepted(name=spec.name, status="queued")
+        supervisor.launch(spec.name, spec_path, token)
 
     @api.get("/sweeps", response_model=list[SweepPublic])
     def list_sweeps() -> list[SweepPublic]:
@@ -306,7 +340,7 @@ def create_app(settings: ServiceSettings) -> FastAPI:
     def list_trials(
         name: str,
         status_: Annotated[TrialStatus | None, Query(alias="status")] = None,
-        offset: Annotated[int, Query(ge=0)] = 0,
+        offset: Annotated[int, Query(ge=0, le=MAX_OFFSET)] = 0,
         limit: Annotated[int, Query(ge=1, le=500)] = 50,
     ) -> TrialPage:
         _existing_sweep(store, name)

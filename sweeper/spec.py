@@ -11,13 +11,15 @@ import json
 import os
 import re
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, field_validator, model_validator
 
 import search_spaces
-from search_spaces.space import SearchSpace
+from search_spaces.space import FloatParam, SearchSpace
+from sweeper.datasets import file_problem
+from sweeper.yaml_safe import describe, load_yaml
 from trainers.base import HYPERPARAMETERS, HyperParams, Task
 from trainers.models import ModelNotFound, check_model
 
@@ -25,6 +27,7 @@ TASK_METRICS: dict[str, tuple[str, ...]] = {
     "token_tagging": ("eval_loss", "f1_micro", "precision_micro", "recall_micro"),
     "sequence_classification": ("eval_loss", "accuracy", "f1_macro"),
     "causal_lm_sft": ("eval_loss", "f1_micro", "json_valid_rate", "exact_match"),
+    "synthetic": ("eval_loss", "accuracy"),
 }
 PER_FIELD_TASKS = ("token_tagging", "causal_lm_sft")  # these also report f1_<field>
 PER_FIELD_GATE = "per_field_f1"  # a gate on every field's F1 at once
@@ -210,8 +213,9 @@ def _file_and_model_errors(raw: dict) -> list[tuple[str, str]]:
     data = raw.get("data") if isinstance(raw.get("data"), dict) else {}
     for role in ("train", "holdout", "test"):
         path = data.get(role)
-        if isinstance(path, str) and not Path(path).is_file():
-            errors.append((f"data.{role}", f"file not found: {path}"))
+        problem = file_problem(path) if isinstance(path, str) else None
+        if problem:
+            errors.append((f"data.{role}", f"{problem}: {path}"))
     if isinstance(raw.get("model"), str):
         try:
             check_model(raw["model"])
@@ -240,15 +244,40 @@ def reports_metric(task: str, metric: str) -> bool:
 
 
 def _semantic_errors(spec: Spec) -> list[tuple[str, str]]:
-    errors = _hyperparameter_errors(spec) + _gate_errors(spec)
+    errors = _hyperparameter_errors(spec) + _value_errors(spec) + _gate_errors(spec)
     known = TASK_METRICS[spec.task]
     if not reports_metric(spec.task, spec.objective.metric):
         errors.append(("objective.metric", f"{spec.objective.metric!r} is not reported by task {spec.task}; "
                        f"choose one of {', '.join(known)}"))
+    return errors
+
+
+# One validator per trial hyperparameter, built from HyperParams itself: what a trial accepts is defined there.
+_ACCEPTS = {name: TypeAdapter(Annotated[info.annotation, info]) for name, info in HyperParams.model_fields.items()}
+
+
+def _refusal(name: str, value: Any) -> str | None:
+    """Why a trial would refuse `value` for hyperparameter `name`, or None if it accepts it."""
     try:
-        HyperParams.model_validate({**_fixed_probe(spec), **spec.fixed})
+        _ACCEPTS[name].validate_python(value)
     except ValidationError as exc:
-        errors += [(f"fixed.{e['loc'][0]}", e["msg"]) for e in exc.errors() if e["loc"] and e["loc"][0] in spec.fixed and e["loc"][0] in HYPERPARAMETERS]
+        return exc.errors()[0]["msg"]
+    return None
+
+
+def _value_errors(spec: Spec) -> list[tuple[str, str]]:
+    """Fixed values and every value a search can hand a trial (range ends, choices, `otherwise`), checked
+    here so a bad one is refused by `validate` instead of failing each trial inside Ray."""
+    errors = [(f"fixed.{name}", msg) for name, value in spec.fixed.items()
+              if name in _ACCEPTS and (msg := _refusal(name, value))]
+    for name, param in spec.space().params.items():
+        if name not in _ACCEPTS:
+            continue  # reported as an unknown hyperparameter
+        where = f"search_space.params.{name}"
+        if isinstance(param, FloatParam) and HyperParams.model_fields[name].annotation is int:
+            errors.append((f"{where}.type", f"{name} takes whole numbers: use type int or categorical"))
+        errors += [(f"{where}.{key}", f"a trial refuses {value!r}: {msg}")
+                   for key, value in param.values() if (msg := _refusal(name, value))]
     return errors
 
 
@@ -273,13 +302,6 @@ def _gate_errors(spec: Spec) -> list[tuple[str, str]]:
             errors.append((f"{where}.threshold", f"{gate.metric} lies between 0 and 1; a threshold of "
                            f"{gate.threshold:g} can never be met"))
     return errors
-
-
-def _fixed_probe(spec: Spec) -> dict[str, Any]:
-    """Valid stand-ins for the searched parameters, so validating `fixed:` reports only fixed values."""
-    probe = dict(learning_rate=1e-3, batch_size=8, num_epochs=1, lr_scheduler_type="linear", warmup_ratio=0.0,
-                 weight_decay=0.0, lora_r=8, lora_alpha=16, lora_dropout=0.0)
-    return {k: v for k, v in probe.items() if k not in spec.fixed}
 
 
 def _resolve_paths(raw: dict, base: Path) -> dict:
@@ -330,16 +352,17 @@ def _message(error: dict) -> str:
 
 def load_spec(path: str | Path) -> Spec:
     path = Path(path)
+    problem = file_problem(path)
+    if problem:
+        raise SpecError([("", f"spec {problem}: {path}")], str(path))
     try:
         text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise SpecError([("", f"spec file not found: {path}")], str(path)) from None
     except UnicodeDecodeError:
         raise SpecError([("", "the spec is not UTF-8 text")], str(path)) from None
+    except OSError as exc:
+        raise SpecError([("", f"cannot read the spec: {exc.strerror}")], str(path)) from None
     try:
-        raw = yaml.safe_load(text)
+        raw = load_yaml(text)
     except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        raise SpecError([("", f"not valid YAML{where}: {getattr(exc, 'problem', exc)}")], str(path)) from None
+        raise SpecError([("", describe(exc))], str(path)) from None
     return parse_spec(raw, path.resolve().parent, str(path))

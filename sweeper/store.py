@@ -10,12 +10,17 @@ from __future__ import annotations
 
 import logging
 import math
+import os
+import socket
+import threading
 import time
+import uuid
 from contextlib import contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Iterator
 
+import psutil
 from sqlalchemy import (
     JSON,
     Boolean,
@@ -32,7 +37,9 @@ from sqlalchemy import (
     func,
     select,
     text,
+    update,
 )
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Engine, make_url
 from sqlalchemy.exc import OperationalError, SQLAlchemyError
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, relationship, sessionmaker
@@ -150,6 +157,69 @@ class PromotionRecord(Base):
     result: Mapped[dict[str, Any]]
     export_path: Mapped[str] = mapped_column(Text, default="")
     created_at: Mapped[datetime] = mapped_column(default=now)
+
+
+class Claim(Base):
+    """Which process drives a sweep: one live driver per sweep name (`TrialStore.claim`)."""
+
+    __tablename__ = "sweeper_claims"
+
+    sweep: Mapped[str] = mapped_column(String(64), primary_key=True)
+    owner: Mapped[str] = mapped_column(String(300))  # host:pid; '' while free
+    token: Mapped[str] = mapped_column(String(32))  # '' while free; handing it over hands the claim over
+    claimed_at: Mapped[datetime]
+    heartbeat_at: Mapped[datetime]
+
+
+HEARTBEAT_S = 10.0  # a driver refreshes its claim this often
+STALE_AFTER_S = 60.0  # a claim not refreshed for this long is free (its holder hung, or died on another host)
+CLAIM_TOKEN_ENV = "SWEEPER_CLAIM_TOKEN"  # the service hands its claim to the driver it starts through this
+EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
+
+
+class ClaimHeld(StoreError):
+    """Another live driver holds the sweep's claim."""
+
+    def __init__(self, sweep: str, claim: Claim):
+        self.holder = claim.owner
+        super().__init__(f"sweep {sweep!r} is being run by another driver ({claim.owner}, last heartbeat "
+                         f"{_age_s(claim.heartbeat_at):.0f} s ago): wait for it to end, or stop that process; its "
+                         f"claim frees itself once the process is gone or silent for {STALE_AFTER_S:.0f} s")
+
+
+def process_owner() -> str:
+    """This process as a claim owner."""
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+def _utc(moment: datetime) -> datetime:
+    return moment if moment.tzinfo else moment.replace(tzinfo=timezone.utc)  # SQLite hands back naive UTC
+
+
+def _age_s(moment: datetime) -> float:
+    return (now() - _utc(moment)).total_seconds()
+
+
+def claim_alive(claim: Claim) -> bool:
+    """Held, with a fresh heartbeat, and (when its owner is on this host) its process still runs."""
+    if not claim.token or _age_s(claim.heartbeat_at) > STALE_AFTER_S:
+        return False
+    host, _, pid = claim.owner.rpartition(":")
+    if host != socket.gethostname() or not pid.isdigit():
+        return True  # another machine: the heartbeat is all there is to go by
+    try:  # a pid reused by another process keeps the claim only until the heartbeat ages out
+        return psutil.Process(int(pid)).status() != psutil.STATUS_ZOMBIE
+    except psutil.Error:
+        return False
+
+
+def _insert_missing(session: Session, model: type[Base], **values) -> None:
+    """INSERT a row unless its key exists; racing sessions do not fail (the later one waits, then skips)."""
+    insert = {"postgresql": postgresql.insert, "sqlite": sqlite.insert}.get(session.get_bind().dialect.name)
+    if insert is not None:
+        session.execute(insert(model).values(**values).on_conflict_do_nothing())
+    elif session.get(model, values[model.__mapper__.primary_key[0].name]) is None:
+        session.add(model(**values))
 
 
 SCHEMA_LOCK = 0x73776565705F31  # PostgreSQL advisory lock key: one schema creation at a time per database
@@ -344,20 +414,101 @@ class TrialStore:
     def list_sweeps(self) -> list[Sweep]:
         return self._read(lambda s: list(s.scalars(select(Sweep).order_by(Sweep.id))))
 
-    def delete_sweep(self, name: str) -> bool:
-        def work(session: Session) -> bool:
-            sweep = session.scalar(select(Sweep).where(Sweep.name == name))
-            if sweep is None:
-                return False
-            for trial in sweep.trials:
-                for row in trial.round_rows:
-                    session.delete(row)
-                session.delete(trial)
-            session.execute(delete(PromotionRecord).where(PromotionRecord.sweep_id == sweep.id))
-            session.delete(sweep)
-            return True
+    def delete_sweep(self, name: str) -> dict[str, int] | None:
+        """Delete a sweep with its trials, rounds and promotions in one transaction (set-wise: no row is loaded);
+        returns how many of each went, or None when no sweep has that name."""
+
+        def work(session: Session) -> dict[str, int] | None:
+            sweep_id = session.scalar(select(Sweep.id).where(Sweep.name == name))
+            if sweep_id is None:
+                return None
+            trials = select(Trial.id).where(Trial.sweep_id == sweep_id)
+
+            def gone(statement) -> int:
+                return session.execute(statement.execution_options(synchronize_session=False)).rowcount
+
+            counts = {"rounds": gone(delete(Round).where(Round.trial_id.in_(trials))),
+                      "trials": gone(delete(Trial).where(Trial.sweep_id == sweep_id)),
+                      "promotions": gone(delete(PromotionRecord).where(PromotionRecord.sweep_id == sweep_id))}
+            gone(delete(Sweep).where(Sweep.id == sweep_id))
+            return counts
 
         return self._write(work)
+
+    # -- driver claims -------------------------------------------------------------------------------
+    def claim(self, sweep: str, owner: str | None = None, token: str | None = None) -> str:
+        """Make `owner` (default: this process) the sweep's one driver and return the claim's new token.
+
+        Taken when free, stale (`claim_alive`), or handed over: `token` is the holder's (the service claims a
+        sweep when it is submitted and passes the token to the driver it starts). Otherwise: ClaimHeld.
+        """
+        fresh = uuid.uuid4().hex
+
+        def work(session: Session) -> str:
+            _insert_missing(session, Claim, sweep=sweep, owner="", token="", claimed_at=EPOCH, heartbeat_at=EPOCH)
+            held = session.scalar(select(Claim).where(Claim.sweep == sweep).with_for_update())
+            if held.token and held.token != token and claim_alive(held):
+                raise ClaimHeld(sweep, held)
+            held.owner, held.token, held.claimed_at, held.heartbeat_at = owner or process_owner(), fresh, now(), now()
+            return fresh
+
+        return self._write(work)
+
+    def heartbeat(self, sweep: str, token: str) -> bool | None:
+        """Refresh the claim: False if it is no longer this token's, None if the database did not answer.
+
+        One attempt, no retries: the next beat comes soon, and retries would add warnings to a sweep's own.
+        """
+        try:
+            with self.session() as session:
+                changed = session.execute(update(Claim).where(Claim.sweep == sweep, Claim.token == token)
+                                          .values(heartbeat_at=now()))
+                return changed.rowcount == 1
+        except SQLAlchemyError:
+            return None
+
+    def release(self, sweep: str, token: str) -> None:
+        """Give the claim up; one attempt (a claim left behind frees itself: its process is gone)."""
+        try:
+            with self.session() as session:
+                session.execute(delete(Claim).where(Claim.sweep == sweep, Claim.token == token))
+        except SQLAlchemyError:
+            pass
+
+    def driver_claim(self, sweep: str) -> Claim | None:
+        return self._read(lambda s: s.scalar(select(Claim).where(Claim.sweep == sweep, Claim.token != "")))
+
+    @contextmanager
+    def driving(self, sweep: str, token: str | None = None) -> Iterator[str]:
+        """Hold the sweep's claim for the block (ClaimHeld if another live driver has it), with heartbeats."""
+        token = self.claim(sweep, token=token or None)
+        stop = threading.Event()
+        beat = threading.Thread(target=self._beat, args=(sweep, token, stop), name="sweeper-claim", daemon=True)
+        beat.start()
+        try:
+            yield token
+        finally:
+            stop.set()
+            beat.join(timeout=5)
+            self.release(sweep, token)
+
+    def _beat(self, sweep: str, token: str, stop: threading.Event) -> None:
+        while not stop.wait(HEARTBEAT_S):
+            if self.heartbeat(sweep, token) is False:
+                log.warning("sweeper: sweep %r: another driver took this driver's claim over (no heartbeat reached "
+                            "the database for %.0f s)", sweep, STALE_AFTER_S)
+                return
+
+    def shown_status(self, sweep: Sweep) -> tuple[str, str]:
+        """Status and message as users should read them: `queued` or `running` with no live driver behind it is
+        `interrupted` (its driver was killed, or its machine went away, before it could say so)."""
+        if sweep.status not in ("queued", "running"):
+            return sweep.status, sweep.message
+        claim = self.driver_claim(sweep.name)
+        if claim is not None and claim_alive(claim):
+            return sweep.status, sweep.message
+        last = f", last heartbeat {_utc(claim.heartbeat_at):%Y-%m-%d %H:%M:%S} UTC from {claim.owner}" if claim else ""
+        return "interrupted", f"recorded {sweep.status}, but no driver is alive{last}; `sweeper run` again resumes it"
 
     # -- trials --------------------------------------------------------------------------------------
     def _trial(self, session: Session, sweep_name: str, key: str) -> Trial | None:

@@ -1,6 +1,6 @@
 """The sweep's Optuna study, in the trial store's database (no Ray here).
 
-Tune's OptunaSearch drives the study; this module gives it a storage that survives what the store survives:
+sweeper.search drives the study; this module gives it a storage that survives what the store survives:
 pickled without the database password, retried with the store's backoff, in WAL mode on SQLite. It also
 closes the trials Tune stopped at the time budget, which no completion event reaches.
 """

@@ -5,6 +5,8 @@ service). A small JSON record per sweep under `<root>/drivers/` holds its pid an
 asked. On start and every few seconds the supervisor compares those records with the store: a driver
 that died while its sweep was still running is launched again, which resumes the sweep from Tune's
 experiment state (no trial is lost or run twice); after `max_restarts` it is marked failed with a reason.
+The sweep's claim in the store (`TrialStore.claim`) is taken before each start and handed to the driver,
+so a sweep that another live driver runs (a `sweeper run` by hand, elsewhere) is never started twice.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from pathlib import Path
 
 import psutil
 
-from sweeper.store import TrialStore
+from sweeper.store import CLAIM_TOKEN_ENV, ClaimHeld, TrialStore
 
 ACTIVE = ("queued", "running", "interrupted")  # a driver that is gone while its sweep is in one of these resumes
 
@@ -32,6 +34,7 @@ class DriverRecord:
     pid: int = 0
     restarts: int = 0
     cancelled: bool = False
+    claim: str = ""  # the claim token handed to the driver last started
 
 
 class Supervisor:
@@ -73,10 +76,12 @@ class Supervisor:
     def active_count(self) -> int:
         return sum(1 for r in self.records() if not r.cancelled and self.alive(r))
 
-    def launch(self, sweep: str, spec_path: Path) -> DriverRecord:
+    def launch(self, sweep: str, spec_path: Path, token: str | None = None) -> DriverRecord:
+        """Start a driver; `token`: the sweep's claim, if the caller holds it. ClaimHeld: another driver runs it."""
         with self._lock:
             record = self._load(sweep) or DriverRecord(sweep=sweep, spec_path=str(spec_path))
-            record.cancelled = False
+            record.claim = token or self.store.claim(sweep, token=record.claim or None)
+            record.cancelled, record.restarts = False, 0
             self._start(record)
             return record
 
@@ -86,7 +91,7 @@ class Supervisor:
             command += ["--address", self.ray_address]
         log = open(self.dir / f"{record.sweep}.log", "ab")
         child = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                 env=self.env, start_new_session=True)
+                                 env={**self.env, CLAIM_TOKEN_ENV: record.claim}, start_new_session=True)
         log.close()
         self._children[child.pid] = child
         record.pid = child.pid
@@ -114,19 +119,24 @@ class Supervisor:
                 self._children.pop(record.pid, None)
                 sweep = self.store.get_sweep(record.sweep)
                 status = sweep.status if sweep else "queued"
+                if status not in ACTIVE:
+                    continue  # ended: completed, failed (by its driver or by giving up below) or cancelled
                 if record.cancelled:
-                    if status not in ("completed", "cancelled"):
-                        self.store.update_sweep(record.sweep, status="cancelled", message="cancelled through the API")
-                elif status in ACTIVE:
+                    self.store.update_sweep(record.sweep, status="cancelled", message="cancelled through the API")
+                    self.store.release(record.sweep, record.claim)
+                else:
                     self._restart(record)
 
     def _restart(self, record: DriverRecord) -> None:
         if record.restarts >= self.max_restarts:
             self.store.update_sweep(record.sweep, status="failed",
                                     message=f"driver died {record.restarts + 1} times; see drivers/{record.sweep}.log")
-            record.cancelled = True
-            self._save(record)
+            self.store.release(record.sweep, record.claim)
             return
+        try:
+            record.claim = self.store.claim(record.sweep, token=record.claim or None)
+        except ClaimHeld:
+            return  # a live driver elsewhere (`sweeper run` by hand) runs the sweep: not ours to restart
         record.restarts += 1
         self._start(record)
 

@@ -12,11 +12,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from sweeper import tracking
-from sweeper.audit import AuditRefused, audit
-from sweeper.export import export_sweep
+from sweeper.audit import AuditRefused, audit, check_same_data
+from sweeper.datasets import DataError
+from sweeper.export import ExportError, export_sweep
 from sweeper.promotion import PromotionError, PromotionResult, promote
 from sweeper.spec import Spec, SpecError
-from sweeper.store import StoreUnavailable, TrialStore, safe_url
+from sweeper.store import CLAIM_TOKEN_ENV, StoreUnavailable, Sweep, TrialStore, safe_url
 from trainers.models import resolve_model
 
 
@@ -78,20 +79,31 @@ def run(spec: Spec, address: str | None = None, allow: frozenset[str] = frozense
     report = audit(spec, allow)  # bad data is refused here, before the store or Ray is touched
     if not report.passed:
         raise AuditRefused(report)
+    mode = tracking.spec_mode(spec)  # offline | online | disabled; the API key stays in the environment only
+    env = {"WANDB_MODE": mode}
+    os.environ.update(env)
+    controller.connect(spec, address, env)  # a trial that no node can hold is refused before anything is written
     layout = Layout(spec)
     problems = storage_problems(layout)  # before anything is written: an unwritable path fails now, not mid-sweep
     if problems:
         raise StorageError(problems, source="storage")
     store = open_store(spec)
     sweep = store.open_sweep(spec.name, stored_spec(spec), spec.fingerprint(), spec.objective.metric, spec.objective.mode)
+    with store.driving(spec.name, os.environ.get(CLAIM_TOKEN_ENV)):  # one live driver per sweep, or ClaimHeld
+        return _run_claimed(spec, address, report, layout, mode, env, store, sweep)
+
+
+def _run_claimed(spec: Spec, address: str | None, report, layout: Layout, mode: str, env: dict[str, str],
+                 store: TrialStore, sweep: Sweep) -> RunOutcome:
+    """The rest of `run`, while this process holds the sweep's claim."""
+    from sweeper import controller
+
     if sweep.status == "completed":
         return RunOutcome("already_completed", False, layout.export_dir if layout.export_dir.exists() else None)
+    check_same_data(sweep.audit, report)  # a resume goes on with the data its trials started on, or refuses
     store.update_sweep(spec.name, audit=report.to_dict())  # what this run (or resume) was allowed to run on
     model_path = resolve_model(spec.model)  # converts a GGUF model once, before trials race for it
     store.update_sweep(spec.name, status="running", message="")
-    mode = tracking.spec_mode(spec)  # offline | online | disabled; the API key stays in the environment only
-    env = {"WANDB_MODE": mode}
-    os.environ.update(env)
     try:
         result = controller.run_sweep(spec, spec.database_url(), layout.tune_path, layout.sweep_dir, model_path,
                                       address=address, env=env, tracking_mode=mode)
@@ -127,7 +139,7 @@ def run(spec: Spec, address: str | None = None, allow: frozenset[str] = frozense
     if failed:
         store.update_sweep(spec.name, status="failed", message=failed)
         return RunOutcome("failed", result.resumed, None)
-    export = export_sweep(store, spec.name, layout.export_dir, model_path) if store.best_trial(spec.name) else None
+    export = _export(store, spec, layout, model_path) if store.best_trial(spec.name) else None
     on_run = export and spec.promotion and spec.promotion.on_run
     promoted = _promote(store, spec, model_path, layout) if on_run else None
     store.update_sweep(spec.name, status="completed")  # last: whoever sees `completed` finds the export there
@@ -187,6 +199,16 @@ def _all_trials_failed(store: TrialStore, name: str) -> str:
         return ""
     last_line = next((line for line in reversed(trials[0].error.strip().splitlines()) if line.strip()), "unknown")
     return f"all {len(trials)} trials failed; the first ended with: {last_line[:500]}"
+
+
+def _export(store: TrialStore, spec: Spec, layout: Layout, model_path: str) -> Path:
+    """The winner's export; if it cannot be written (its data changed, its checkpoint is gone) the sweep says why,
+    never stays `running`: the trials are kept, and `sweeper export` can write it once the cause is fixed."""
+    try:
+        return export_sweep(store, spec.name, layout.export_dir, model_path)
+    except (ExportError, DataError) as exc:
+        store.update_sweep(spec.name, status="failed", message=f"the trials ended, but the export failed: {exc}"[:2000])
+        raise
 
 
 def _promote(store: TrialStore, spec: Spec, model_path: str, layout: Layout) -> PromotionResult:

@@ -7,6 +7,7 @@ that folder in their command line) and stopped by id, never by name.
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import shutil
 import subprocess
@@ -44,6 +45,18 @@ def small_spec(tmp_path: Path, **overrides) -> Path:
     path = tmp_path / "spec.yaml"
     path.write_text(yaml.safe_dump(spec, sort_keys=False))
     return path
+
+
+def synthetic_spec(tmp_path: Path, round_seconds: float = 0.05, hold_file: Path | None = None, **overrides) -> Path:
+    """small_spec on the synthetic task (trainers/synthetic.py): the real controller, store and study, trials of
+    deterministic curves that take `round_seconds` a round; `hold_file` pauses every trial while it exists."""
+    model = tmp_path / "synthetic-model"
+    model.mkdir(exist_ok=True)
+    pace = {"model_type": "synthetic", "round_seconds": round_seconds, "hold_file": str(hold_file or "")}
+    (model / "config.json").write_text(json.dumps(pace))
+    overrides = {"name": "synthetic-sweep", "task": "synthetic", "model": str(model),
+                 "objective": {"metric": "accuracy"}, "promotion": None, **overrides}
+    return small_spec(tmp_path, **overrides)
 
 
 def ray_tmp(tmp_path: Path) -> Path:

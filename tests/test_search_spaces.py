@@ -53,6 +53,8 @@ def test_conditional_parameter_is_sampled_only_when_its_condition_holds():
     ({"x": {"type": "categorical", "choices": []}}, "at least 1"),
     ({"x": {"type": "uniform", "low": 0, "high": 1}}, "type"),
     ({"x": {"type": "float", "low": 0, "high": 1, "when": {"y": [1]}, "otherwise": 0}}, "defined before"),
+    ({"x": {"type": "float", "low": 0.0, "high": float("inf")}}, "finite number"),
+    ({"x": {"type": "float", "low": float("nan"), "high": 1.0}}, "finite number"),
     ({"x": {"type": "float", "low": 0, "high": 1, "when": {}, "otherwise": None},
       "y": {"type": "int", "low": 0, "high": 1, "when": {"x": [0]}}}, "otherwise"),
 ])
@@ -64,3 +66,15 @@ def test_malformed_parameters_are_refused(params, message):
 def test_upper_bound_sizes_asha():
     assert search_spaces.get_search_space("lora-default").upper_bound("num_epochs") == 6
     assert search_spaces.get_search_space("lora-quick").upper_bound("batch_size") == 32
+
+
+def test_values_are_what_bounds_a_trial_config():
+    """The values `sweeper validate` checks against what a trial accepts: range ends, choices, otherwise."""
+    space = SearchSpace(params={
+        "s": {"type": "categorical", "choices": ["a", "b"]},
+        "x": {"type": "float", "low": 0.1, "high": 0.5, "when": {"s": ["a"]}, "otherwise": 0.0},
+        "n": {"type": "int", "low": 1, "high": 4}})
+    assert space.params["s"].values() == [("choices.0", "a"), ("choices.1", "b")]
+    assert space.params["x"].values() == [("low", 0.1), ("high", 0.5), ("otherwise", 0.0)]
+    assert space.params["n"].values() == [("low", 1), ("high", 4)]
+

@@ -134,6 +134,90 @@ def test_unreadable_specs_give_one_clear_error(tmp_path):
         load_spec(listing)
 
 
+# -- hostile and malformed input (issue 16) ----------------------------------------------------------
+FIXED = dict(batch_size=16, num_epochs=2, lr_scheduler_type="linear", warmup_ratio=0.0, weight_decay=0.0,
+             lora_r=8, lora_alpha=16, lora_dropout=0.0)
+LEARNING_RATE = {"type": "float", "low": 1e-4, "high": 1e-2, "log": True}
+
+
+def searching(**params) -> dict:
+    """The quickstart with an inline space searching these parameters (and learning_rate); the rest fixed."""
+    return mutated(search_space={"params": {"learning_rate": LEARNING_RATE, **params}},
+                   fixed={k: v for k, v in FIXED.items() if k not in params})
+
+
+def spec_file(tmp_path: Path, raw: dict, **replace: str) -> Path:
+    """`raw` as a spec file with absolute data paths; each `replace` key in the text becomes its value."""
+    raw["data"] = {**raw["data"], **{r: str(EXAMPLES / raw["data"][r]) for r in ("train", "holdout", "test")}}
+    text = yaml.safe_dump(raw, sort_keys=False)
+    for placeholder, value in replace.items():
+        text = text.replace(placeholder, value)
+    path = tmp_path / "spec.yaml"
+    path.write_text(text)
+    return path
+
+
+def alias_bomb(levels: int) -> str:
+    """A YAML flow list whose aliases expand ten-fold per level: 10**levels items from ~50 bytes a level."""
+    anchors = ["&l0 [" + ", ".join(["lol"] * 10) + "]"]
+    anchors += [f"&l{i} [" + ", ".join([f"*l{i - 1}"] * 10) + "]" for i in range(1, levels)]
+    return "[" + ", ".join(anchors) + "]"
+
+
+def test_yaml_aliases_are_refused_before_they_expand(tmp_path):
+    conditional = {"type": "float", "low": 0.0, "high": 0.1, "when": {"lr_scheduler_type": ["linear"]},
+                   "otherwise": "BOMB"}
+    raw = searching(lr_scheduler_type={"type": "categorical", "choices": ["linear", "constant"]},
+                    warmup_ratio=conditional)
+    bomb = alias_bomb(9)  # a billion items once expanded
+    assert len(bomb) < 600
+    path = spec_file(tmp_path, raw, BOMB=bomb)
+    with pytest.raises(SpecError, match=r"refused YAML at line \d+, column \d+: anchors and aliases"):
+        load_spec(path)
+
+
+@pytest.mark.parametrize("text, fragment", [
+    ("[" * 30_000, "nested more than 32 levels deep"),  # was a RecursionError
+    ("a: &x 1\nb: 2\n", "anchors and aliases"),
+    ("x" * 300_000, "over the limit of 200,000"),
+])
+def test_hostile_yaml_is_one_clear_error(tmp_path, text, fragment):
+    path = tmp_path / "spec.yaml"
+    path.write_text(text)
+    with pytest.raises(SpecError, match=fragment):
+        load_spec(path)
+
+
+def test_a_key_given_twice_is_refused_naming_the_key(tmp_path):
+    path = spec_file(tmp_path, mutated(), **{"seed: 7": "seed: 7\nbudget: {trials: 100}"})
+    with pytest.raises(SpecError, match=r"line \d+, column 1: duplicate key 'budget'"):
+        load_spec(path)
+
+
+@pytest.mark.parametrize("params, path, fragment", [
+    ({"learning_rate": {"type": "float", "low": -0.1, "high": 0.1}}, "learning_rate.low", "greater than 0"),
+    ({"lora_r": {"type": "int", "low": 0, "high": 0}}, "lora_r.low", "greater than or equal to 1"),
+    ({"lr_scheduler_type": {"type": "categorical", "choices": ["linear", "constant"]},
+      "warmup_ratio": {"type": "float", "low": 0.0, "high": 0.1, "when": {"lr_scheduler_type": ["linear"]},
+                       "otherwise": 5.0}}, "warmup_ratio.otherwise", "less than 1"),
+    ({"num_epochs": {"type": "categorical", "choices": [1, "two"]}}, "num_epochs.choices.1", "valid integer"),
+    ({"lora_dropout": {"type": "float", "low": 0.0, "high": 1.0}}, "lora_dropout.high", "less than 1"),
+    ({"lr_scheduler_type": {"type": "categorical", "choices": ["linear", "sawtooth"]}},
+     "lr_scheduler_type.choices.1", "'linear'"),
+    ({"lora_r": {"type": "float", "low": 4, "high": 32}}, "lora_r.type", "whole numbers"),
+])
+def test_search_values_a_trial_would_refuse_are_refused_by_validate(params, path, fragment):
+    errors = errors_of(searching(**params))
+    assert f"search_space.params.{path}" in errors, errors
+    assert fragment in errors[f"search_space.params.{path}"]
+
+
+def test_a_directory_is_neither_a_spec_nor_a_data_file(tmp_path):
+    with pytest.raises(SpecError, match="spec file is a directory"):
+        load_spec(tmp_path)  # was an IsADirectoryError
+    assert errors_of(mutated(data__train=str(tmp_path)))["data.train"] == f"file is a directory: {tmp_path}"
+
+
 def test_fingerprint_binds_the_spec():
     a = parse_spec(mutated(), EXAMPLES)
     assert a.fingerprint() == parse_spec(mutated(), EXAMPLES).fingerprint()

@@ -11,13 +11,21 @@ import importlib
 from types import ModuleType
 from typing import Callable
 
+LORA_ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors", "adapter_model.bin", "README.md")
 _TRAINERS: dict[str, str] = {}
+_MODEL_FILES: dict[str, tuple[str, ...]] = {}
 
 
-def register_trainer(task: str, module: str) -> None:
+def register_trainer(task: str, module: str, model_files: tuple[str, ...] = LORA_ADAPTER_FILES) -> None:
+    """`model_files`: what a checkpoint holds of the trained model, the first one required (the export copies them)."""
     if task in _TRAINERS:
         raise ValueError(f"trainer for task {task!r} is already registered ({_TRAINERS[task]})")
     _TRAINERS[task] = module
+    _MODEL_FILES[task] = model_files
+
+
+def model_files(task: str) -> tuple[str, ...]:
+    return _MODEL_FILES[task]
 
 
 def trainer_for(task: str) -> Callable:
@@ -38,3 +46,4 @@ def registered_tasks() -> list[str]:
 register_trainer("token_tagging", "trainers.token_tagging")
 register_trainer("sequence_classification", "trainers.sequence_classification")
 register_trainer("causal_lm_sft", "trainers.causal_lm_sft")
+register_trainer("synthetic", "trainers.synthetic", ("synthetic_state.json",))  # deterministic curves, no model

@@ -13,14 +13,16 @@ from typing import Literal, Protocol
 
 from pydantic import BaseModel, ConfigDict, Field
 
-Task = Literal["token_tagging", "sequence_classification", "causal_lm_sft"]
+from sweeper.datasets import Example, read_examples
+
+Task = Literal["token_tagging", "sequence_classification", "causal_lm_sft", "synthetic"]
 StopReason = Literal["completed", "patience", "max_rounds"]
 
 
 class HyperParams(BaseModel):
     """Every knob a trial trains with. No defaults: each comes from the search space or `fixed:`."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     learning_rate: float = Field(gt=0)
     batch_size: int = Field(ge=1, description="effective batch size (micro-batch x accumulation)")
@@ -43,6 +45,11 @@ class DataFiles(BaseModel):
     train: str
     holdout: str
     test: str | None = None
+    sha256: dict[str, str] | None = Field(default=None, description="role -> SHA-256 the sweep's data audit read")
+
+    def read(self, role: str) -> list[Example]:
+        """A split's examples; DataChanged if its file is not the one the data audit read."""
+        return read_examples(getattr(self, role), self.format, (self.sha256 or {}).get(role))
 
 
 class TrialConfig(BaseModel):

@@ -16,7 +16,7 @@ import torch
 from peft import TaskType
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from sweeper.datasets import PromptExample, TaggedExample, read_examples
+from sweeper.datasets import PromptExample, TaggedExample
 from trainers import hf_loop
 from trainers.base import Reporter, TrialConfig, TrialOutcome
 from trainers.metrics import field_f1, pooled_loss
@@ -155,8 +155,8 @@ def load_tokenizer(config: TrialConfig):
 
 def train(config: TrialConfig, reporter: Reporter) -> TrialOutcome:
     started = time.perf_counter()
-    train_examples = read_examples(config.data.train, config.data.format)
-    holdout_examples = read_examples(config.data.holdout, config.data.format)
+    train_examples = config.data.read("train")
+    holdout_examples = config.data.read("holdout")
     tokenizer = load_tokenizer(config)
     train_data = SftData(tokenizer, [as_prompt(e) for e in train_examples], config.max_seq_length, config.data.train)
     holdout_data = SftData(

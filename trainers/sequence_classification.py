@@ -14,7 +14,7 @@ import torch
 from peft import TaskType
 from transformers import AutoModelForSequenceClassification, AutoTokenizer, DataCollatorWithPadding
 
-from sweeper.datasets import LabeledExample, read_examples
+from sweeper.datasets import LabeledExample
 from trainers import hf_loop
 from trainers.base import Reporter, TrialConfig, TrialOutcome
 from trainers.metrics import classification_metrics, pooled_loss
@@ -50,8 +50,8 @@ def base_model(config: TrialConfig, labels: list[str]):
 
 def train(config: TrialConfig, reporter: Reporter) -> TrialOutcome:
     started = time.perf_counter()
-    train_examples = read_examples(config.data.train, config.data.format)
-    holdout_examples = read_examples(config.data.holdout, config.data.format)
+    train_examples = config.data.read("train")
+    holdout_examples = config.data.read("holdout")
     labels = label_set(train_examples, holdout_examples)
     label_ids = {label: i for i, label in enumerate(labels)}
     tokenizer = AutoTokenizer.from_pretrained(config.model_path)
@@ -79,8 +79,7 @@ def train(config: TrialConfig, reporter: Reporter) -> TrialOutcome:
 
 def predict(config: TrialConfig, adapter_dir: str, examples: list[LabeledExample]) -> list[dict]:
     """Per example: gold and predicted label, loss (a label the model has no output for carries none)."""
-    labels = label_set(read_examples(config.data.train, config.data.format),
-                       read_examples(config.data.holdout, config.data.format))
+    labels = label_set(config.data.read("train"), config.data.read("holdout"))
     label_ids = {label: i for i, label in enumerate(labels)}
     tokenizer = AutoTokenizer.from_pretrained(config.model_path)
     data = ClassificationData(tokenizer, examples, label_ids, config.max_seq_length)

@@ -14,7 +14,7 @@ import torch
 from peft import TaskType
 from transformers import AutoModelForTokenClassification, AutoTokenizer, DataCollatorForTokenClassification
 
-from sweeper.datasets import TaggedExample, read_examples
+from sweeper.datasets import TaggedExample
 from trainers import hf_loop
 from trainers.base import Reporter, TrialConfig, TrialOutcome
 from trainers.metrics import field_f1, pooled_loss
@@ -91,8 +91,8 @@ def base_model(config: TrialConfig, labels: list[str], label_ids: dict[str, int]
 
 def train(config: TrialConfig, reporter: Reporter) -> TrialOutcome:
     started = time.perf_counter()
-    train_examples = read_examples(config.data.train, config.data.format)
-    holdout_examples = read_examples(config.data.holdout, config.data.format)
+    train_examples = config.data.read("train")
+    holdout_examples = config.data.read("holdout")
     labels, label_ids = label_space(train_examples)
     tokenizer = AutoTokenizer.from_pretrained(config.model_path)
     train_data = TaggingData(tokenizer, train_examples, label_ids, config.max_seq_length)
@@ -122,7 +122,7 @@ def train(config: TrialConfig, reporter: Reporter) -> TrialOutcome:
 
 def predict(config: TrialConfig, adapter_dir: str, examples: list[TaggedExample]) -> list[dict]:
     """Per example: gold and predicted fields, summed token loss and labelled tokens (no Ray, no Trainer)."""
-    labels, label_ids = label_space(read_examples(config.data.train, config.data.format))
+    labels, label_ids = label_space(config.data.read("train"))
     tokenizer = AutoTokenizer.from_pretrained(config.model_path)
     data = TaggingData(tokenizer, examples, label_ids, config.max_seq_length)
     model = hf_loop.load_adapter(lambda: base_model(config, labels, label_ids), adapter_dir, config)

@@ -19,7 +19,7 @@ from typer.testing import CliRunner
 
 from sweeper.audit import audit, shingles, similar_pairs
 from sweeper.cli import app
-from sweeper.datasets import read_examples
+from sweeper.datasets import read_examples, read_file
 from sweeper.spec import load_spec
 
 
@@ -241,6 +241,64 @@ def test_label_imbalance_is_a_warning(tmp_path):
     imbalance = next(w for w in report.warnings if w.code == "label-imbalance")
     assert f"{rare!r} only 1" in imbalance.message
     assert report.passed
+
+
+# -- files that crashed the readers (issue 16): refused with the split, the file and the row named -----
+UNREADABLE = {
+    "labels-a-number": ([{"userInput": {"text": "for 4"}, "labels": 5}], "record 0: labels must be a list"),
+    "span-null": ([{"userInput": {"text": "for 4"}, "labels": [{"slot": "people", "valueSpan": None}]}],
+                  "record 0: each label needs a string slot and integer valueSpan indices"),
+    "deeply-nested": ("[" * 5000 + "]" * 5000, "JSON nested too deeply"),
+    "huge-number": ("[" + "1" * 5000 + "]", "not usable JSON"),
+}
+
+
+@pytest.mark.parametrize("content, fragment", UNREADABLE.values(), ids=list(UNREADABLE))
+def test_an_unreadable_split_is_refused_by_audit_and_run(content, fragment, tmp_path, monkeypatch):
+    spec = small_spec(tmp_path)
+    holdout = tmp_path / "data" / "holdout.json"
+    holdout.write_text(content if isinstance(content, str) else json.dumps(content))
+    monkeypatch.chdir(tmp_path)
+    for command in ("audit", "run"):
+        exit_code, output = cli(command, spec)
+        assert exit_code == 2, output
+        assert "data.holdout:" in output and "holdout.json" in output and fragment in output, output
+        assert "Traceback" not in output
+    assert not (tmp_path / "state").exists() and not (tmp_path / ".sweeper").exists()
+
+
+def test_a_directory_as_a_split_is_named_a_directory(tmp_path, monkeypatch):
+    spec = small_spec(tmp_path)
+    raw = yaml.safe_load(spec.read_text())
+    raw["data"]["train"] = str(tmp_path / "data")
+    spec.write_text(yaml.safe_dump(raw))
+    monkeypatch.chdir(tmp_path)
+    for command in ("validate", "audit", "run"):
+        exit_code, output = cli(command, spec)
+        assert exit_code == 2 and "data.train: file is a directory" in output, output
+    assert not (tmp_path / "state").exists()
+
+
+def test_a_csv_with_a_byte_order_mark_is_read_like_one_without(tmp_path):
+    spec = banking_spec(tmp_path)
+    plain = read_examples(tmp_path / "data" / "train.csv", "csv")
+    for role in ("train", "holdout", "test"):
+        path = tmp_path / "data" / f"{role}.csv"
+        path.write_bytes(b"\xef\xbb\xbf" + path.read_bytes())  # as Excel's "CSV UTF-8" writes it
+    assert read_examples(tmp_path / "data" / "train.csv", "csv") == plain
+    exit_code, output = cli("audit", spec)
+    assert exit_code == 0, output
+
+
+def test_a_line_separator_inside_a_row_does_not_split_it(tmp_path):
+    """U+2028 and a quoted newline are text, not row breaks; the row keeps its own line number."""
+    jsonl = tmp_path / "rows.jsonl"
+    jsonl.write_text('{"instruction": "a\u2028b", "response": "c"}\n', encoding="utf-8")
+    assert [e.prompt for e in read_examples(jsonl, "jsonl")] == ["a\u2028b"]
+    rows = tmp_path / "rows.csv"
+    rows.write_text('text,label\n"two\nlines",x\nplain\u2028text,y\n', encoding="utf-8")
+    data = read_file(rows, "csv")
+    assert [e.text for e in data.examples] == ["two\nlines", "plain\u2028text"] and data.rows == ["line 3", "line 4"]
 
 
 # -- the shipped data, and the near-duplicate threshold measured on it --------------------------------

@@ -6,7 +6,7 @@ import json
 import sqlite3
 
 import pytest
-from helpers import run_cli, small_spec
+from helpers import run_cli, small_spec, synthetic_spec
 
 pytestmark = pytest.mark.slow
 
@@ -26,3 +26,15 @@ def test_a_sweep_whose_every_trial_fails_ends_failed_with_the_cause(tmp_path, ra
         errors = db.execute("select status, error from sweeper_trials").fetchall()
     assert len(errors) == 2 and all(status == "failed" and error for status, error in errors)
     assert not (tmp_path / "state" / "sweeps" / "small-sweep" / "export").exists()
+
+
+@pytest.mark.parametrize("field, resources", [("cpus", {"cpus": 64}), ("gpus", {"cpus": 1, "gpus": 1})])
+def test_resources_no_node_has_are_refused_before_anything_is_written(tmp_path, ray_cleanup, field, resources):
+    """A trial that asks for more than any node has would wait forever (and hold a service slot): refused."""
+    spec = synthetic_spec(tmp_path, resources=resources)
+    result = run_cli(["run", spec], tmp_path, timeout=120)
+    output = " ".join(result.stderr.split())
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert f"resources.{field}: each trial asks for {resources[field]}" in output, output
+    assert "Traceback" not in output
+    assert not (tmp_path / "state").exists(), "something was written for a refused sweep"

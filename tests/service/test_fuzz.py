@@ -38,7 +38,7 @@ def app(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def operations(app):
-    schema = schemathesis.openapi.from_asgi("/openapi.json", app)
+    schema = schemathesis.openapi.from_asgi("/openapi.json", app, headers={"Authorization": f"Bearer {TOKEN}"})
     return [result.ok() for result in schema.get_all_operations()]
 
 

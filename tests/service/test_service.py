@@ -57,6 +57,9 @@ def test_auth_confinement_and_limits(tmp_path, make_service):
     too_big = service.client.post("/sweeps", content=b"{" + b" " * 100_000 + b"}",
                                   headers={"Content-Type": "application/json"})
     assert too_big.status_code == 413
+    chunked = service.client.post("/sweeps", content=iter([b" " * 1024] * 100),  # no Content-Length
+                                  headers={"Content-Type": "application/json"})
+    assert chunked.status_code == 413
     assert service.client.get("/sweeps").json() == []
     log = (tmp_path / "service.log").read_text()
     assert "test-token-0123456789abcdef" not in log
@@ -153,6 +156,9 @@ def test_service_and_driver_killed_mid_sweep_resume_with_nothing_lost(tmp_path, 
     import os
 
     os.killpg(first_driver, signal.SIGKILL)  # the whole machine went away: service, driver and its Ray
+    shown = subprocess.run([sys.executable, "-m", "sweeper", "status", "svc-sweep", "--db", service.env["SWEEPER_DATABASE_URL"]],
+                           env=service.env, capture_output=True, text=True, timeout=60)
+    assert shown.returncode == 0 and "interrupted" in shown.stdout, shown.stdout  # not `running`: no live driver
     service.start()
     done = service.wait_for(lambda: (s := service.client.get("/sweeps/svc-sweep").json())["status"] == "completed"
                             and s)

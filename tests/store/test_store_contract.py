@@ -376,21 +376,24 @@ def test_non_json_metric_values_are_dropped_not_crashing(store):
     assert (t.best_value, t.best_round) == (0.5, 1)
 
 
-def test_delete_sweep_removes_its_trials_and_rounds_only(store):
+def test_delete_sweep_removes_its_trials_rounds_and_promotions_only(store):
     for name in ["gone", "kept"]:
         new_sweep(store, name)
         for key in ["t1", "t2"]:
             store.trial_started(name, key, {})
             for number in [1, 2]:
                 store.round_reported(name, key, {"round": number, "eval_loss": 0.1 * number}, f"/{name}/{key}/{number}")
-    assert store.delete_sweep("gone") is True
+        store.record_promotion(name, "t1", False, "test", {"status": "NOT PROMOTED"})
+    assert store.delete_sweep("gone") == {"rounds": 4, "trials": 2, "promotions": 1}
     assert store.get_sweep("gone") is None
-    assert store.trials("gone") == [] and store.rounds("gone") == {}
+    assert store.trials("gone") == [] and store.rounds("gone") == {} and store.latest_promotion("gone") is None
     assert [s.name for s in store.list_sweeps()] == ["kept"]
     assert [t.trial_key for t in store.trials("kept")] == ["t1", "t2"]
     assert {k: [r.round for r in v] for k, v in store.rounds("kept").items()} == {"t1": [1, 2], "t2": [1, 2]}
-    assert (count(store, "sweeper_sweeps"), count(store, "sweeper_trials"), count(store, "sweeper_rounds")) == (1, 2, 4)
-    assert store.delete_sweep("gone") is False
+    assert store.latest_promotion("kept").trial_key == "t1"
+    assert [count(store, t) for t in ("sweeper_sweeps", "sweeper_trials", "sweeper_rounds", "sweeper_promotions")] \
+        == [1, 2, 4, 1]
+    assert store.delete_sweep("gone") is None
     # the name is free again
     new_sweep(store, "gone")
     assert store.trials("gone") == []

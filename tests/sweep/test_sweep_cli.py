@@ -12,7 +12,7 @@ from pathlib import Path
 import optuna
 import pytest
 import yaml
-from helpers import ray_processes, run_cli, small_spec, start_cli
+from helpers import ray_processes, run_cli, small_spec, start_cli, synthetic_spec
 
 pytestmark = pytest.mark.slow
 
@@ -54,6 +54,9 @@ def test_sweep_runs_records_and_exports(tmp_path, ray_cleanup):
     for role in ("train", "holdout", "test"):
         entry = record["data_fingerprints"][role]
         assert entry["sha256"] == hashlib.sha256(Path(entry["path"]).read_bytes()).hexdigest()
+        assert entry == record["audit"]["fingerprints"][role]  # what the audit read, and what the trials checked
+        assert record["trial"]["data"]["sha256"][role] == entry["sha256"]
+    assert (export / ".sweeper-export").is_file()
     assert record["training_arguments"]["learning_rate"] == record["trial"]["hparams"]["learning_rate"]
     assert record["lora_config"]["r"] == record["trial"]["hparams"]["lora_r"]
     assert record["versions"]["torch"].startswith("2.13.0")
@@ -63,6 +66,22 @@ def test_sweep_runs_records_and_exports(tmp_path, ray_cleanup):
     assert all(t[0] in listing for t in trials)
     status = run_cli(["status", "--db", f"sqlite:///{db}"], tmp_path, check=True).stdout
     assert "small-sweep" in status and "completed" in status
+
+    # `sweeper export` never writes over what it did not write: the working folder (store, Tune's checkpoints, spec,
+    # data) is refused as it is; a new folder is written; --force replaces that export, and only an export.
+    def files() -> list[str]:
+        return sorted(str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*") if not p.name.endswith(("-wal", "-shm")))
+
+    before, url = files(), f"sqlite:///{db}"
+    refused = run_cli(["export", "small-sweep", "--out", ".", "--db", url], tmp_path)
+    assert refused.returncode == 2 and "not empty and holds no export" in " ".join(refused.stderr.split())
+    assert files() == before
+    run_cli(["export", "small-sweep", "--out", "winner", "--db", url], tmp_path, check=True)
+    assert yaml.safe_load((tmp_path / "winner" / "winner.yaml").read_text())["winner"] == record["winner"]
+    assert run_cli(["export", "small-sweep", "--out", "winner", "--db", url], tmp_path).returncode == 2
+    run_cli(["export", "small-sweep", "--out", "winner", "--force", "--db", url], tmp_path, check=True)
+    assert sorted(p.name for p in (tmp_path / "winner").iterdir()) == [".sweeper-export", "adapter", "winner.json",
+                                                                       "winner.yaml"]
 
     # The exported config re-runs without Ray and reproduces the recorded holdout metric on CPU.
     rerun = run_cli(["train", export / "winner.yaml", "--rounds", record["winner"]["best_round"]], tmp_path, check=True)
@@ -136,12 +155,16 @@ def test_ctrl_c_after_the_last_trial_started_leaves_the_sweep_resumable(tmp_path
 
 def test_time_budget_ends_running_trials_and_exports(tmp_path, ray_cleanup):
     """The sweep's time budget runs out mid-trial: the trials Tune stops at the deadline end `stopped`
-    (time_budget) in the store, none is left `running`, and the winner's checkpoint is there to export."""
-    spec = small_spec(tmp_path, budget={"trials": 12, "max_concurrent": 2, "time_budget_s": 45},
-                      scheduler={"type": "none", "evals_per_epoch": 2})  # no ASHA: trials run to the deadline
+    (time_budget) in the store, none is left `running`, and the winner's checkpoint is there to export.
+
+    Synthetic trials of 1 s a round and up to 8 rounds: 12 of them need at least 48 s at 2 at a time, so a
+    12 s budget runs out mid-trial on any machine (the pace is a sleep, not the machine's speed)."""
+    spec = synthetic_spec(tmp_path, round_seconds=1.0, budget={"trials": 12, "max_concurrent": 2, "time_budget_s": 12},
+                          scheduler={"type": "none", "evals_per_epoch": 2},  # no ASHA: trials run to the deadline
+                          early_stopping={"patience": 8})
     started = time.monotonic()
     result = run_cli(["run", spec], tmp_path, check=True)
-    assert time.monotonic() - started < 240, "the time budget did not stop the sweep"
+    assert time.monotonic() - started < 120, "the time budget did not stop the sweep"
     db = tmp_path / "state" / "sweeper.db"
     assert store_rows(db, "select status from sweeper_sweeps") == [("completed",)]
     trials = store_rows(db, "select trial_key, status, stop_reason, rounds from sweeper_trials")
@@ -149,10 +172,10 @@ def test_time_budget_ends_running_trials_and_exports(tmp_path, ray_cleanup):
     assert [t for t in trials if t[1] == "running" or not t[2]] == [], trials
     assert any(t[1:3] == ("stopped", "time_budget") for t in trials), trials
     # The study closes them too: COMPLETE with the objective so far, PRUNED before any round; none left RUNNING.
-    study = sorted(t.state.name for t in study_trials(db, "small-sweep"))
+    study = sorted(t.state.name for t in study_trials(db, "synthetic-sweep"))
     assert study == sorted("COMPLETE" if t[3] > 0 else "PRUNED" for t in trials), (study, trials)
-    export = tmp_path / "state" / "sweeps" / "small-sweep" / "export"
-    assert (export / "adapter" / "adapter_model.safetensors").is_file(), result.stdout + result.stderr
+    export = tmp_path / "state" / "sweeps" / "synthetic-sweep" / "export"
+    assert (export / "adapter" / "synthetic_state.json").is_file(), result.stdout + result.stderr
     recorded = store_rows(db, "select t.trial_key, r.checkpoint from sweeper_rounds r join sweeper_trials t "
                               "on t.id = r.trial_id where r.round = t.best_round")
     assert recorded and all(path for _, path in recorded), recorded  # every best round names its checkpoint

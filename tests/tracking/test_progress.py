@@ -5,12 +5,12 @@ from __future__ import annotations
 import io
 import pickle
 import sys
-from types import SimpleNamespace
 
 from helpers import small_spec
 from rich.console import Console
 
 from sweeper import controller
+from sweeper.progress import LiveProgress, TrialView
 from sweeper.spec import load_spec
 
 
@@ -20,24 +20,24 @@ def _spec(tmp_path, **overrides):
 
 def _trial(key, status, round_=0, objective=None, stop_reason="", lr=1e-3):
     result = {"round": round_, "objective": objective, "eval_loss": 1.0, "stop_reason": stop_reason} if round_ else {}
-    return SimpleNamespace(trial_id=key, status=status, last_result=result, config={"learning_rate": lr})
+    return TrialView(key, status, result, lr)
 
 
 def test_non_interactive_prints_one_line_per_finished_trial(tmp_path, capsys):
-    progress = controller.ProgressCallback(_spec(tmp_path))  # f1_micro, maximised, 4 trials
-    progress.setup()
+    progress = LiveProgress(_spec(tmp_path))  # f1_micro, maximised, 4 trials
+    progress.start()
     assert progress.interactive is False  # pytest's captured stdout is no terminal
     t1 = _trial("t1", "RUNNING", 3, 0.40, stop_reason="patience")
     t2 = _trial("t2", "RUNNING", 2, 0.60)
     trials = [t1, t2, _trial("t3", "PENDING")]
-    progress.on_step_end(0, trials)
+    progress.step(trials)
     assert capsys.readouterr().out == ""  # nothing while trials merely run
 
-    progress.on_trial_complete(0, trials, t1)  # Tune still says RUNNING when it calls back
+    progress.finished(trials, t1)  # Tune still says RUNNING when it calls back
     t1.status = "TERMINATED"
     t2.status = "ERROR"
-    progress.on_trial_error(0, trials, t2)
-    progress.on_experiment_end(trials)
+    progress.finished(trials, t2, "failed")
+    progress.end(trials)
     lines = capsys.readouterr().out.splitlines()
     assert len(lines) == 2
     assert lines[0].startswith("[small-sweep] trial t1 early_stopped after 3 rounds, best f1_micro 0.4000")
@@ -55,8 +55,8 @@ def test_interactive_live_table(tmp_path, monkeypatch):
     monkeypatch.setattr(sys, "stdout", screen)
     spec = _spec(tmp_path, objective={"metric": "eval_loss"}, budget={"trials": 3, "max_concurrent": 2,
                                                                         "time_budget_s": 60})
-    progress = controller.ProgressCallback(spec)
-    progress.setup()
+    progress = LiveProgress(spec)
+    progress.start()
     try:
         assert progress.interactive and progress._live is not None
         trials = [_trial("aa11", "RUNNING", 2, 0.9, lr=3e-4), _trial("bb22", "RUNNING", 1, 0.7),
@@ -83,9 +83,9 @@ def test_callbacks_pickle_without_their_open_resources(tmp_path):
     wandb_cb.setup()
     progress.setup()
     try:
-        for callback in (wandb_cb, progress):
-            clone = pickle.loads(pickle.dumps(callback))  # Tune snapshots callbacks with the experiment
-            assert getattr(clone, "_runs", None) is None and getattr(clone, "_live", None) is None
+        # Tune snapshots callbacks with the experiment: the W&B runs and the live display stay behind
+        assert pickle.loads(pickle.dumps(wandb_cb))._runs is None
+        assert pickle.loads(pickle.dumps(progress)).view._live is None
         assert wandb_cb._runs is not None
     finally:
         wandb_cb.close()

@@ -106,6 +106,42 @@ data("empty.csv", "", "csv", "train", "the file is empty", "an empty CSV file")
 data("bad-line.jsonl", '{"instruction": "a", "response": "b"}\n{not json\n', "jsonl", "train", "line 2: not valid JSON", "a broken JSONL line")
 data("missing-response.jsonl", '{"instruction": "a"}\n', "jsonl", "holdout", "'response'", "a JSONL row without its response")
 data("label-wrong-type.jsonl", '{"instruction": "a", "response": 42}\n', "jsonl", "train", "string fields", "a response that is a number")
+# Hostile and malformed input (issue 16): YAML that expands or recurses, ranges a trial refuses, rows that crashed.
+def spec_text(**edits):
+    raw = copy.deepcopy(base)
+    raw.update(edits)
+    return yaml.safe_dump(raw, sort_keys=False)
+levels = ["&l0 [" + ", ".join(["lol"] * 10) + "]"] + [f"&l{i} [" + ", ".join([f"*l{i - 1}"] * 10) + "]" for i in range(1, 6)]
+raw_file("yaml-alias-bomb.yaml", spec_text() + f"fixed:\n  warmup_ratio: [{', '.join(levels)}]\n", "anchors and aliases",
+         "nested aliases that expand ten-fold per level (10^6 items from 0.5 KB)")
+raw_file("yaml-deep-nesting.yaml", "[" * 30000, "nested more than 32 levels", "30,000 nested lists (a RecursionError)")
+raw_file("yaml-duplicate-key.yaml", spec_text() + "budget: {trials: 100}\n", "duplicate key 'budget'",
+         "a key given twice (the last one silently won)")
+def space(**params):
+    """An inline space with these parameters searched; every other hyperparameter fixed."""
+    return dict(search_space={"params": {"learning_rate": LR_ONLY["params"]["learning_rate"], **params}},
+                fixed={k: v for k, v in FIXED.items() if k not in params})
+spec("search-lr-negative", "search_space.params.learning_rate.low", "greater than 0", "a learning rate range below zero",
+     **space(learning_rate={"type": "float", "low": -0.1, "high": 0.1}))
+spec("search-lora-r-zero", "search_space.params.lora_r.low", "greater than or equal to 1", "a LoRA rank of 0..0",
+     **space(lora_r={"type": "int", "low": 0, "high": 0}))
+spec("search-otherwise-out-of-range", "search_space.params.warmup_ratio.otherwise", "less than 1",
+     "a conditional warmup whose otherwise value is 5.0",
+     **space(lr_scheduler_type={"type": "categorical", "choices": ["linear", "constant"]},
+             warmup_ratio={"type": "float", "low": 0.0, "high": 0.1, "when": {"lr_scheduler_type": ["linear"]}, "otherwise": 5.0}))
+spec("search-choice-wrong-type", "search_space.params.num_epochs.choices.1", "valid integer", "epoch choices [1, 'two']",
+     **space(num_epochs={"type": "categorical", "choices": [1, "two"]}))
+spec("search-float-for-int", "search_space.params.lora_r.type", "whole numbers", "a float range for an integer rank",
+     **space(lora_r={"type": "float", "low": 4, "high": 32}))
+spec("data-directory", "data.train", "file is a directory", "a folder given as the training file", data__train="good")
+data("labels-not-a-list.json", json.dumps([{"userInput": {"text": "for 4"}, "labels": 5}]), "restaurant8k", "train",
+     "record 0: labels must be a list", "labels given as a number (a TypeError)")
+data("span-null.json", json.dumps([{"userInput": {"text": "for 4"}, "labels": [{"slot": "people", "valueSpan": None}]}]),
+     "restaurant8k", "holdout", "record 0: each label needs", "a null valueSpan (an AttributeError)")
+data("deeply-nested.json", "[" * 5000 + "]" * 5000, "restaurant8k", "train", "nested too deeply", "5,000 nested lists (a RecursionError)")
+data("deeply-nested.jsonl", '{"instruction": "a", "response": "b"}\n' + "[" * 5000 + "]" * 5000 + "\n", "jsonl", "train",
+     "line 2: JSON nested too deeply", "a JSONL line of 5,000 nested lists (a RecursionError)")
+data("huge-number.json", "[" + "1" * 5000 + "]", "restaurant8k", "train", "not usable JSON", "a 5,000-digit number (a ValueError)")
 (D / "catalogue.yaml").write_text("# Malformed specs and data files: each must be refused before anything is written, with a\n"
                                   "# message that names the field (`field`, empty for a file that is not a spec at all).\n" +
                                   yaml.safe_dump(catalogue, sort_keys=False, width=200))

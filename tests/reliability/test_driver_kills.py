@@ -1,0 +1,149 @@
+"""The driver (`sweeper run`) killed with SIGKILL at every phase of a sweep, then resumed by running it again.
+
+Every run must end `completed` with exactly the budget's trials, each once, in the store and in the Optuna
+study, no round recorded twice, and the winner exported. Trials are the synthetic task (trainers/synthetic.py):
+the real controller, store and study, with deterministic curves that take a known time a round, so a phase is
+reached by watching the store, never by guessing the machine's speed.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import signal
+import sqlite3
+import time
+from pathlib import Path
+from typing import Callable
+
+import optuna
+import pytest
+from helpers import ray_processes, run_cli, start_cli, synthetic_spec
+
+pytestmark = pytest.mark.slow
+
+BUDGET = 5
+KILL_RUNS = 20  # the issue's acceptance: 20 kills at random moments, each resumed to completion
+
+
+def rows(db: Path, sql: str) -> list[tuple]:
+    try:
+        with sqlite3.connect(db) as con:
+            return con.execute(sql).fetchall()
+    except sqlite3.OperationalError:  # the schema is not there yet
+        return []
+
+
+def trials(db: Path) -> list[tuple[str, str, int]]:
+    return rows(db, "select trial_key, status, rounds from sweeper_trials order by trial_key")
+
+
+def spec_for(tmp_path: Path, concurrent: int = 1, round_seconds: float = 0.3) -> Path:
+    return synthetic_spec(tmp_path, round_seconds=round_seconds, budget={"trials": BUDGET, "max_concurrent": concurrent},
+                          scheduler={"type": "asha", "grace_period": 2, "reduction_factor": 2, "evals_per_epoch": 2})
+
+
+def kill_when(tmp_path: Path, spec: Path, ready: Callable[[list], bool], timeout: float = 180) -> None:
+    """Start the driver, SIGKILL it once the store shows `ready`, and wait until its private Ray is gone."""
+    db = tmp_path / "state" / "sweeper.db"
+    driver = start_cli(["run", spec], tmp_path)
+    deadline = time.monotonic() + timeout
+    while not ready(trials(db)):
+        assert driver.poll() is None, f"the driver ended before the phase was reached: {trials(db)}"
+        assert time.monotonic() < deadline, f"phase not reached in {timeout} s: {trials(db)}"
+        time.sleep(0.05)
+    driver.send_signal(signal.SIGKILL)
+    driver.wait(timeout=30)
+    wait_for_ray_to_go(tmp_path)
+
+
+def wait_for_ray_to_go(tmp_path: Path) -> None:
+    deadline = time.monotonic() + 60  # the local Ray shares the driver's fate
+    while ray_processes(tmp_path) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not ray_processes(tmp_path)
+
+
+def assert_completed_once_each(tmp_path: Path, name: str = "synthetic-sweep") -> None:
+    db = tmp_path / "state" / "sweeper.db"
+    assert rows(db, "select status from sweeper_sweeps") == [("completed",)]
+    stored = trials(db)
+    keys = [key for key, _, _ in stored]
+    assert len(keys) == len(set(keys)) == BUDGET, stored
+    assert all(status in ("completed", "early_stopped", "stopped") for _, status, _ in stored), stored
+    assert rows(db, "select trial_id, round from sweeper_rounds group by trial_id, round having count(*) > 1") == []
+    for key, _, rounds in stored:  # every round of every trial is there, once
+        numbers = rows(db, f"select r.round from sweeper_rounds r join sweeper_trials t on t.id = r.trial_id "
+                           f"where t.trial_key = '{key}' order by r.round")
+        assert [n for (n,) in numbers] == list(range(1, rounds + 1)), (key, numbers)
+    study = optuna.load_study(study_name=name, storage=f"sqlite:///{db}").get_trials(deepcopy=False)
+    assert sorted(f"t{t.number:04d}" for t in study) == keys
+    assert all(t.state in (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED) for t in study), study
+    assert len({json.dumps(t.params, sort_keys=True) for t in study}) == BUDGET, "a point was proposed twice"
+    assert (tmp_path / "state" / "sweeps" / name / "export" / "winner.yaml").is_file()
+
+
+def running(stored: list) -> list:
+    return [t for t in stored if t[1] == "running"]
+
+
+PHASES = {
+    "during-the-first-trial": (1, lambda s: len(s) == 1 and running(s) and s[0][2] >= 1),
+    "between-trials": (1, lambda s: len(s) >= 2 and len(running(s)) == 1 and running(s)[0][2] == 0),
+    "after-a-trial-finished-mid-next": (1, lambda s: len(s) >= 3 and len(running(s)) == 1 and running(s)[0][2] >= 1),
+    "while-several-run": (2, lambda s: len([t for t in running(s) if t[2] >= 1]) >= 2),
+}
+
+
+@pytest.mark.parametrize("phase", PHASES)
+def test_driver_killed_at_a_phase_resumes_to_exactly_the_budget(tmp_path, ray_cleanup, phase):
+    concurrent, ready = PHASES[phase]
+    spec = spec_for(tmp_path, concurrent)
+    kill_when(tmp_path, spec, ready)
+    db = tmp_path / "state" / "sweeper.db"
+    left = running(trials(db))
+    assert left, "the kill left nothing to resume: the phase was not the one meant"
+    run_cli(["run", spec], tmp_path, check=True)
+    assert_completed_once_each(tmp_path)
+    retries = dict(rows(db, "select trial_key, retries from sweeper_trials"))
+    for key, _, rounds in left:  # a trial with a checkpointed round continues from it, counted as a retry
+        assert retries[key] == (1 if rounds else 0), (key, rounds, retries)
+
+
+def test_driver_killed_while_exporting_finishes_without_running_a_trial(tmp_path, ray_cleanup):
+    """Every trial ended, the driver died before the sweep was marked completed (mid-export): the next run
+    writes the export and completes, with no trial run again (the store state is exactly what such a kill leaves)."""
+    spec = spec_for(tmp_path, concurrent=2, round_seconds=0.05)
+    run_cli(["run", spec], tmp_path, check=True)
+    db = tmp_path / "state" / "sweeper.db"
+    export = tmp_path / "state" / "sweeps" / "synthetic-sweep" / "export"
+    rounds_before = rows(db, "select count(*) from sweeper_rounds")
+    with sqlite3.connect(db) as con:
+        con.execute("update sweeper_sweeps set status = 'running'")
+    for path in sorted(export.rglob("*"), reverse=True):
+        path.rmdir() if path.is_dir() else path.unlink()
+    export.rmdir()
+    run_cli(["run", spec], tmp_path, check=True)
+    assert rows(db, "select count(*) from sweeper_rounds") == rounds_before  # no trial ran again
+    assert_completed_once_each(tmp_path)
+
+
+def test_driver_killed_at_random_moments_always_resumes_to_exactly_the_budget(tmp_path, ray_cleanup):
+    """KILL_RUNS sweeps, each SIGKILLed at a random moment of its run (start-up, trials, export), then resumed."""
+    rng = random.Random(20261130)
+    started = time.monotonic()
+    full = tmp_path / "full"
+    full.mkdir()
+    run_cli(["run", spec_for(full, concurrent=2, round_seconds=0.1)], full, check=True)
+    duration = time.monotonic() - started  # a whole run on this machine, now: kill times spread over it
+    for run in range(KILL_RUNS):
+        folder = tmp_path / f"run{run}"
+        folder.mkdir()
+        spec = spec_for(folder, concurrent=rng.choice([1, 2]), round_seconds=0.1)
+        driver = start_cli(["run", spec], folder)
+        time.sleep(rng.uniform(0.5, duration))
+        driver.send_signal(signal.SIGKILL)
+        driver.wait(timeout=30)
+        wait_for_ray_to_go(folder)
+        run_cli(["run", spec], folder, check=True)
+        assert_completed_once_each(folder)

@@ -1,0 +1,89 @@
+"""A synthetic task: deterministic learning curves computed from the hyperparameters, no model and no torch.
+
+It stands in for training where the controller, not the model, is under test (resume after a killed driver, the
+time budget, ASHA, the store): a trial takes seconds, every round is reproducible, and it checkpoints and resumes
+exactly as the real trainers do. The curve peaks at a learning rate of 3e-3 and depends mildly on the rest, so a
+search has something to find. It reads the train split (so data checks apply) but learns nothing from it.
+
+`model:` is a folder whose `config.json` sets the pace: `{"model_type": "synthetic", "round_seconds": 0.2,
+"hold_file": "/tmp/hold"}`; while `hold_file` exists no trial starts its next round (tests control timing
+with it, never with the machine's speed).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import time
+from pathlib import Path
+
+from trainers.base import Reporter, TrialConfig, TrialOutcome
+
+STATE_FILE = "synthetic_state.json"
+CHECKPOINT_FILES = (STATE_FILE,)
+BEST_LEARNING_RATE = 3e-3
+
+
+def curve(config: TrialConfig, round_: int) -> dict[str, float]:
+    """Holdout metrics after `round_` rounds: accuracy rises to a ceiling set by the hyperparameters, and the
+    loss turns up again after two epochs (overfitting), so patience has something to stop."""
+    hp = config.hparams
+    quality = math.exp(-(math.log10(hp.learning_rate / BEST_LEARNING_RATE)) ** 2)
+    ceiling = (0.35 + 0.6 * quality) * (1 - 0.2 * hp.lora_dropout) * (1 - 0.1 * abs(math.log2(hp.batch_size / 16)) / 3)
+    epochs = round_ / config.evals_per_epoch
+    accuracy = ceiling * (1 - math.exp(-(0.5 + quality) * epochs)) + _noise(config, round_)
+    loss = 2.0 - 1.5 * accuracy + 0.05 * max(0.0, epochs - 2) ** 2
+    return {"eval_loss": round(loss, 6), "accuracy": round(min(max(accuracy, 0.0), 1.0), 6)}
+
+
+def _noise(config: TrialConfig, round_: int) -> float:
+    """Small, deterministic: the same trial gives the same curve, two seeds give two."""
+    digest = hashlib.sha256(f"{config.seed}:{config.hparams.model_dump_json()}:{round_}".encode()).digest()
+    return (int.from_bytes(digest[:4], "big") / 2**32 - 0.5) * 0.01
+
+
+def _pace(config: TrialConfig) -> dict:
+    return json.loads((Path(config.model_path) / "config.json").read_text())
+
+
+def train(config: TrialConfig, reporter: Reporter) -> TrialOutcome:
+    pace = _pace(config)
+    n_train = len(config.data.read("train"))  # checked against the audit's fingerprint, as every trainer does
+    steps_per_round = max(1, math.ceil(n_train / config.hparams.batch_size / config.evals_per_epoch))
+    total = config.hparams.num_epochs * config.evals_per_epoch
+    if config.max_rounds:
+        total = min(total, config.max_rounds)
+    state = {"round": 0, "best_loss": math.inf, "best_round": 0, "stale": 0}
+    resumed = reporter.resume_from()
+    if resumed:
+        state = json.loads((Path(resumed) / STATE_FILE).read_text())
+    stop_reason = "completed"
+    while state["round"] < total:
+        _wait(pace)
+        state["round"] += 1
+        metrics = curve(config, state["round"])
+        if metrics["eval_loss"] < state["best_loss"] - config.min_delta:
+            state.update(best_loss=metrics["eval_loss"], best_round=state["round"], stale=0)
+        else:
+            state["stale"] += 1
+        done = state["round"] >= total or state["stale"] >= config.patience
+        if done:
+            stop_reason = "patience" if state["stale"] >= config.patience and state["round"] < total else \
+                ("max_rounds" if config.max_rounds and state["round"] >= config.max_rounds else "completed")
+        checkpoint = Path(config.output_dir) / f"checkpoint-{state['round']}"
+        checkpoint.mkdir(parents=True)
+        (checkpoint / STATE_FILE).write_text(json.dumps(state))
+        reporter.report({**metrics, "round": state["round"], "epoch": state["round"] / config.evals_per_epoch,
+                         "examples_seen": state["round"] * steps_per_round * config.hparams.batch_size,
+                         "stop_reason": stop_reason if done else "", "device": "synthetic"}, str(checkpoint))
+        if done:
+            break
+    return TrialOutcome(stop_reason, state["best_round"], state["best_loss"], state["round"], "synthetic")
+
+
+def _wait(pace: dict) -> None:
+    hold = pace.get("hold_file")
+    while hold and Path(hold).exists():
+        time.sleep(0.05)
+    time.sleep(float(pace.get("round_seconds", 0.0)))
