@@ -13,12 +13,14 @@ import random
 import signal
 import sqlite3
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Callable
 
 import optuna
 import pytest
-from helpers import ray_processes, run_cli, start_cli, synthetic_spec
+from helpers import ray_processes, ray_tmp, run_cli, start_cli, synthetic_spec
+from ray.cluster_utils import Cluster
 
 pytestmark = pytest.mark.slow
 
@@ -128,22 +130,43 @@ def test_driver_killed_while_exporting_finishes_without_running_a_trial(tmp_path
     assert_completed_once_each(tmp_path)
 
 
-def test_driver_killed_at_random_moments_always_resumes_to_exactly_the_budget(tmp_path, ray_cleanup):
-    """KILL_RUNS sweeps, each SIGKILLed at a random moment of its run (start-up, trials, export), then resumed."""
+@pytest.fixture
+def shared_ray(tmp_path, monkeypatch, ray_cleanup):
+    """One local Ray cluster for many drivers (as on a cluster, `--address`): a killed driver's job ends with it,
+    the cluster stays, and no driver pays for starting Ray."""
+    monkeypatch.setenv("RAY_AUTH_MODE", "disabled")  # head, workers and drivers must agree (STACK_NOTES)
+    monkeypatch.setenv("RAY_TMPDIR", str(ray_tmp(tmp_path)))
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 4})  # trials sleep: 2 sweeps at once fit
+    cluster.wait_for_nodes()
+    yield cluster.address
+    cluster.shutdown()
+
+
+def test_driver_killed_at_random_moments_always_resumes_to_exactly_the_budget(tmp_path, shared_ray):
+    """KILL_RUNS sweeps, each SIGKILLed at a random moment of its run (start-up, trials, export), then resumed;
+    two at a time, each with its own store, on one Ray cluster."""
     rng = random.Random(20261130)
-    started = time.monotonic()
     full = tmp_path / "full"
     full.mkdir()
-    run_cli(["run", spec_for(full, concurrent=2, round_seconds=0.1)], full, check=True)
+    started = time.monotonic()
+    run_cli(["run", spec_for(full, concurrent=2, round_seconds=0.1), "--address", shared_ray], full, check=True)
     duration = time.monotonic() - started  # a whole run on this machine, now: kill times spread over it
-    for run in range(KILL_RUNS):
+    plans = [(run, rng.choice([1, 2]), rng.uniform(0.2, duration)) for run in range(KILL_RUNS)]
+
+    def kill_and_resume(plan) -> float:
+        run, concurrent, kill_after = plan
         folder = tmp_path / f"run{run}"
         folder.mkdir()
-        spec = spec_for(folder, concurrent=rng.choice([1, 2]), round_seconds=0.1)
-        driver = start_cli(["run", spec], folder)
-        time.sleep(rng.uniform(0.5, duration))
+        spec = spec_for(folder, concurrent=concurrent, round_seconds=0.1)
+        driver = start_cli(["run", spec, "--address", shared_ray], folder)
+        time.sleep(kill_after)
         driver.send_signal(signal.SIGKILL)
         driver.wait(timeout=30)
-        wait_for_ray_to_go(folder)
-        run_cli(["run", spec], folder, check=True)
+        run_cli(["run", spec, "--address", shared_ray], folder, check=True)
         assert_completed_once_each(folder)
+        return kill_after
+
+    with ThreadPoolExecutor(2) as pool:
+        killed_at = list(pool.map(kill_and_resume, plans))
+    assert len(killed_at) == KILL_RUNS
+    print(f"a whole run took {duration:.1f} s; kills at {sorted(round(t, 1) for t in killed_at)} s")
