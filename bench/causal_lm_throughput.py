@@ -106,7 +106,7 @@ def measure(shape: str, args, workdir: Path) -> dict:
     started = time.perf_counter()
     train(config, reporter)
     wall = time.perf_counter() - started
-    first, second = reporter.rounds[0], reporter.rounds[1]
+    first, second = reporter.rounds[0].bookkeeping, reporter.rounds[1].bookkeeping
     tokens = second["tokens_seen"] - first["tokens_seen"]
     seconds = second["time_train_s"] - first["time_train_s"]
     steps = round((second["examples_seen"] - first["examples_seen"]) / args.batch_size)

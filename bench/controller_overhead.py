@@ -51,13 +51,14 @@ WAL_VARIANT = "raw tune + RDB study, SQLite WAL + synchronous=NORMAL (sweeper's 
 def fake_trial(params: dict, job: dict) -> None:
     """The near-empty trainable: `rounds` reports of a made-up holdout metric, no training, no checkpoint."""
     from sweeper.controller import TuneReporter
+    from trainers.base import RoundRecord
 
     reporter = TuneReporter(job["metric"], job["mode"])
     for round_ in range(1, job["rounds"] + 1):
         f1 = fake_metric(params, round_)
-        reporter.report({"eval_loss": 1.0 - f1, "f1_micro": f1, "round": round_, "epoch": float(round_),
-                         "examples_seen": 400 * round_, "tokens_seen": 9000 * round_, "device": "cpu",
-                         "stop_reason": "completed" if round_ == job["rounds"] else ""}, None)
+        bookkeeping = {"epoch": float(round_), "examples_seen": 400 * round_, "tokens_seen": 9000 * round_,
+                       "device": "cpu", "stop_reason": "completed" if round_ == job["rounds"] else ""}
+        reporter.report(RoundRecord(round_, {"eval_loss": 1.0 - f1, "f1_micro": f1}, bookkeeping), None)
 
 
 def fake_metric(params: dict, round_: int) -> float:

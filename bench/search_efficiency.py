@@ -158,11 +158,11 @@ class RecordingReporter:
     def __init__(self, recorder: Recorder, metric: str):
         self.recorder, self.metric, self.best = recorder, metric, -math.inf
 
-    def report(self, metrics, checkpoint_dir):
-        value = float(metrics.get(self.metric, float("nan")))
+    def report(self, record, checkpoint_dir):
+        value = float(record.metrics.get(self.metric, float("nan")))
         if not math.isnan(value):
             self.best = max(self.best, value)
-        self.recorder.record(metrics["round"], metrics["epoch"], value,
+        self.recorder.record(record.round, record.bookkeeping["epoch"], value,
                              lambda target: copy_adapter(checkpoint_dir, target))
 
     def resume_from(self):
@@ -276,6 +276,7 @@ def method_hf_optuna(ctx: dict) -> dict:
     from transformers.utils import logging as hf_logging
 
     from search_spaces import get_search_space
+    from trainers import get_task
 
     torch.set_num_threads(1)
     hf_logging.set_verbosity_error()
@@ -289,9 +290,11 @@ def method_hf_optuna(ctx: dict) -> dict:
         constants = space.sample(trial)  # repeated suggestions of a name return the same value
         return {**trial.params, **(constants or {})}
 
+    targets = get_task(TASKS[ctx["task_key"]]["task"]).lora_target_modules
+
     def model_init(trial):
         hp = sample(trial) if trial is not None else DUMMY_HPARAMS
-        lora = LoraConfig(task_type=prepared.lora_task_type, target_modules=prepared.lora_target_modules,
+        lora = LoraConfig(task_type=prepared.lora_task_type, target_modules=list(targets) if targets else None,
                           r=hp["lora_r"], lora_alpha=hp["lora_alpha"], lora_dropout=hp["lora_dropout"])
         return get_peft_model(prepared.model_factory(), lora)
 
@@ -336,6 +339,8 @@ def method_hf_optuna(ctx: dict) -> dict:
 def budget_stopper(budget: float):
     from ray import tune
 
+    from sweeper.controller import round_record
+
     class BudgetStopper(tune.Stopper):
         """Stops the experiment once the trials' epochs, summed, reach the budget."""
 
@@ -343,7 +348,9 @@ def budget_stopper(budget: float):
             self.epochs: dict[str, float] = {}
 
         def __call__(self, trial_id, result):
-            self.epochs[trial_id] = max(self.epochs.get(trial_id, 0.0), float(result.get("epoch", 0.0) or 0.0))
+            record = round_record(result)
+            epoch = float(record.bookkeeping.get("epoch", 0.0)) if record else 0.0
+            self.epochs[trial_id] = max(self.epochs.get(trial_id, 0.0), epoch)
             return False
 
         def stop_all(self):
@@ -404,7 +411,7 @@ def method_sweeper(ctx: dict) -> dict:
     rows = []
     for key, rounds in store.rounds(name).items():
         for r in rounds:
-            rows.append((r.recorded_at.timestamp(), key, r.round, float(r.metrics.get("epoch", r.round)),
+            rows.append((r.recorded_at.timestamp(), key, r.round, float(r.bookkeeping.get("epoch", r.round)),
                          float(r.metrics.get(t["metric"], float("nan"))),
                          r.checkpoint or _on_disk_checkpoint(experiment, key, r.round)))
     trials = store.trials(name)
@@ -430,11 +437,12 @@ def _plain_trainable(params: dict, ctx: dict) -> None:
     from trainers import trainer_for
 
     class Reporter:
-        def report(self, metrics, checkpoint_dir):
+        def report(self, record, checkpoint_dir):
             trial = tune.get_context().get_trial_id()
-            target = Path(ctx["workdir"]) / "ckpt" / trial / str(metrics["round"])
+            target = Path(ctx["workdir"]) / "ckpt" / trial / str(record.round)
             path = copy_adapter(checkpoint_dir, target)
-            tune.report({k: v for k, v in metrics.items() if isinstance(v, (int, float))} | {"adapter": path})
+            tune.report({**record.metrics, "round": record.round, "epoch": record.bookkeeping["epoch"],
+                         "adapter": path})
 
         def resume_from(self):
             return None

@@ -8,7 +8,7 @@ Writing. The real write path is per round: Tune's events reach `StoreCallback`, 
 `TrialStore.trial_started`, then per round `round_reported` (with its checkpoint), then `trial_finished`, one
 transaction each. Writing 500,000 rounds that way takes hours, so each sweep is written in two parts: all
 but the last `--real-trials` trials through bulk INSERTs (SQLAlchemy Core, the same tables and values the
-real path writes, a real round's 38 metric keys), then the last `--real-trials` trials through the real
+real path writes, a real round's record: 25 keys), then the last `--real-trials` trials through the real
 per-round path, on top of the full table. The table gives the real path's cost per round at that size,
 the bulk rate, and the real path's projected time for the whole sweep.
 
@@ -57,22 +57,21 @@ def params_of(rng: random.Random) -> dict:
             "lora_alpha": rng.choice([16, 32]), "lora_dropout": rng.uniform(0, 0.1)}
 
 
-def round_metrics(rng: random.Random, key: str, round_: int, best: float) -> dict:
-    """What StoreCallback receives for one round (the trainer's metrics plus Ray's bookkeeping), 38 keys."""
+def round_record(rng: random.Random, round_: int, best: float):
+    """What StoreCallback stores for one round: a worker's record, its holdout metrics and bookkeeping (25 keys)."""
+    from trainers.base import RoundRecord
+
     f1 = min(1.0, max(0.0, best + rng.uniform(-0.05, 0.02)))
-    now = time.time()
-    return {
-        "eval_loss": rng.uniform(0.2, 2.0), "precision_micro": f1, "recall_micro": f1, "f1_micro": f1,
-        **{f"f1_{f}": rng.random() for f in FIELDS}, "round": round_, "epoch": float(round_),
-        "train_loss": rng.uniform(0.1, 2.5), "examples_seen": 400 * round_, "tokens_seen": 9000 * round_,
-        "stop_reason": "", "device": "cpu", "time_tokenize_s": 0.07, "time_load_s": 0.18,
-        "time_train_s": 5.0 * round_, "time_eval_s": 0.6 * round_, "time_checkpoint_s": 0.05 * round_,
-        "time_report_s": 0.01 * round_, "objective": f1, "node": uuid.uuid4().hex * 2, "rss_mb": 756.5,
-        "timestamp": int(now), "checkpoint_dir_name": f"checkpoint_{round_ - 1:06d}", "should_checkpoint": True,
-        "done": False, "training_iteration": round_, "trial_id": key, "date": "2026-11-25_15-29-12",
-        "time_this_iter_s": 6.0, "time_total_s": 6.0 * round_, "pid": 10508, "hostname": "vm", "node_ip": "192.0.2.2",
-        "time_since_restore": 6.0 * round_, "iterations_since_restore": round_,
+    metrics = {"eval_loss": rng.uniform(0.2, 2.0), "precision_micro": f1, "recall_micro": f1, "f1_micro": f1,
+               **{f"f1_{f}": rng.random() for f in FIELDS}}
+    bookkeeping = {
+        "epoch": float(round_), "train_loss": rng.uniform(0.1, 2.5), "examples_seen": 400 * round_,
+        "tokens_seen": 9000 * round_, "stop_reason": "", "device": "cpu", "time_tokenize_s": 0.07,
+        "time_load_s": 0.18, "time_train_s": 5.0 * round_, "time_eval_s": 0.6 * round_,
+        "time_checkpoint_s": 0.05 * round_, "time_report_s": 0.01 * round_, "node": uuid.uuid4().hex * 2,
+        "pid": 10508, "rss_mb": 756.5, "rss_start_mb": 512.0,
     }
+    return RoundRecord(round_, metrics, bookkeeping)
 
 
 # -- databases --------------------------------------------------------------------------------------------
@@ -136,26 +135,26 @@ def write_sweep(url: str, name: str, n_trials: int, rounds: int, real_trials: in
     batch = 500
     for first in range(0, bulk_n, batch):
         keys = [f"t{i:06d}" for i in range(first, min(first + batch, bulk_n))]
-        trial_rows, metrics_by_key = [], {}
+        trial_rows, records_by_key = [], {}
         for key in keys:
             best = rng.uniform(0.0, 0.8)
-            metrics = [round_metrics(rng, key, r, best) for r in range(1, rounds + 1)]
-            metrics_by_key[key] = metrics
-            top = max(range(rounds), key=lambda i: metrics[i]["f1_micro"])
+            records = [round_record(rng, r, best) for r in range(1, rounds + 1)]
+            records_by_key[key] = records
+            top = max(range(rounds), key=lambda i: records[i].metrics["f1_micro"])
             trial_rows.append(dict(
                 sweep_id=sweep_id, trial_key=key, params=params_of(rng), status=rng.choice(
                     ["completed", "early_stopped", "stopped"]), stop_reason="completed", error="", rounds=rounds,
-                best_round=top + 1, best_value=metrics[top]["f1_micro"], wall_time_s=6.0 * rounds, device="cpu",
+                best_round=top + 1, best_value=records[top].metrics["f1_micro"], wall_time_s=6.0 * rounds, device="cpu",
                 node="n" * 56, examples_seen=400 * rounds, tokens_seen=9000 * rounds, retries=0, started_at=base,
                 finished_at=base + timedelta(seconds=6 * rounds)))
         with store.engine.begin() as connection:
             connection.execute(insert(Trial.__table__), trial_rows)
             ids = dict(connection.execute(select(Trial.trial_key, Trial.id).where(
                 Trial.sweep_id == sweep_id, Trial.trial_key.in_(keys))).all())
-            round_rows = [dict(trial_id=ids[key], round=m["round"], eval_loss=m["eval_loss"], metrics=m,
-                               checkpoint=f"/shared/ray/{name}/trial_{key}/checkpoint_{m['round'] - 1:06d}",
-                               recorded_at=base)
-                          for key, ms in metrics_by_key.items() for m in ms]
+            round_rows = [dict(trial_id=ids[key], round=r.round, eval_loss=r.metrics["eval_loss"], metrics=r.metrics,
+                               bookkeeping=r.bookkeeping, recorded_at=base,
+                               checkpoint=f"/shared/ray/{name}/trial_{key}/checkpoint_{r.round - 1:06d}")
+                          for key, records in records_by_key.items() for r in records]
             connection.execute(insert(Round.__table__), round_rows)
     bulk_s = time.perf_counter() - started
     # The real path, on top of the full tables: exactly the calls StoreCallback makes.
@@ -167,8 +166,8 @@ def write_sweep(url: str, name: str, n_trials: int, rounds: int, real_trials: in
         best = rng.uniform(0.0, 0.8)
         for r in range(1, rounds + 1):
             t0 = time.perf_counter()
-            store.round_reported(name, key, round_metrics(rng, key, r, best),
-                                 f"/shared/ray/{name}/trial_{key}/checkpoint_{r - 1:06d}")
+            store.round_reported(name, key, round_record(rng, r, best),
+                                 f"/shared/ray/{name}/trial_{key}/checkpoint_{r - 1:06d}", wall_time_s=6.0 * r)
             per_round.append(time.perf_counter() - t0)
         store.trial_finished(name, key, "completed", "completed")
     real_s = time.perf_counter() - started
@@ -286,7 +285,7 @@ def render(results: dict, args) -> str:
         "",
         f"Command: `{args.command}`",
         "",
-        f"Each sweep: N trials x {args.rounds} rounds, a real round's 38 metric keys (~1 KB of JSON). All but the "
+        f"Each sweep: N trials x {args.rounds} rounds, a real round's record (25 keys, ~0.7 KB of JSON). All but the "
         f"last {args.real_trials} trials are bulk-inserted; those {args.real_trials} go through the real per-round "
         "path (`round_reported` with its checkpoint, what `StoreCallback` calls) on top of the full tables.",
         "",

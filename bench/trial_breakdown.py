@@ -46,7 +46,7 @@ def breakdown(spec) -> list[dict]:
     rounds = store.rounds(spec.name)
     rows = []
     for trial in store.trials(spec.name):
-        last = rounds[trial.trial_key][-1].metrics
+        last = rounds[trial.trial_key][-1].bookkeeping
         wall = (trial.finished_at - trial.started_at).total_seconds()
         phases = {name: float(last.get(key, 0.0)) for name, key in PHASES.items()}
         rows.append({"trial": trial.trial_key, "wall": wall, "rounds": trial.rounds, **phases,

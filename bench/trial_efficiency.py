@@ -116,7 +116,7 @@ def sweep_measurements(spec_path: Path, trials: int, workdir: Path) -> tuple[lis
     for row in rows:
         trial = by_key[row["trial"]]
         first = rounds[row["trial"]][0]
-        m = first.metrics
+        m = first.bookkeeping
         steps = max(1, round(m.get("examples_seen", 0) / trial.params.get("batch_size", 1)))
         to_first_report = (first.recorded_at - trial.started_at).total_seconds()
         in_round = sum(float(m.get(k, 0.0)) for k in ("time_train_s", "time_eval_s", "time_checkpoint_s",

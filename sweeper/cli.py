@@ -13,13 +13,14 @@ from typing import Annotated, Optional
 import typer
 import yaml
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from sweeper.audit import AuditRefused, AuditReport, unknown_codes
 from sweeper.datasets import DataError
 from sweeper.export import ExportError
 from sweeper.promotion import PromotionError, PromotionResult
-from sweeper.spec import AUDIT_CODES, SpecError, load_spec
+from sweeper.spec import AUDIT_CODES, SpecError, Storage, load_spec, spec_from_store
 from sweeper.store import StoreError, TrialStore, safe_url
 from trainers.models import ModelNotFound
 
@@ -33,7 +34,7 @@ err = Console(stderr=True)
 
 ServerOption = Annotated[Optional[str], typer.Option(
     "--server", envvar="SWEEPER_SERVER", help="talk to a sweep service at this URL (token: SWEEPER_API_TOKEN) for "
-                                              "run, status, trials, compare, promote and export")]
+                                              "run, status, trials, compare, promote, export and cancel")]
 
 
 @app.callback()
@@ -83,6 +84,23 @@ def validate(spec_path: Annotated[Path, typer.Argument(help="the sweep spec (YAM
         _fail(exc)
     out.print(f"spec {spec.name!r} is valid: task {spec.task}, {spec.budget.trials} trials, "
               f"objective {spec.objective.metric} ({spec.objective.mode}), store {safe_url(spec.database_url())}")
+
+
+@app.command()
+def tasks() -> None:
+    """The tasks a spec may name, the data formats each reads and the metrics it reports; then the formats."""
+    from sweeper.datasets import FORMATS
+    from trainers import all_tasks
+
+    table = Table("task", "data.format", "metrics (objective.metric, promotion gates)", title="tasks")
+    for task in all_tasks():
+        gates = ", per_field_f1" if task.per_field else ""
+        table.add_row(task.name, ", ".join(task.formats), ", ".join(task.metric_names()) + gates)
+    out.print(table)
+    formats = Table("data.format", "a file holds", title="data formats")
+    for name, fmt in FORMATS.items():
+        formats.add_row(name, escape(fmt.holds))
+    out.print(formats)
 
 
 AllowOption = Annotated[Optional[list[str]], typer.Option(
@@ -227,6 +245,16 @@ def status(ctx: typer.Context,
 
 
 @app.command()
+def cancel(ctx: typer.Context, name: Annotated[str, typer.Argument(help="sweep name")]) -> None:
+    """Cancel a sweep that a sweep service runs (needs --server): its driver stops, the sweep ends `cancelled`."""
+    from sweeper import remote
+
+    if _remote(ctx, remote.cancel, name) is None:
+        _fail(ValueError("cancel asks a sweep service (--server URL) to stop a sweep it runs; a local `sweeper run` "
+                         "stops with Ctrl+C and resumes with the same command"))
+
+
+@app.command()
 def export(
     ctx: typer.Context,
     name: Annotated[str, typer.Argument(help="sweep name")],
@@ -256,7 +284,7 @@ def export(
         if sweep is None:
             raise ExportError(f"no sweep named {name!r} in {safe_url(store.url)}")
         promotion = store.latest_promotion(name)
-        path = export_sweep(store, name, out_dir.resolve(), resolve_model(sweep.spec["model"]),
+        path = export_sweep(store, name, out_dir.resolve(), resolve_model(spec_from_store(sweep.spec).model),
                             promotion=promotion.result if promotion else None, replace=force)
     except KNOWN_ERRORS as exc:
         _fail(exc)
@@ -313,11 +341,12 @@ def delete(
 def _sweep_folders(sweep) -> tuple[list[Path], list[str]]:
     """(the sweep's local folders that exist, places it used that `delete` leaves, with why). Tune's experiment
     is removed only when it is a local folder named after the sweep under the sweep's own storage."""
-    storage = sweep.spec.get("storage") or {}
-    root = Path(storage.get("root") or ".sweeper").resolve()
-    tune_path = os.environ.get("SWEEPER_STORAGE_PATH") or storage.get("tune_path") or str(root / "ray")
+    # Only the storage section: a sweep whose whole spec no longer loads (a task since removed) can still be deleted.
+    storage = Storage.model_validate(sweep.spec.get("storage") or {})
+    root = Path(storage.root).resolve()
+    tune_path = os.environ.get("SWEEPER_STORAGE_PATH") or storage.tune_path or str(root / "ray")
     experiment = sweep.experiment_path or f"{tune_path.rstrip('/')}/{sweep.name}"
-    bases = [root] + [Path(p).resolve() for p in (tune_path, storage.get("tune_path")) if p and "://" not in p]
+    bases = [root] + [Path(p).resolve() for p in (tune_path, storage.tune_path) if p and "://" not in p]
     folders, left = [], []
     if "://" in experiment:
         left.append(f"{experiment} (Tune's experiment on remote storage: remove it with that storage's tools)")
@@ -376,9 +405,9 @@ def promote(
         if sweep.status != "completed":
             raise StoreError(f"sweep {name!r} is {sweep.status}; promote it once it has completed "
                              "(`sweeper run SPEC` resumes it)")
-        root = Path(sweep.spec["storage"]["root"]).resolve()
-        target = out_dir.resolve() if out_dir else root / "sweeps" / name / "export"
-        result = promote_sweep(store, name, resolve_model(sweep.spec["model"]), target,
+        spec = spec_from_store(sweep.spec)
+        target = out_dir.resolve() if out_dir else Path(spec.storage.root).resolve() / "sweeps" / name / "export"
+        result = promote_sweep(store, name, resolve_model(spec.model), target,
                                log=lambda line: err.print(line, markup=False, highlight=False))
     except KNOWN_ERRORS as exc:
         _fail(exc)
@@ -420,21 +449,23 @@ def train(
     rounds: Annotated[Optional[int], typer.Option(help="stop after this many rounds (the winner's best round)")] = None,
     out_dir: Annotated[Optional[Path], typer.Option("--out", help="keep the checkpoints here")] = None,
 ) -> None:
-    """Re-run an exported trial without Ray and compare its holdout metric with the recorded one."""
+    """Re-run an exported trial without Ray and compare its holdout metric with the recorded one.
+
+    Its config is rebuilt from the export's spec and hyperparameters, as the sweep built it."""
+    from sweeper.trial_config import trial_config
     from trainers import trainer_for
-    from trainers.base import ListReporter, TrialConfig
+    from trainers.base import ListReporter
     from trainers.models import resolve_model
 
     try:
         record = yaml.safe_load(winner.read_text())
-        data = record["trial"]["data"]
-        if not data.get("sha256"):  # an export from before trial configs carried them: the hashes it recorded
-            recorded = record.get("data_fingerprints") or {}
-            data = {**data, "sha256": {role: entry["sha256"] for role, entry in recorded.items()}}
-        trial = {**record["trial"], "data": data, "model_path": resolve_model(record["spec"]["model"]),
-                 "output_dir": str(out_dir or tempfile.mkdtemp(prefix="sweeper-train-")), "max_rounds": rounds}
-        config = TrialConfig.model_validate(trial)
-    except (OSError, KeyError, TypeError, yaml.YAMLError, ModelNotFound) as exc:
+        spec = spec_from_store(record["spec"])
+        # The audited hashes; an export from before trial configs carried them recorded them beside the config.
+        sha256 = record["trial"]["data"].get("sha256") or \
+            {role: entry["sha256"] for role, entry in (record.get("data_fingerprints") or {}).items()}
+        config = trial_config(spec, record["trial"]["hparams"], resolve_model(spec.model),
+                              str(out_dir or tempfile.mkdtemp(prefix="sweeper-train-")), sha256, max_rounds=rounds)
+    except (OSError, KeyError, TypeError, ValueError, yaml.YAMLError) as exc:  # ValueError: a spec, config, model
         _fail(ValueError(f"{winner}: not a usable export ({exc})"))
     reporter = ListReporter()
     try:
@@ -444,10 +475,11 @@ def train(
     objective = record["winner"]["objective"]
     metric = objective["metric"]
     for r in reporter.rounds:
-        out.print(f"round {r['round']}: eval_loss={r['eval_loss']:.4f} {metric}={r.get(metric, float('nan')):.4f}")
-    at_best = next((r for r in reporter.rounds if r["round"] == record["winner"]["best_round"]), None)
+        value = r.metrics.get(metric, float("nan"))
+        out.print(f"round {r.round}: eval_loss={r.metrics['eval_loss']:.4f} {metric}={value:.4f}")
+    at_best = next((r for r in reporter.rounds if r.round == record["winner"]["best_round"]), None)
     if at_best is not None:
-        out.print(json.dumps({"metric": metric, "recorded": objective["value"], "rerun": at_best.get(metric)}))
+        out.print(json.dumps({"metric": metric, "recorded": objective["value"], "rerun": at_best.metrics.get(metric)}))
 
 
 @app.command()
@@ -582,6 +614,3 @@ def db_upgrade(db: DbOption = None) -> None:
         _fail(exc)
     out.print(f"store {safe_url(store.url)} is at the newest schema")
 
-
-def main() -> None:  # pragma: no cover - console script entry
-    sys.exit(app())

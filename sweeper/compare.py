@@ -17,12 +17,6 @@ from typing import Any, Literal, get_args
 
 from sweeper.store import StoreError, TrialStore, ranked, safe_url
 
-# Keys of a round's record that are bookkeeping, not holdout metrics (ours, then those Ray Tune adds).
-BOOKKEEPING = {"round", "epoch", "train_loss", "examples_seen", "tokens_seen", "objective", "stop_reason", "device",
-               "rss_mb", "rss_start_mb"}
-RAY_KEYS = {"timestamp", "training_iteration", "time_this_iter_s", "time_total_s", "time_since_restore",
-            "iterations_since_restore", "pid", "date", "hostname", "node_ip", "trial_id", "experiment_tag",
-            "done", "should_checkpoint", "checkpoint_dir_name", "config", "experiment_id"}
 FIELDS = ("sweep", "trial", "status", "stop_reason", "rounds", "best_round", "objective_metric", "objective",
           "is_best", "wall_time_s", "retries")
 TrialStatus = Literal["running", "completed", "early_stopped", "stopped", "failed"]
@@ -33,14 +27,8 @@ class CompareError(ValueError):
     """A comparison that cannot be made as asked (unknown sweep, sort key or status)."""
 
 
-def _number(value: Any) -> bool:
+def finite_number(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-
-
-def holdout_metrics(record: dict) -> dict[str, float]:
-    """The holdout metrics of one round's record (eval_loss, f1_micro, accuracy, ...), nothing else."""
-    return {k: v for k, v in record.items()
-            if _number(v) and k not in BOOKKEEPING and k not in RAY_KEYS and not k.startswith("time_")}
 
 
 @dataclass
@@ -100,7 +88,7 @@ def sort_rows(rows: list[TrialRow], key: str = "objective", descending: bool | N
         descending = default_descending(key, rows)
     present = [r for r in rows if r.value(key) is not None]
     missing = [r for r in rows if r.value(key) is None]
-    numeric = all(_number(r.value(key)) or isinstance(r.value(key), bool) for r in present)
+    numeric = all(finite_number(r.value(key)) or isinstance(r.value(key), bool) for r in present)
     present.sort(key=(lambda r: r.value(key)) if numeric else (lambda r: str(r.value(key))), reverse=descending)
     return present + missing
 
@@ -140,7 +128,7 @@ def _sweep_rows(store: TrialStore, name: str) -> tuple[list[TrialRow], SweepBest
                      best_round=t.best_round, objective_metric=sweep.objective_metric,
                      objective_mode=sweep.objective_mode, objective=t.best_value, is_best=best is t,
                      wall_time_s=round(t.wall_time_s, 3), retries=t.retries,
-                     metrics=holdout_metrics(at_best.get(t.trial_key, {})), params=dict(t.params),
+                     metrics=at_best.get(t.trial_key, {}), params=dict(t.params),
                      error=t.error or "") for t in trials]
     summary = SweepBest(sweep=name, status=sweep.status, trials=len(trials), objective_metric=sweep.objective_metric,
                         objective_mode=sweep.objective_mode, trial=best.trial_key if best else None,

@@ -16,7 +16,7 @@ import os
 import shutil
 import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import psutil
@@ -31,19 +31,23 @@ from sweeper.search import SweepSearch
 from sweeper.spec import Spec, SpecError
 from sweeper.store import TrialStore, full_url, remember_url
 from sweeper.study import close_stopped_trials
-from sweeper.tracking import RUNS_FOLDER, TrialRuns, round_metrics, spec_mode
+from sweeper.tracking import RUNS_FOLDER, TrialRuns, round_log, spec_mode
+from sweeper.trial_config import complete, template
 from sweeper.trial_status import STATUS_BY_REASON
 from trainers import trainer_for
-from trainers.base import TrialConfig
+from trainers.base import RoundRecord
 
 BEST_FILE = "sweeper_best.json"  # the running best objective, kept with each checkpoint for resumes
 WORKER_ENV = {"HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false", "TRANSFORMERS_NO_ADVISORY_WARNINGS": "1"}
 TRIAL = "sweeper_trial"  # reserved config entry: the trial's stable key and the checkpoint it resumes from
+RECORD = "sweeper_round"  # reserved result key: the worker's RoundRecord; Tune's own keys beside it are never read
+ROUND_VALUE = "round_value"  # result key: the objective metric at this round; Tune ranks checkpoints by a top-level key
 
 
 # -- the worker side ---------------------------------------------------------------------------------
 class TuneReporter:
-    """Reporter for trainers: sends each round to Tune as `objective` = best value so far.
+    """Reporter for trainers: sends each round to Tune as `objective` = best value so far and `round` (what ASHA
+    and the searcher read), `ROUND_VALUE` (what checkpoints are kept by), and the trainer's record under `RECORD`.
 
     ASHA and Optuna then judge a trial by the best round it reached (its selectable checkpoint), not by
     its last round, which early stopping and overfitting make worse by design.
@@ -65,17 +69,19 @@ class TuneReporter:
         else:
             self.resume_dir = None
 
-    def report(self, metrics, checkpoint_dir):
-        value = metrics.get(self.metric)
-        if value is not None and not (isinstance(value, float) and math.isnan(value)):
+    def report(self, record: RoundRecord, checkpoint_dir):
+        value = record.metrics.get(self.metric, math.nan)
+        if not math.isnan(value):
             self.best = min(self.best, value) if self.mode == "min" else max(self.best, value)
-        metrics = {**metrics, "objective": self.best, "node": ray.get_runtime_context().get_node_id(),
-                   "rss_mb": _rss_mb(), "rss_start_mb": self.rss_start_mb}
+        worker = {"node": ray.get_runtime_context().get_node_id(), "pid": os.getpid(), "rss_mb": _rss_mb(),
+                  "rss_start_mb": self.rss_start_mb}
+        record = replace(record, bookkeeping={**record.bookkeeping, **worker})
         checkpoint = None
         if checkpoint_dir:
             (Path(checkpoint_dir) / BEST_FILE).write_text(json.dumps({"objective": self.best}))
             checkpoint = tune.Checkpoint.from_directory(checkpoint_dir)
-        tune.report(metrics, checkpoint=checkpoint)
+        tune.report({"objective": self.best, "round": record.round, ROUND_VALUE: value, RECORD: record.to_dict()},
+                    checkpoint=checkpoint)
 
     def resume_from(self):
         return self.resume_dir
@@ -84,6 +90,17 @@ class TuneReporter:
 def _rss_mb() -> float:
     """Resident memory of this worker process, in MiB."""
     return round(psutil.Process().memory_info().rss / 2**20, 1)
+
+
+def round_record(result: dict | None) -> RoundRecord | None:
+    """The worker's record in a Tune result (None before a trial's first round)."""
+    data = (result or {}).get(RECORD)
+    return RoundRecord.from_dict(data) if data else None
+
+
+def _stop_reason(record: RoundRecord | None) -> str:
+    """Why the trainer itself stopped, from its last round ('' when it did not: Tune stopped it)."""
+    return record.bookkeeping.get("stop_reason", "") if record else ""
 
 
 def trial_worker(params: dict, job: dict) -> None:
@@ -96,8 +113,7 @@ def trial_worker(params: dict, job: dict) -> None:
         shutil.rmtree(stale, ignore_errors=True)
     output_dir = tempfile.mkdtemp(prefix=f"sweeper-{trial_id}-")
     try:
-        config = TrialConfig.model_validate({**job["trial"], "hparams": {**job["fixed"], **params},
-                                             "output_dir": output_dir})
+        config = complete(job["trial"], params, output_dir)
         trainer_for(config.task)(config, TuneReporter(job["metric"], job["mode"], output_dir, resume))
     finally:
         shutil.rmtree(output_dir, ignore_errors=True)  # Tune has copied every reported checkpoint
@@ -147,10 +163,11 @@ class StoreCallback(tune.Callback):
         # The worker persisted the round's checkpoint before reporting it. Tune's own checkpoint event comes
         # later, from a separate task, and never comes for a trial stopped at the time budget meanwhile.
         name = result.get("checkpoint_dir_name")
-        self.store.round_reported(self.sweep_name, trial_key(trial), result, f"{trial.path}/{name}" if name else "")
+        self.store.round_reported(self.sweep_name, trial_key(trial), round_record(result),
+                                  f"{trial.path}/{name}" if name else "", wall_time_s=result.get("time_total_s"))
 
     def on_trial_complete(self, iteration, trials, trial, **info):
-        reason = trial.last_result.get("stop_reason") or self._stopped_by()
+        reason = _stop_reason(round_record(trial.last_result)) or self._stopped_by()
         self.store.trial_finished(self.sweep_name, trial_key(trial), STATUS_BY_REASON[reason], reason)
 
     def on_trial_error(self, iteration, trials, trial, **info):
@@ -199,19 +216,7 @@ def _job(spec: Spec, model_path: str, threads: int) -> dict:
         "fixed": spec.fixed,
         "metric": spec.objective.metric,
         "mode": spec.objective.mode,
-        "trial": {
-            "task": spec.task,
-            "model_path": model_path,
-            "data": {**spec.data.model_dump(exclude={"max_seq_length"}), "sha256": sha256},
-            "seed": spec.seed,
-            "max_seq_length": spec.data.max_seq_length,
-            "evals_per_epoch": spec.scheduler.evals_per_epoch,
-            "patience": spec.early_stopping.patience,
-            "min_delta": spec.early_stopping.min_delta,
-            "max_micro_batch": spec.resources.max_micro_batch,
-            "torch_threads": threads,
-            "generation_eval_examples": spec.generation_eval_examples,
-        },
+        "trial": template(spec, model_path, sha256, torch_threads=threads),
     }
 
 
@@ -309,8 +314,8 @@ class WandbCallback(tune.Callback):
             return
         if trial_key(trial) not in self._started:
             self.on_trial_start(iteration, trials, trial)
-        step = result.get("round")
-        self._runs.log(trial_key(trial), round_metrics(result), int(step) if step is not None else None)
+        record = round_record(result)
+        self._runs.log(trial_key(trial), round_log(record), record.round)
 
     def on_trial_complete(self, iteration, trials, trial, **info):
         if self._runs is not None and trial_key(trial) in self._started:
@@ -355,7 +360,10 @@ class ProgressCallback(tune.Callback):
 
 
 def _view(trial) -> TrialView:
-    return TrialView(trial_key(trial), trial.status, trial.last_result or {}, trial.config.get("learning_rate"))
+    record = round_record(trial.last_result)
+    shown = ({"round": record.round, "objective": trial.last_result.get("objective"),
+              "eval_loss": record.metrics.get("eval_loss"), "stop_reason": _stop_reason(record)} if record else {})
+    return TrialView(trial_key(trial), trial.status, shown, trial.config.get("learning_rate"))
 
 
 def _views(trials) -> list[TrialView]:
@@ -404,7 +412,7 @@ def run_sweep(spec: Spec, database_url: str, tune_path: str, sweep_dir: Path, mo
             storage_path=tune_path,
             callbacks=list(callbacks),  # Tune appends its own reporter to the list it is given
             failure_config=tune.FailureConfig(max_failures=spec.budget.max_failures),
-            checkpoint_config=tune.CheckpointConfig(num_to_keep=2, checkpoint_score_attribute=spec.objective.metric,
+            checkpoint_config=tune.CheckpointConfig(num_to_keep=2, checkpoint_score_attribute=ROUND_VALUE,
                                                     checkpoint_score_order=spec.objective.mode),
             verbose=0,
         ),
@@ -417,7 +425,7 @@ def run_sweep(spec: Spec, database_url: str, tune_path: str, sweep_dir: Path, mo
             callback.close()
     ended = all(t.status in ("TERMINATED", "ERROR") for t in results._experiment_analysis.trials)  # after clean-up
     budget = spec.budget.time_budget_s
-    over_time = bool(budget and time.monotonic() - started >= budget)
+    over_time = bool(budget and (time.monotonic() - started >= budget or search.out_of_time))
     unfinished = _settle_unfinished_trials(spec.name, database_url, over_time)
     spent = over_time or search.done()
     return SweepResult(finished=ended and spent and not unfinished, experiment_path=experiment_path,

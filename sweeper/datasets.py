@@ -14,11 +14,7 @@ import io
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal, Union
-
-DataFormat = Literal["restaurant8k", "csv", "jsonl"]
-DATA_FORMATS: tuple[str, ...] = ("restaurant8k", "csv", "jsonl")
-
+from typing import Callable, Union
 
 MAX_TEXT_CHARS = 100_000  # one example's text; longer rows are almost always a broken export
 
@@ -89,7 +85,7 @@ class DataFile:
     empty_rows: list[str] = field(default_factory=list)  # "line 7: empty text or label"
 
 
-def read_examples(path: str | Path, fmt: DataFormat, sha256: str | None = None) -> list[Example]:
+def read_examples(path: str | Path, fmt: str, sha256: str | None = None) -> list[Example]:
     """The usable examples of a file (empty rows skipped; the audit reports them).
 
     With `sha256` (what the data audit read), a file whose bytes differ now raises `DataChanged`. Checked after
@@ -116,7 +112,7 @@ def file_problem(path: str | Path) -> str | None:
     return "file is not a regular file" if path.exists() else "file not found"
 
 
-def read_file(path: str | Path, fmt: DataFormat) -> DataFile:
+def read_file(path: str | Path, fmt: str) -> DataFile:
     path = Path(path)
     problem = file_problem(path)
     if problem:
@@ -129,8 +125,7 @@ def read_file(path: str | Path, fmt: DataFormat) -> DataFile:
         raise DataError(f"{path}: cannot read the file: {exc.strerror}") from None
     if not raw.strip():
         raise DataError(f"{path}: the file is empty")
-    readers = {"restaurant8k": _read_restaurant8k, "csv": _read_csv, "jsonl": _read_jsonl}
-    data = readers[fmt](path, raw)
+    data = FORMATS[check_format(fmt)].read(path, raw)
     for example, row in zip(data.examples, data.rows):
         if len(example.text) > MAX_TEXT_CHARS:
             raise DataError(f"{path}: {row} is {len(example.text):,} characters long (limit {MAX_TEXT_CHARS:,}); "
@@ -153,11 +148,6 @@ def read_split_files(data) -> dict[str, DataFile]:
         except DataError as exc:
             raise DataError(f"data.{role}: {exc}") from None
     return splits
-
-
-def read_splits(data) -> dict[str, list[Example]]:
-    """The usable examples of every split (see `read_split_files`)."""
-    return {role: split.examples for role, split in read_split_files(data).items()}
 
 
 def _parse_json(text: str, where: str, one_line: bool = False):
@@ -244,6 +234,29 @@ def _read_jsonl(path: Path, raw: str) -> DataFile:
         data.examples.append(PromptExample(prompt, response))
         data.rows.append(f"line {i}")
     return data
+
+
+@dataclass(frozen=True)
+class DataFormat:
+    """A data format a spec may name (`data.format`): its reader, and what a file of it holds (for listings)."""
+
+    read: Callable[[Path, str], DataFile]
+    holds: str
+
+
+# The only list of data formats: the spec, the trainers' registrations and `sweeper tasks` read it.
+FORMATS: dict[str, DataFormat] = {
+    "restaurant8k": DataFormat(_read_restaurant8k, "a JSON list of {userInput: {text}, labels: [{slot, valueSpan}]}"),
+    "csv": DataFormat(_read_csv, "CSV with a header: text, label (or category)"),
+    "jsonl": DataFormat(_read_jsonl, "JSON lines: {instruction (or prompt), response}"),
+}
+
+
+def check_format(name: str) -> str:
+    """`name`, if it is a registered data format; ValueError otherwise (pydantic reports it with its path)."""
+    if name not in FORMATS:
+        raise ValueError(f"unknown data format {name!r}; use one of {', '.join(FORMATS)}")
+    return name
 
 
 def fingerprint(path: str | Path) -> str:

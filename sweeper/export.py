@@ -1,8 +1,9 @@
 """Export a sweep's winner so it can be re-run: resolved config, adapter, command, versions, data hashes.
 
-`winner.yaml` / `winner.json` hold the same record. Its `trial:` section is a complete trial config
-(hyperparameters and the audited SHA-256 of each data file included); `sweeper train <export>/winner.yaml`
-re-runs it without Ray and compares the holdout metric with the one recorded here.
+`winner.yaml` / `winner.json` hold the same record. Its `trial:` section is the complete trial config
+(hyperparameters and the audited SHA-256 of each data file included), built from the recorded `spec:` as the
+sweep built it (sweeper.trial_config); `sweeper train <export>/winner.yaml` rebuilds it the same way, re-runs it
+without Ray and compares the holdout metric with the one recorded here.
 
 An export never deletes what it did not write. It is staged beside its folder and then moved in whole: into a
 new or empty folder, or swapped with a previous export (recognised by the `.sweeper-export` marker each export
@@ -24,8 +25,10 @@ from pathlib import Path
 import yaml
 
 from sweeper.datasets import DataChanged, check_fingerprint, fingerprint
+from sweeper.spec import Spec, spec_from_store
 from sweeper.store import TrialStore
-from trainers import model_files
+from sweeper.trial_config import trial_config
+from trainers import get_task
 from trainers.base import TrialConfig
 
 PACKAGES = ("sweeper", "torch", "transformers", "peft", "accelerate", "ray", "optuna", "wandb", "SQLAlchemy")
@@ -47,30 +50,9 @@ def package_versions() -> dict[str, str]:
     return versions
 
 
-def trial_config(sweep_spec: dict, params: dict, model_path: str, sha256: dict[str, str] | None = None) -> dict:
-    """The trial config the sweep ran this trial with (output_dir left for the re-run to choose); `sha256`: the
-    audited SHA-256 of each data file, which a re-run checks its files against."""
-    spec = sweep_spec
-    return {
-        "task": spec["task"],
-        "model_path": model_path,
-        "data": {**{k: spec["data"][k] for k in ("format", "train", "holdout", "test")}, "sha256": sha256},
-        "hparams": {**spec.get("fixed", {}), **params},
-        "seed": spec["seed"],
-        "max_seq_length": spec["data"]["max_seq_length"],
-        "evals_per_epoch": spec["scheduler"]["evals_per_epoch"],
-        "patience": spec["early_stopping"]["patience"],
-        "min_delta": spec["early_stopping"]["min_delta"],
-        "max_micro_batch": spec["resources"]["max_micro_batch"],
-        "torch_threads": spec["resources"]["torch_threads"],
-        "generation_eval_examples": spec["generation_eval_examples"],
-    }
-
-
-def _hf_kwargs(trial: dict) -> tuple[dict, dict]:
+def _hf_kwargs(config: TrialConfig) -> tuple[dict, dict]:
     from trainers import hf_loop  # torch loads only when exporting, not for every CLI command
 
-    config = TrialConfig.model_validate({**trial, "output_dir": "<output_dir>"})
     n_train = len(config.data.read("train"))
     micro, accumulation, round_steps = hf_loop.schedule(config, n_train)
     return hf_loop.training_kwargs(config, micro, accumulation, round_steps), hf_loop.lora_kwargs(config)
@@ -80,13 +62,13 @@ NO_PROMOTION = {"promoted": False, "status": "NOT PROMOTED",
                 "note": "not promoted: no promotion was run for this sweep (`sweeper promote` checks the spec's gates)"}
 
 
-def audited_data(sweep) -> dict[str, dict]:
+def audited_data(sweep, spec: Spec) -> dict[str, dict]:
     """{role: {path, sha256}} of the data files as the sweep's audit read them. The winner was trained on those
     bytes: a file that differs on disk now is refused, not recorded under the audit's name."""
     recorded = (sweep.audit or {}).get("fingerprints")
     if not recorded:  # a sweep audited before fingerprints were recorded: the files as they are now
         return {role: {"path": path, "sha256": fingerprint(path)}
-                for role, path in sweep.spec["data"].items() if role in ("train", "holdout", "test") and path}
+                for role in ("train", "holdout", "test") if (path := getattr(spec.data, role))}
     for role, entry in recorded.items():
         if not Path(entry["path"]).is_file():
             raise ExportError(f"data.{role}: {entry['path']}: file not found; the export records the audited data "
@@ -113,13 +95,15 @@ def export_sweep(store: TrialStore, sweep_name: str, out: Path, model_path: str,
     best = store.best_trial(sweep_name)
     if best is None:
         raise ExportError(f"sweep {sweep_name!r} has no trial with a {sweep.objective_metric} value yet")
-    data = audited_data(sweep)
-    trial = trial_config(sweep.spec, best.params, model_path, {role: e["sha256"] for role, e in data.items()})
+    spec = spec_from_store(sweep.spec)
+    data = audited_data(sweep, spec)
+    sha256 = {role: entry["sha256"] for role, entry in data.items()}
+    config = trial_config(spec, best.params, model_path, "<output_dir>", sha256)
     best_round_metrics = store.best_round_metrics(sweep_name, best.trial_key).get(best.trial_key, {})
-    training_args, lora = _hf_kwargs(trial)
+    training_args, lora = _hf_kwargs(config) if get_task(config.task).lora else ({}, {})
     record = {
         "sweep": sweep_name,
-        "trial": trial,
+        "trial": config.model_dump(mode="json", exclude={"output_dir", "max_rounds"}),  # the re-run chooses these
         "winner": {
             "trial_key": best.trial_key,
             "objective": {"metric": sweep.objective_metric, "mode": sweep.objective_mode, "value": best.best_value},
@@ -172,9 +156,11 @@ def _write(out: Path, record: dict, checkpoint: str, replace: bool) -> None:
     staging = out.parent / f".{out.name}.sweeper-partial-{uuid.uuid4().hex[:8]}"
     staging.mkdir()
     try:
-        _copy_adapter(checkpoint, staging / "adapter", model_files(record["trial"]["task"]))
-        (staging / "winner.yaml").write_text(yaml.safe_dump(record, sort_keys=False, width=1000))
-        (staging / "winner.json").write_text(json.dumps(record, indent=2))
+        _copy_adapter(checkpoint, staging / "adapter", get_task(record["trial"]["task"]).model_files)
+        text = json.dumps(record, indent=2)
+        plain = json.loads(text)  # no shared objects: YAML would write them as anchors, which sweeper's loader refuses
+        (staging / "winner.yaml").write_text(yaml.safe_dump(plain, sort_keys=False, width=1000))
+        (staging / "winner.json").write_text(text)
         (staging / MARKER).write_text(json.dumps({"sweep": record["sweep"], "files": list(EXPORT_FILES)}) + "\n")
         problem = target_problem(out, replace)  # again: the folder may have changed while the export was built
         if problem:

@@ -25,9 +25,10 @@ import numpy as np
 
 from sweeper.audit import audited_sha256, labels_of
 from sweeper.datasets import TaggedExample, read_examples
-from sweeper.export import export_sweep, target_problem, trial_config
-from sweeper.spec import PER_FIELD_GATE, Gate, Promotion
+from sweeper.export import export_sweep, target_problem
+from sweeper.spec import PER_FIELD_GATE, Gate, Promotion, Spec, spec_from_store
 from sweeper.store import TrialStore
+from sweeper.trial_config import trial_config
 
 Records = list[dict]
 Score = Callable[[Records], dict[str, float]]
@@ -200,12 +201,11 @@ def _nan_to_none(value) -> float | None:
 
 
 # -- the promotion of a stored sweep -------------------------------------------------------------------
-def settings_of(sweep) -> Promotion:
-    raw = sweep.spec.get("promotion")
-    if not raw:
-        raise PromotionError(f"sweep {sweep.name!r} has no `promotion:` gates in its spec; gates are fixed before a "
+def settings_of(spec: Spec) -> Promotion:
+    if spec.promotion is None:
+        raise PromotionError(f"sweep {spec.name!r} has no `promotion:` gates in its spec; gates are fixed before a "
                              "sweep, so add them to the spec and run it under a new `name:`")
-    return Promotion.model_validate(raw)
+    return spec.promotion
 
 
 def promote(store: TrialStore, sweep_name: str, model_path: str, export_dir: Path, log=print) -> PromotionResult:
@@ -217,19 +217,20 @@ def promote(store: TrialStore, sweep_name: str, model_path: str, export_dir: Pat
         raise PromotionError(f"no sweep named {sweep_name!r} in the store")
     if problem := target_problem(export_dir, replace=True):  # refused now, not after the evaluation
         raise PromotionError(problem)
-    settings, spec = settings_of(sweep), sweep.spec
+    spec = spec_from_store(sweep.spec)
+    settings = settings_of(spec)
     ranked = store.ranked_trials(sweep_name)
     if not ranked:
         raise PromotionError(f"sweep {sweep_name!r} has no trial with a {sweep.objective_metric} value")
-    split = "test" if spec["data"].get("test") else "holdout"
+    split = "test" if spec.data.test else "holdout"
     sha256 = audited_sha256(sweep.audit) or {}  # the files the sweep's audit read, or DataChanged
-    examples = read_examples(spec["data"][split], spec["data"]["format"], sha256.get(split))
+    examples = read_examples(getattr(spec.data, split), spec.data.format, sha256.get(split))
     if not examples:
-        raise PromotionError(f"data.{split} ({spec['data'][split]}) has no usable rows to check the gates on")
-    train = read_examples(spec["data"]["train"], spec["data"]["format"], sha256.get("train"))
+        raise PromotionError(f"data.{split} ({getattr(spec.data, split)}) has no usable rows to check the gates on")
+    train = read_examples(spec.data.train, spec.data.format, sha256.get("train"))
     tagged = isinstance(examples[0], TaggedExample)  # fields to gate one by one (a class label is no field)
     fields = sorted({f for e in train + examples for f in labels_of(e)}) if tagged else []
-    module = task_module(spec["task"])
+    module = task_module(spec.task)
     at_best = store.best_round_metrics(sweep_name)
 
     def evaluate(trial) -> TrialCheck | None:
@@ -241,17 +242,17 @@ def promote(store: TrialStore, sweep_name: str, model_path: str, export_dir: Pat
             return None
         log(f"promotion: re-evaluating trial {trial.trial_key} (round {trial.best_round}) on the {split} split "
             f"({len(examples)} rows)")
-        config = _config(sweep, trial.params, model_path)
+        config = _config(sweep, spec, trial.params, model_path, tempfile.gettempdir())
         records = module.predict(config, checkpoint, examples)
-        checks = check_gates(records, module.score, settings, fields, spec["seed"], at_best.get(trial.trial_key, {}))
+        checks = check_gates(records, module.score, settings, fields, spec.seed, at_best.get(trial.trial_key, {}))
         return TrialCheck(trial.trial_key, trial.best_value, len(examples), checks)
 
     best = evaluate(ranked[0])
     result = PromotionResult(sweep_name, ranked[0].trial_key, split, settings.confidence, settings.bootstrap_samples,
                              [best])
     if best.passed and settings.seeds:
-        result.seeds = [spec["seed"] + k for k in range(1, settings.seeds + 1)]
-        _add_seed_values(best, module, sweep, ranked[0], model_path, examples, result.seeds, log)
+        result.seeds = [spec.seed + k for k in range(1, settings.seeds + 1)]
+        _add_seed_values(best, module, sweep, spec, ranked[0], model_path, examples, result.seeds, log)
     if not result.promoted:
         for trial in ranked[1 : settings.candidates]:
             check = evaluate(trial)
@@ -266,23 +267,20 @@ def promote(store: TrialStore, sweep_name: str, model_path: str, export_dir: Pat
     return result
 
 
-def _config(sweep, params: dict, model_path: str, **overrides):
-    from trainers.base import TrialConfig
-
-    return TrialConfig.model_validate({**trial_config(sweep.spec, params, model_path, audited_sha256(sweep.audit)),
-                                       "output_dir": tempfile.gettempdir(), **overrides})
+def _config(sweep, spec: Spec, params: dict, model_path: str, output_dir: str, **overrides):
+    """A trial's config, on the files the sweep's audit read."""
+    return trial_config(spec, params, model_path, output_dir, audited_sha256(sweep.audit), **overrides)
 
 
-def _add_seed_values(check: TrialCheck, module, sweep, trial, model_path: str, examples, seeds: list[int],
-                     log) -> None:
+def _add_seed_values(check: TrialCheck, module, sweep, spec: Spec, trial, model_path: str, examples,
+                     seeds: list[int], log) -> None:
     """Re-train the winner with other seeds for its best-round count and score each on the same split."""
     from trainers.base import ListReporter
 
     for seed in seeds:
         log(f"promotion: re-training trial {trial.trial_key} with seed {seed} for {trial.best_round} round(s)")
         with tempfile.TemporaryDirectory(prefix="sweeper-seed-") as out:
-            config = _config(sweep, trial.params, model_path, seed=seed, output_dir=out,
-                             max_rounds=trial.best_round)
+            config = _config(sweep, spec, trial.params, model_path, out, seed=seed, max_rounds=trial.best_round)
             reporter = ListReporter()
             module.train(config, reporter)
             checkpoint = _best_saved_round(reporter, sweep.objective_metric, sweep.objective_mode)
@@ -293,7 +291,7 @@ def _add_seed_values(check: TrialCheck, module, sweep, trial, model_path: str, e
 
 def _best_saved_round(reporter, metric: str, mode: str) -> str:
     """The checkpoint of the re-trained seed's best holdout round that is still on disk (selection on holdout)."""
-    saved = [(r.get(metric, math.nan), c) for r, c in zip(reporter.rounds, reporter.checkpoints)
+    saved = [(r.metrics.get(metric, math.nan), c) for r, c in zip(reporter.rounds, reporter.checkpoints)
              if c and Path(c).is_dir()]
     ranked = sorted(saved, key=lambda vc: (math.isnan(vc[0]), vc[0] if mode == "min" else -vc[0]))
     return ranked[0][1]

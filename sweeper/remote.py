@@ -50,6 +50,12 @@ def compare(client: ServiceClient, names: list[str], statuses: list[str] | None,
     return Comparison.from_dict(client.compare(names, statuses, sort, descending))
 
 
+def cancel(client: ServiceClient, name: str, out: Console) -> None:
+    accepted = client.cancel(name)
+    out.print(f"sweep {accepted['name']!r} {accepted['status']} on {client.http.base_url}; "
+              f"watch it with: sweeper --server {client.http.base_url} status {accepted['name']}")
+
+
 def promote(client: ServiceClient, name: str, out: Console) -> bool:
     result = client.promote(name)
     out.print(result["note"])

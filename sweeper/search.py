@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 import os
+import time
 from dataclasses import dataclass
 from typing import Callable
 
@@ -38,8 +39,14 @@ class Suggestion:
 class SweepSearch:
     """Proposes the sweep's trials and records their outcome in the study; one instance per driver run."""
 
-    def __init__(self, spec: Spec, database_url: str, checkpoint_exists: Callable[[str], bool] = os.path.isdir):
-        self.spec = spec
+    def __init__(self, spec: Spec, database_url: str, checkpoint_exists: Callable[[str], bool] = os.path.isdir,
+                 clock: Callable[[], float] = time.monotonic):
+        self.spec, self.clock = spec, clock
+        budget = spec.budget.time_budget_s
+        self.deadline = clock() + budget if budget else None  # Tune's own deadline starts with fit(), just after
+        self.out_of_time = False  # a trial started now could not reach its first round before the deadline
+        self._first_round_s: list[float] = []  # from a trial's start to its first round, in this run
+        self._started: dict[str, float] = {}
         self.study = load_study(spec, database_url)
         self.count = len(self.study.get_trials(deepcopy=False))
         self.resumed = self.count > 0
@@ -58,7 +65,10 @@ class SweepSearch:
         return not self.pending and self.count >= self.spec.budget.trials
 
     def suggest(self) -> Suggestion | None:
-        """The next trial, or None when the budget is spent."""
+        """The next trial, or None when the budget is spent, or when the time left could not buy it one round."""
+        if self._too_late():
+            self.out_of_time = True
+            return None
         if self.pending:
             suggestion = self.pending.pop(0)
         elif self.count < self.spec.budget.trials:
@@ -67,7 +77,15 @@ class SweepSearch:
         else:
             return None
         self.live[suggestion.key] = suggestion.trial
+        self._started[suggestion.key] = self.clock()
         return suggestion
+
+    def _too_late(self) -> bool:
+        """A trial started with less time left than the quickest first round seen so far would end with no round:
+        compute spent for nothing. (The quickest, so a trial that could still reach a round is never held back.)"""
+        if self.deadline is None or not self._first_round_s:
+            return False
+        return self.deadline - self.clock() < min(self._first_round_s)
 
     def _suggestion(self, trial: optuna.Trial, resume_from: str = "") -> Suggestion:
         """Sampling is define-by-run: on a trial a killed driver left half-sampled (or fully), each parameter it
@@ -76,6 +94,8 @@ class SweepSearch:
         return Suggestion(trial_key(trial.number), trial, {**trial.params, **constants}, resume_from)
 
     def round_reported(self, key: str, round_: int, objective: float | None) -> None:
+        if key in self._started:
+            self._first_round_s.append(self.clock() - self._started.pop(key))
         if key in self.live and _finite(objective):
             self.live[key].report(objective, step=round_)
 
@@ -138,7 +158,7 @@ def _settle_from_study(store: TrialStore, sweep: str, row, trial: optuna.trial.F
         store.trial_finished(sweep, row.trial_key, "failed", "error", row.error or "failed (its driver died)")
         return
     last = store.trial_rounds(sweep, row.trial_key)[-1:] or [None]
-    reason = (last[0].metrics.get("stop_reason") if last[0] else "") or "asha"
+    reason = (last[0].bookkeeping.get("stop_reason") if last[0] else "") or "asha"
     store.trial_finished(sweep, row.trial_key, STATUS_BY_REASON.get(reason, "stopped"), reason)
 
 

@@ -27,7 +27,7 @@ from sweeper.audit import audit
 from sweeper.compare import CompareError, Comparison, TrialStatus, compare
 from sweeper.datasets import DataError
 from sweeper.settings import ServiceSettings
-from sweeper.spec import Spec, SpecError, parse_spec
+from sweeper.spec import Spec, SpecError, parse_spec, spec_from_store, stored_spec
 from sweeper.store import ClaimHeld, StoreError, TrialStore
 from sweeper.supervisor import Supervisor
 from sweeper.yaml_safe import describe, load_yaml
@@ -90,7 +90,8 @@ class TrialPage(BaseModel):
 class RoundPublic(BaseModel):
     round: int
     eval_loss: float | None
-    metrics: dict[str, Any]
+    metrics: dict[str, Any]  # holdout metrics
+    bookkeeping: dict[str, Any]  # the rest of the worker's record: epoch, train loss, counts, timings, ...
 
 
 class ErrorItem(BaseModel):
@@ -319,8 +320,6 @@ def create_app(settings: ServiceSettings) -> FastAPI:
 
     def queue(spec: Spec, token: str) -> None:
         """Record the sweep as queued and start its driver, handing it the claim."""
-        from sweeper.sweeps import stored_spec
-
         store.open_sweep(spec.name, stored_spec(spec), spec.fingerprint(), spec.objective.metric, spec.objective.mode)
         store.update_sweep(spec.name, status="queued", message="")
         spec_path = settings.root / "specs" / f"{spec.name}.yaml"
@@ -353,7 +352,7 @@ def create_app(settings: ServiceSettings) -> FastAPI:
         _existing_sweep(store, name)
         if store.trial(name, trial_key) is None:
             raise _problem(404, f"sweep {name!r} has no trial {trial_key!r}")
-        return [RoundPublic(round=r.round, eval_loss=r.eval_loss, metrics=r.metrics)
+        return [RoundPublic(round=r.round, eval_loss=r.eval_loss, metrics=r.metrics, bookkeeping=r.bookkeeping)
                 for r in store.trial_rounds(name, trial_key)]
 
     @api.get("/compare", response_model=Comparison, responses={404: {}, 422: {}})
@@ -393,7 +392,8 @@ def create_app(settings: ServiceSettings) -> FastAPI:
         if sweep.status != "completed":
             raise _problem(409, f"sweep {name!r} is {sweep.status}; promote it once it has completed")
         try:
-            result = promote(store, name, resolve_model(sweep.spec["model"]), settings.root / "sweeps" / name / "export",
+            model_path = resolve_model(spec_from_store(sweep.spec).model)
+            result = promote(store, name, model_path, settings.root / "sweeps" / name / "export",
                              log=lambda line: None)
         except PromotionError as exc:
             raise _problem(422, str(exc)) from None

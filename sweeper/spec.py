@@ -19,17 +19,12 @@ from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError,
 import search_spaces
 from search_spaces.space import FloatParam, SearchSpace
 from sweeper.datasets import file_problem
+from sweeper.store import safe_url
 from sweeper.yaml_safe import describe, load_yaml
-from trainers.base import HYPERPARAMETERS, HyperParams, Task
+from trainers import all_tasks, get_task
+from trainers.base import HYPERPARAMETERS, DataFormatName, HyperParams, Task
 from trainers.models import ModelNotFound, check_model
 
-TASK_METRICS: dict[str, tuple[str, ...]] = {
-    "token_tagging": ("eval_loss", "f1_micro", "precision_micro", "recall_micro"),
-    "sequence_classification": ("eval_loss", "accuracy", "f1_macro"),
-    "causal_lm_sft": ("eval_loss", "f1_micro", "json_valid_rate", "exact_match"),
-    "synthetic": ("eval_loss", "accuracy"),
-}
-PER_FIELD_TASKS = ("token_tagging", "causal_lm_sft")  # these also report f1_<field>
 PER_FIELD_GATE = "per_field_f1"  # a gate on every field's F1 at once
 UNBOUNDED_METRICS = ("eval_loss",)  # every other metric is a rate in [0, 1]
 AuditCode = Literal["small-holdout", "overlap", "near-duplicate", "empty-rows", "unseen-label"]
@@ -50,7 +45,7 @@ class _Strict(BaseModel):
 
 
 class DataSpec(_Strict):
-    format: Literal["restaurant8k", "csv", "jsonl"]
+    format: DataFormatName
     train: str
     holdout: str
     test: str | None = None
@@ -239,16 +234,18 @@ def _hyperparameter_errors(spec: Spec) -> list[tuple[str, str]]:
     return errors
 
 
-def reports_metric(task: str, metric: str) -> bool:
-    return metric in TASK_METRICS[task] or (task in PER_FIELD_TASKS and metric.startswith("f1_"))
-
-
 def _semantic_errors(spec: Spec) -> list[tuple[str, str]]:
-    errors = _hyperparameter_errors(spec) + _value_errors(spec) + _gate_errors(spec)
-    known = TASK_METRICS[spec.task]
-    if not reports_metric(spec.task, spec.objective.metric):
-        errors.append(("objective.metric", f"{spec.objective.metric!r} is not reported by task {spec.task}; "
-                       f"choose one of {', '.join(known)}"))
+    return _task_errors(spec) + _hyperparameter_errors(spec) + _value_errors(spec) + _gate_errors(spec)
+
+
+def _task_errors(spec: Spec) -> list[tuple[str, str]]:
+    """The data and the objective fit the task: it reads that format and reports that metric."""
+    task, errors = get_task(spec.task), []
+    if spec.data.format not in task.formats:
+        errors.append(("data.format", f"task {task.name} reads {', '.join(task.formats)}, not {spec.data.format}"))
+    if not task.reports(spec.objective.metric):
+        errors.append(("objective.metric", f"{spec.objective.metric!r} is not reported by task {task.name}; "
+                       f"choose one of {', '.join(task.metric_names())}"))
     return errors
 
 
@@ -285,18 +282,16 @@ def _gate_errors(spec: Spec) -> list[tuple[str, str]]:
     """Each gate names a metric the task reports, with a threshold the metric can reach."""
     if spec.promotion is None:
         return []
-    errors = []
-    per_field = spec.task in PER_FIELD_TASKS
+    errors, task = [], get_task(spec.task)
     for i, gate in enumerate(spec.promotion.gates):
         where = f"promotion.gates.{i}"
-        if gate.metric == PER_FIELD_GATE and not per_field:
-            errors.append((f"{where}.metric", f"{PER_FIELD_GATE} needs a task with fields "
-                           f"({', '.join(PER_FIELD_TASKS)}); task {spec.task} reports "
-                           f"{', '.join(TASK_METRICS[spec.task])}"))
-        elif gate.metric != PER_FIELD_GATE and not reports_metric(spec.task, gate.metric):
-            choices = ", ".join(TASK_METRICS[spec.task]) + (f", {PER_FIELD_GATE} (every field), f1_<field>"
-                                                             if per_field else "")
-            errors.append((f"{where}.metric", f"{gate.metric!r} is not reported by task {spec.task}; "
+        if gate.metric == PER_FIELD_GATE and not task.per_field:
+            with_fields = ", ".join(t.name for t in all_tasks() if t.per_field)
+            errors.append((f"{where}.metric", f"{PER_FIELD_GATE} needs a task with fields ({with_fields}); "
+                           f"task {task.name} reports {', '.join(task.metric_names())}"))
+        elif gate.metric != PER_FIELD_GATE and not task.reports(gate.metric):
+            choices = ", ".join(task.metric_names()) + (f", {PER_FIELD_GATE} (every field)" if task.per_field else "")
+            errors.append((f"{where}.metric", f"{gate.metric!r} is not reported by task {task.name}; "
                            f"choose one of {choices}"))
         elif gate.metric not in UNBOUNDED_METRICS and not 0 <= gate.threshold <= 1:
             errors.append((f"{where}.threshold", f"{gate.metric} lies between 0 and 1; a threshold of "
@@ -366,3 +361,30 @@ def load_spec(path: str | Path) -> Spec:
     except yaml.YAMLError as exc:
         raise SpecError([("", describe(exc))], str(path)) from None
     return parse_spec(raw, path.resolve().parent, str(path))
+
+
+# -- the spec as stored with a sweep: written once, read back typed by export, promotion, the CLI and the service --
+SCHEMA_VERSION = 1  # of the stored form; when it changes, bump it and teach `spec_from_store` the older forms
+
+
+def stored_spec(spec: Spec) -> dict:
+    """The spec as recorded in the store and exports: resolved (data paths absolute), versioned, and with no
+    database password (it never leaves the process)."""
+    data = {"schema_version": SCHEMA_VERSION, **spec.model_dump(mode="json")}
+    if data["storage"]["database_url"]:
+        data["storage"]["database_url"] = safe_url(data["storage"]["database_url"])
+    return data
+
+
+def spec_from_store(stored: dict) -> Spec:
+    """A stored spec (`stored_spec`), typed again. Its database_url is redacted: use the store's own URL."""
+    data = dict(stored)
+    version = data.pop("schema_version", 1)  # stored before the version was: the same form as version 1
+    if version != SCHEMA_VERSION:
+        raise SpecError([("schema_version", f"{version}: this sweeper reads stored specs of version "
+                                            f"{SCHEMA_VERSION}; use the sweeper version that ran the sweep")],
+                        "stored spec")
+    try:
+        return Spec.model_validate(data)
+    except ValidationError as exc:
+        raise SpecError([(_path(e["loc"]), _message(e)) for e in exc.errors()], "stored spec") from None

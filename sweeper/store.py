@@ -18,7 +18,7 @@ import uuid
 from contextlib import contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Iterator
+from typing import TYPE_CHECKING, Any, Iterator
 
 import psutil
 from sqlalchemy import (
@@ -43,6 +43,9 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Engine, make_url
 from sqlalchemy.exc import OperationalError, SQLAlchemyError
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, relationship, sessionmaker
+
+if TYPE_CHECKING:
+    from trainers.base import RoundRecord
 
 RETRIES = 5
 log = logging.getLogger(__name__)
@@ -136,7 +139,8 @@ class Round(Base):
     trial_id: Mapped[int] = mapped_column(ForeignKey("sweeper_trials.id", ondelete="CASCADE"), index=True)
     round: Mapped[int] = mapped_column(Integer)
     eval_loss: Mapped[float | None] = mapped_column(Float)
-    metrics: Mapped[dict[str, Any]]
+    metrics: Mapped[dict[str, Any]]  # holdout metrics only (rows before revision 0005 were split by it)
+    bookkeeping: Mapped[dict[str, Any]] = mapped_column(default=dict, server_default="{}")  # the rest of the record
     checkpoint: Mapped[str] = mapped_column(Text, default="")
     recorded_at: Mapped[datetime] = mapped_column(default=now)
 
@@ -305,6 +309,10 @@ def _json_scalar(value: Any) -> bool:
     if isinstance(value, float):
         return math.isfinite(value)
     return isinstance(value, (int, str, bool))
+
+
+def _storable(values: dict) -> dict:
+    return {k: v for k, v in values.items() if _json_scalar(v)}
 
 
 def ranked(trials: list[Trial], mode: str) -> list[Trial]:
@@ -528,20 +536,22 @@ class TrialStore:
 
         self._write(work)
 
-    def round_reported(self, sweep_name: str, key: str, metrics: dict, checkpoint: str = "") -> None:
-        """Record one round (and the checkpoint it reported, already persisted by the worker); replays keep the
-        round's recorded checkpoint."""
+    def round_reported(self, sweep_name: str, key: str, record: RoundRecord, checkpoint: str = "",
+                       wall_time_s: float | None = None) -> None:
+        """Record one round: the worker's record, its metrics and bookkeeping kept apart, and the checkpoint it
+        reported, already persisted by the worker (replays keep the round's recorded checkpoint). `wall_time_s`:
+        the trial's running time so far, as Tune counts it."""
+        metrics, bookkeeping, number = record.metrics, record.bookkeeping, int(record.round)
 
         def work(session: Session):
             trial = self._trial(session, sweep_name, key)
             sweep = trial.sweep
-            number = int(metrics["round"])
             row = session.scalar(select(Round).where(Round.trial_id == trial.id, Round.round == number))
-            clean = {k: v for k, v in metrics.items() if _json_scalar(v)}
             if row is None:
                 row = Round(trial_id=trial.id, round=number, checkpoint="")
                 session.add(row)
-            row.metrics, row.eval_loss = clean, metrics.get("eval_loss")
+            row.metrics, row.bookkeeping = _storable(metrics), _storable(bookkeeping)
+            row.eval_loss = metrics.get("eval_loss")
             row.checkpoint = checkpoint or row.checkpoint
             value = metrics.get(sweep.objective_metric)
             if _better(value, trial.best_value, sweep.objective_mode):
@@ -549,11 +559,11 @@ class TrialStore:
             elif trial.best_round is not None and number > trial.best_round and _tied(value, trial.best_value):
                 trial.best_round = number  # Ray keeps the LATER of tied checkpoints (num_to_keep): point at it
             trial.rounds = max(trial.rounds, number)
-            trial.device = str(metrics.get("device", trial.device))
-            trial.node = str(metrics.get("node", trial.node))
-            trial.examples_seen = int(metrics.get("examples_seen", trial.examples_seen))
-            trial.tokens_seen = int(metrics.get("tokens_seen", trial.tokens_seen))
-            trial.wall_time_s = float(metrics.get("time_total_s", trial.wall_time_s))
+            trial.device = str(bookkeeping.get("device", trial.device))
+            trial.node = str(bookkeeping.get("node", trial.node))
+            trial.examples_seen = int(bookkeeping.get("examples_seen", trial.examples_seen))
+            trial.tokens_seen = int(bookkeeping.get("tokens_seen", trial.tokens_seen))
+            trial.wall_time_s = trial.wall_time_s if wall_time_s is None else float(wall_time_s)
 
         self._write(work)
 
@@ -626,7 +636,7 @@ class TrialStore:
             .where(Sweep.name == sweep_name, Trial.trial_key == key).order_by(Round.round))))
 
     def best_round_metrics(self, sweep_name: str, key: str | None = None) -> dict[str, dict]:
-        """Each trial's recorded metrics at its best round (only trial `key`'s if given), keyed by trial key: one
+        """Each trial's holdout metrics at its best round (only trial `key`'s if given), keyed by trial key: one
         query, not every round."""
         at_best = (Round.trial_id == Trial.id) & (Round.round == Trial.best_round)
         where = [Sweep.name == sweep_name] + ([Trial.trial_key == key] if key else [])

@@ -16,8 +16,8 @@ from sweeper.audit import AuditRefused, audit, check_same_data
 from sweeper.datasets import DataError
 from sweeper.export import ExportError, export_sweep
 from sweeper.promotion import PromotionError, PromotionResult, promote
-from sweeper.spec import Spec, SpecError
-from sweeper.store import CLAIM_TOKEN_ENV, StoreUnavailable, Sweep, TrialStore, safe_url
+from sweeper.spec import Spec, SpecError, stored_spec
+from sweeper.store import CLAIM_TOKEN_ENV, StoreUnavailable, Sweep, TrialStore
 from trainers.models import resolve_model
 
 
@@ -47,14 +47,6 @@ class Layout:
     @property
     def wandb_dir(self) -> Path:
         return self.sweep_dir / tracking.RUNS_FOLDER
-
-
-def stored_spec(spec: Spec) -> dict:
-    """The spec as recorded in the store and exports: a database password never leaves the process."""
-    data = spec.model_dump(mode="json")
-    if data["storage"]["database_url"]:
-        data["storage"]["database_url"] = safe_url(data["storage"]["database_url"])
-    return data
 
 
 def open_store(spec: Spec) -> TrialStore:

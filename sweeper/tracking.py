@@ -2,8 +2,9 @@
 
 - Each trial is a run: `group` = the sweep name, `job_type` = "trial", `config` = the sampled parameters
   (top level) plus the resolved trial config (`training`), one `log` per evaluation round (`step` = the
-  round), and a summary with the holdout metrics of the trial's best round (`best/<metric>`), its status
-  and stop reason, read from the trial store.
+  round: its holdout metrics under `metrics/`, its bookkeeping numbers under `bookkeeping/`), and a summary
+  with the holdout metrics of the trial's best round (`best/<metric>`), its status and stop reason, read from
+  the trial store.
 - The sweep ends with a run of `job_type` "summary" in the same group: a `wandb.Table` of every trial
   and the promotion result, if any.
 
@@ -19,7 +20,6 @@ so that Tune's event loop never waits on W&B.
 from __future__ import annotations
 
 import json
-import math
 import os
 import queue
 import sys
@@ -27,12 +27,12 @@ import threading
 from pathlib import Path
 from typing import Any
 
-from sweeper.compare import RAY_KEYS, holdout_metrics, trial_rows
+from sweeper.compare import finite_number, trial_rows
+from sweeper.spec import spec_from_store
 from sweeper.store import TrialStore
 
 RUNS_FOLDER = "wandb-runs"
 MODES = {"offline": "offline", "dryrun": "offline", "online": "online", "run": "online", "disabled": "disabled"}
-NOT_LOGGED = RAY_KEYS | {"round", "objective_name"}
 
 
 def resolve_mode(mode: str, explicit: bool = True, environ: dict | None = None) -> str:
@@ -81,10 +81,11 @@ def redact(value: Any, secret: str | None = None) -> Any:
     return value
 
 
-def round_metrics(result: dict) -> dict[str, float]:
-    """What one round logs: the trial's numeric metrics (holdout, train loss, counters, timings)."""
-    return {k: v for k, v in result.items() if isinstance(v, (int, float)) and not isinstance(v, bool)
-            and k not in NOT_LOGGED and (not isinstance(v, float) or math.isfinite(v))}
+def round_log(record) -> dict[str, float]:
+    """What one round (a trainers.base.RoundRecord) logs: its holdout metrics as `metrics/<name>`, and the numbers
+    of its bookkeeping (train loss, examples and tokens seen, timings, memory) as `bookkeeping/<name>`."""
+    return {f"{space}/{k}": v for space, values in (("metrics", record.metrics), ("bookkeeping", record.bookkeeping))
+            for k, v in values.items() if finite_number(v)}
 
 
 def trial_summary(store: TrialStore, sweep_name: str, key: str) -> dict:
@@ -97,7 +98,7 @@ def trial_summary(store: TrialStore, sweep_name: str, key: str) -> dict:
     summary = {"status": trial.status, "stop_reason": trial.stop_reason, "rounds": trial.rounds,
                "best_round": trial.best_round, "objective_metric": sweep.objective_metric,
                "wall_time_s": trial.wall_time_s, "retries": trial.retries,
-               **{f"best/{k}": v for k, v in holdout_metrics(at_best).items()}}
+               **{f"best/{k}": v for k, v in at_best.items()}}
     if trial.best_value is not None:
         summary[f"best/{sweep.objective_metric}"] = trial.best_value
     if trial.error.strip():
@@ -216,12 +217,11 @@ def log_sweep_summary(store: TrialStore, sweep_name: str, promotion: dict | None
     sweep = store.get_sweep(sweep_name)
     if sweep is None:
         raise ValueError(f"no sweep named {sweep_name!r} in the store")
-    tracking = sweep.spec.get("tracking", {})
-    mode = mode or resolve_mode(tracking.get("mode", "offline"), explicit=False)
+    spec = spec_from_store(sweep.spec)
+    mode = mode or resolve_mode(spec.tracking.mode, explicit=False)
     if mode == "disabled":
         return None
-    directory = Path(directory) if directory else runs_dir(sweep.spec.get("storage", {}).get("root", ".sweeper"),
-                                                           sweep_name)
+    directory = Path(directory) if directory else runs_dir(spec.storage.root, sweep_name)
     directory.mkdir(parents=True, exist_ok=True)
     rows = trial_rows(store, [sweep_name])
     metrics = sorted({k for r in rows for k in r.metrics}, key=lambda n: (n != "eval_loss", n))
@@ -238,7 +238,7 @@ def log_sweep_summary(store: TrialStore, sweep_name: str, promotion: dict | None
                "objective_metric": sweep.objective_metric, "objective_mode": sweep.objective_mode,
                "best_trial": best.trial if best else None, f"best/{sweep.objective_metric}": best.objective if best else None,
                "best_round": best.best_round if best else None, "promotion": _jsonable(promotion) if promotion else {}}
-    run = wandb.init(project=project or tracking.get("project", "sweeper"), group=sweep_name, job_type="summary",
+    run = wandb.init(project=project or spec.tracking.project, group=sweep_name, job_type="summary",
                      name=f"{sweep_name}-summary", dir=str(directory), mode=mode, reinit="create_new",
                      config=redact({"sweep": sweep_name, "spec": _jsonable(sweep.spec)}), settings=_settings())
     try:

@@ -19,6 +19,7 @@ from sweeper.client import ServiceClient
 from sweeper.service import create_app
 from sweeper.settings import ServiceSettings
 from sweeper.store import StoreError, TrialStore
+from trainers.base import RoundRecord
 
 # alpha maximises f1_micro. Rounds are (eval_loss, f1_micro); each trial's best round is NOT its last.
 ALPHA = {
@@ -44,9 +45,9 @@ def _sweep(store: TrialStore, name: str, metric: str, mode: str, trials: dict) -
     for key, (status, reason, params, rounds) in trials.items():
         store.trial_started(name, key, params)
         for n, (loss, f1) in enumerate(rounds, start=1):
-            store.round_reported(name, key, {"round": n, "eval_loss": loss, "f1_micro": f1, "f1_date": f1 / 2,
-                                              "train_loss": 9.9, "time_total_s": 10.0 * n, "objective": 0.0, "rss_mb": 812.5,
-                                              "training_iteration": n, "stop_reason": "", "device": "cpu"})
+            bookkeeping = {"train_loss": 9.9, "epoch": float(n), "rss_mb": 812.5, "stop_reason": "", "device": "cpu"}
+            store.round_reported(name, key, RoundRecord(n, {"eval_loss": loss, "f1_micro": f1, "f1_date": f1 / 2},
+                                                        bookkeeping), wall_time_s=10.0 * n)
         store.trial_finished(name, key, status, reason, "Traceback ...\nValueError: boom" if status == "failed" else "")
 
 
@@ -66,7 +67,7 @@ def test_rows_carry_the_metrics_of_the_best_round(db):
     assert set(rows) == {"a1", "a2", "a3", "a4", "b1", "b2"}
     a1 = rows["a1"]
     assert (a1.best_round, a1.objective, a1.status, a1.stop_reason) == (2, 0.70, "completed", "completed")
-    assert a1.metrics == {"eval_loss": 0.90, "f1_micro": 0.70, "f1_date": 0.35}  # bookkeeping keys left out
+    assert a1.metrics == {"eval_loss": 0.90, "f1_micro": 0.70, "f1_date": 0.35}  # the record's metrics only
     assert rows["a2"].metrics["eval_loss"] == 1.00 and rows["a2"].best_round == 2
     assert rows["b2"].best_round == 1 and rows["b2"].objective == 0.60  # minimised: round 1 beats round 2
     assert rows["a4"].objective is None and rows["a4"].metrics == {} and rows["a4"].error.endswith("boom")
@@ -105,7 +106,7 @@ def test_cli_csv(db):
     a1 = next(r for r in rows if r["trial"] == "a1")
     assert (a1["sweep"], a1["status"], a1["best_round"], a1["is_best"]) == ("alpha", "completed", "2", "True")
     assert float(a1["eval_loss"]) == 0.90 and float(a1["param.learning_rate"]) == 1e-3
-    assert {"train_loss", "time_total_s", "objective_metric"} & set(rows[0]) == {"objective_metric"}
+    assert {"train_loss", "epoch", "rss_mb", "objective_metric"} & set(rows[0]) == {"objective_metric"}
     assert next(r for r in rows if r["trial"] == "a4")["f1_micro"] == ""
 
 

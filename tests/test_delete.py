@@ -10,6 +10,7 @@ from typer.testing import CliRunner
 from sweeper.cli import app
 from sweeper.store import TrialStore
 from sweeper.study import study_storage
+from trainers.base import RoundRecord
 
 
 def make_sweep(store: TrialStore, url: str, root, name: str, experiment_path: str | None = None) -> dict:
@@ -20,7 +21,7 @@ def make_sweep(store: TrialStore, url: str, root, name: str, experiment_path: st
     store.update_sweep(name, status="completed", experiment_path=experiment_path or str(experiment))
     for key in ("t1", "t2"):
         store.trial_started(name, key, {"lr": 0.1})
-        store.round_reported(name, key, {"round": 1, "eval_loss": 0.5}, str(experiment / key))
+        store.round_reported(name, key, RoundRecord(1, {"eval_loss": 0.5}), str(experiment / key))
         store.trial_finished(name, key, "completed", "completed")
     store.record_promotion(name, "t1", False, "test", {"status": "NOT PROMOTED"})
     storage = study_storage(url)

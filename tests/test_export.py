@@ -21,8 +21,11 @@ from sweeper.export import MARKER, ExportError
 from sweeper.spec import load_spec
 from sweeper.store import TrialStore
 from sweeper.sweeps import stored_spec
+from sweeper.yaml_safe import load_yaml
+from trainers.base import RoundRecord
 
 NAME = "small-sweep"
+HOLDOUT = {"eval_loss": 0.5, "f1_micro": 0.6}
 PARAMS = {"learning_rate": 3e-4, "batch_size": 16, "num_epochs": 2, "lr_scheduler_type": "linear", "warmup_ratio": 0.0,
           "weight_decay": 0.0, "lora_r": 8, "lora_alpha": 16.0, "lora_dropout": 0.05}
 
@@ -41,7 +44,8 @@ def sweep(tmp_path) -> dict:
     (checkpoint / "adapter_config.json").write_text("{}")
     (checkpoint / "adapter_model.safetensors").write_bytes(b"weights")
     store.trial_started(NAME, "t1", PARAMS)
-    store.round_reported(NAME, "t1", {"round": 1, "eval_loss": 0.5, "f1_micro": 0.6}, str(checkpoint))
+    bookkeeping = {"epoch": 0.5, "train_loss": 0.9, "stop_reason": "completed", "device": "cpu", "pid": 42}
+    store.round_reported(NAME, "t1", RoundRecord(1, HOLDOUT, bookkeeping), str(checkpoint))
     store.trial_finished(NAME, "t1", "completed", "completed")
     store.engine.dispose()
     return {"db": url, "spec": spec, "root": tmp_path}
@@ -112,6 +116,8 @@ def test_an_empty_folder_is_filled_in_place(sweep, tmp_path):
     assert cli("export", NAME, "--out", out, "--db", sweep["db"]).exit_code == 0
     assert out.stat().st_ino == inode  # the user's folder, not a new one put in its place
     assert (out / "winner.yaml").is_file() and (out / MARKER).is_file()
+    winner = yaml.safe_load((out / "winner.yaml").read_text())["winner"]
+    assert winner["holdout_metrics"] == HOLDOUT  # the round's metrics: none of its bookkeeping
 
 
 def test_the_default_export_folder_is_rewritten_without_force(sweep):
@@ -160,7 +166,8 @@ def test_the_export_records_the_audited_fingerprints_and_refuses_changed_data(sw
     audited = sweep["spec"].data
     out = tmp_path / "winner"
     assert cli("export", NAME, "--out", out, "--db", sweep["db"]).exit_code == 0
-    record = yaml.safe_load((out / "winner.yaml").read_text())
+    record = load_yaml((out / "winner.yaml").read_text())  # sweeper's own loader: no anchors or aliases in it
+    assert record == json.loads((out / "winner.json").read_text())
     assert record["data_fingerprints"] == record["audit"]["fingerprints"]
     for role in ("train", "holdout", "test"):
         sha256 = hashlib.sha256(Path(getattr(audited, role)).read_bytes()).hexdigest()

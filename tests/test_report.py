@@ -18,6 +18,7 @@ from sweeper import report
 from sweeper.cli import app
 from sweeper.compare import trial_rows
 from sweeper.store import TrialStore
+from trainers.base import RoundRecord
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 PNG_END = b"\x00\x00\x00\x00IEND\xaeB`\x82"
@@ -57,7 +58,7 @@ def make_sweep(url: str, name: str, outcomes: list, with_study: bool = True) -> 
         key = f"{name[:3]}{i:05d}"
         store.trial_started(name, key, params)
         for n, (loss, f1) in enumerate(rounds, start=1):
-            store.round_reported(name, key, {"round": n, "eval_loss": loss, "f1_micro": f1, "objective": f1})
+            store.round_reported(name, key, RoundRecord(n, {"eval_loss": loss, "f1_micro": f1}))
         store.trial_finished(name, key, status, reason, "boom" if status == "failed" else "")
         if study is not None:
             if rounds:

@@ -18,7 +18,7 @@ from sweeper.search import SweepSearch, load_study, trial_key
 from sweeper.spec import load_spec
 from sweeper.store import TrialStore
 from sweeper.sweeps import stored_spec
-from trainers.base import HYPERPARAMETERS
+from trainers.base import HYPERPARAMETERS, RoundRecord
 
 
 @pytest.fixture
@@ -45,8 +45,9 @@ def run_trial(store, spec, search, checkpoint_dir=None, rounds=2, finish="comple
         if checkpoint_dir is not None:
             (checkpoint_dir / f"{s.key}-{n}").mkdir(parents=True)
             checkpoint = str(checkpoint_dir / f"{s.key}-{n}")
-        store.round_reported(spec.name, s.key, {"round": n, "accuracy": 0.1 * n, "eval_loss": 1.0,
-                                                "stop_reason": "completed" if n == rounds else ""}, checkpoint)
+        stop = {"stop_reason": "completed" if n == rounds else ""}
+        record = RoundRecord(n, {"accuracy": 0.1 * n, "eval_loss": 1.0}, stop)
+        store.round_reported(spec.name, s.key, record, checkpoint)
         search.round_reported(s.key, n, 0.1 * n)
     if finish:
         store.trial_finished(spec.name, s.key, finish, "completed")
@@ -123,3 +124,20 @@ def test_a_resumed_sweep_does_not_propose_the_first_points_again(sweep):
     assert [s.key for s in later] == [trial_key(2), trial_key(3)]
     assert states(spec, url) == ["COMPLETE", "COMPLETE", "RUNNING", "RUNNING"]
     assert TrialState.RUNNING.name not in states(spec, url)[:2]
+
+
+def test_no_trial_is_started_that_could_not_reach_a_round_before_the_deadline(tmp_path):
+    spec = load_spec(synthetic_spec(tmp_path, budget={"trials": 10, "max_concurrent": 1, "time_budget_s": 100}))
+    store = TrialStore(spec.database_url())
+    store.upgrade()
+    now = [0.0]
+    search = SweepSearch(spec, spec.database_url(), clock=lambda: now[0])
+    first = search.suggest()
+    now[0] = 30.0  # its first round took 30 s: start-up, loading, a round of training
+    search.round_reported(first.key, 1, 0.5)
+    search.finished(first.key, 0.5, error=False)
+    now[0] = 65.0  # 35 s left: a trial started now can still reach its first round
+    assert search.suggest() is not None and not search.out_of_time
+    now[0] = 75.0  # 25 s left: it could not
+    assert search.suggest() is None and search.out_of_time
+    store.engine.dispose()

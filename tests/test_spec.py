@@ -51,6 +51,7 @@ def test_examples_are_valid():
         ({"name": "Has Spaces"}, "name", "pattern"),
         ({"data__train": "missing.json"}, "data.train", "file not found"),
         ({"data__format": "parquet"}, "data.format", "restaurant8k"),
+        ({"data__format": "csv"}, "data.format", "task token_tagging reads restaurant8k, not csv"),
         ({"model": "/nonexistent/model"}, "model", "neither a named model"),
         ({"search_space": "nope"}, "search_space", "unknown search space 'nope'"),
         ({"objective__metric": "accuracy"}, "objective.metric", "not reported by task token_tagging"),

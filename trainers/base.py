@@ -1,21 +1,24 @@
 """The contract between the controller and a trial worker.
 
 A trainer is a plain function `train(config: TrialConfig, reporter: Reporter) -> TrialOutcome`. It
-evaluates on the holdout once per round, calls `reporter.report(metrics, checkpoint_dir)` after every
-round, and stops by itself on holdout-loss patience. The controller wraps the reporter around Ray
+evaluates on the holdout once per round, calls `reporter.report(record, checkpoint_dir)` with a `RoundRecord`
+after every round, and stops by itself on holdout-loss patience. The controller wraps the reporter around Ray
 Tune; tests pass `ListReporter`, so a trainer runs and is tested without Ray.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Literal, Protocol
+from dataclasses import asdict, dataclass, field
+from typing import Annotated, Any, Literal, Protocol
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
-from sweeper.datasets import Example, read_examples
+from sweeper.datasets import Example, check_format, read_examples
+from trainers import check_task
 
-Task = Literal["token_tagging", "sequence_classification", "causal_lm_sft", "synthetic"]
+# Names checked against the registries (trainers/__init__.py, sweeper.datasets.FORMATS), never listed here.
+Task = Annotated[str, AfterValidator(check_task)]
+DataFormatName = Annotated[str, AfterValidator(check_format)]
 StopReason = Literal["completed", "patience", "max_rounds"]
 
 
@@ -41,7 +44,7 @@ HYPERPARAMETERS: tuple[str, ...] = tuple(HyperParams.model_fields)
 class DataFiles(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    format: Literal["restaurant8k", "csv", "jsonl"]
+    format: DataFormatName
     train: str
     holdout: str
     test: str | None = None
@@ -73,10 +76,29 @@ class TrialConfig(BaseModel):
     generation_eval_examples: int = Field(default=32, ge=0, description="causal LM: holdout rows decoded per round")
 
 
-class Reporter(Protocol):
-    """Where a trainer sends each round's metrics and checkpoint."""
+@dataclass
+class RoundRecord:
+    """One evaluation round as the worker reports it, in two namespaces so that nothing downstream sorts keys
+    by name: `metrics` are the holdout metrics only (eval_loss, f1_*, accuracy, ...: what the objective, compare,
+    the export and the gates read); `bookkeeping` is everything else known of the round (epoch, train_loss,
+    examples_seen, tokens_seen, stop_reason, device, time_*_s, and the worker's node, pid and memory)."""
 
-    def report(self, metrics: dict[str, float | int | str], checkpoint_dir: str | None) -> None:
+    round: int
+    metrics: dict[str, float]
+    bookkeeping: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> RoundRecord:
+        return cls(int(data["round"]), dict(data["metrics"]), dict(data.get("bookkeeping") or {}))
+
+
+class Reporter(Protocol):
+    """Where a trainer sends each round's record and checkpoint."""
+
+    def report(self, record: RoundRecord, checkpoint_dir: str | None) -> None:
         """Called once per evaluation round, after the checkpoint of that round is written."""
 
     def resume_from(self) -> str | None:
@@ -88,11 +110,11 @@ class ListReporter:
     """A reporter that keeps every round in memory: for tests, re-runs and benchmarks."""
 
     checkpoint: str | None = None
-    rounds: list[dict] = field(default_factory=list)
+    rounds: list[RoundRecord] = field(default_factory=list)
     checkpoints: list[str | None] = field(default_factory=list)
 
-    def report(self, metrics, checkpoint_dir):
-        self.rounds.append(dict(metrics))
+    def report(self, record, checkpoint_dir):
+        self.rounds.append(record)
         self.checkpoints.append(checkpoint_dir)
 
     def resume_from(self):

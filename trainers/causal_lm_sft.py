@@ -22,7 +22,6 @@ from trainers.base import Reporter, TrialConfig, TrialOutcome
 from trainers.metrics import field_f1, pooled_loss
 
 IGNORE = hf_loop.IGNORE
-LLAMA_ATTENTION = ["q_proj", "k_proj", "v_proj", "o_proj"]
 EXTRACT_PROMPT = (
     "Extract the booking fields (date, time, people, first_name, last_name) from the message as JSON.\nMessage: {text}"
 )
@@ -171,7 +170,6 @@ def train(config: TrialConfig, reporter: Reporter) -> TrialOutcome:
         collator=pad_collator(tokenizer.pad_token_id),
         compute_metrics=None,  # eval_loss comes from the Trainer; generation scores from extra_metrics
         lora_task_type=TaskType.CAUSAL_LM,
-        lora_target_modules=LLAMA_ATTENTION,
         extra_metrics=generation_metrics(tokenizer, holdout_examples, config.generation_eval_examples),
         timings={"time_tokenize_s": round(tokenize_s, 4)},
     )

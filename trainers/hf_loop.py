@@ -21,12 +21,12 @@ from transformers import EarlyStoppingCallback, PrinterCallback, Trainer, Traine
 from transformers.trainer_utils import get_last_checkpoint, set_seed
 from transformers.utils import logging as hf_logging
 
-from trainers.base import Reporter, TrialConfig, TrialOutcome
+from trainers import get_task
+from trainers.base import Reporter, RoundRecord, TrialConfig, TrialOutcome
 
 CPU_MICRO_BATCH = 32  # larger micro-batches bring nothing on a CPU but memory
 PREDICT_BATCH = 32  # rows per forward pass when a trained adapter predicts (promotion)
 IGNORE = -100  # label of positions that carry no loss
-HF_BOOKKEEPING = {"epoch", "num_input_tokens_seen"}  # reported under our own names
 
 
 @dataclass
@@ -39,7 +39,6 @@ class Prepared:
     collator: Callable
     compute_metrics: Callable | None
     lora_task_type: TaskType
-    lora_target_modules: list[str] | str | None = None
     preprocess_logits: Callable | None = None
     extra_metrics: Callable[[torch.nn.Module], dict[str, float]] | None = None
     timings: dict[str, float] | None = None
@@ -58,13 +57,14 @@ def split_batch(effective: int, max_micro: int) -> tuple[int, int]:
 
 
 def lora_kwargs(config: TrialConfig) -> dict:
-    hp = config.hparams
-    return {"r": hp.lora_r, "lora_alpha": hp.lora_alpha, "lora_dropout": hp.lora_dropout}
+    """The LoraConfig of a trial but its task type: the sampled rank, alpha, dropout; the task's target modules."""
+    hp, targets = config.hparams, get_task(config.task).lora_target_modules
+    return {"r": hp.lora_r, "lora_alpha": hp.lora_alpha, "lora_dropout": hp.lora_dropout,
+            "target_modules": list(targets) if targets else None}
 
 
 def lora_model(prepared: Prepared, config: TrialConfig) -> torch.nn.Module:
-    lora = LoraConfig(task_type=prepared.lora_task_type, target_modules=prepared.lora_target_modules,
-                      **lora_kwargs(config))
+    lora = LoraConfig(task_type=prepared.lora_task_type, **lora_kwargs(config))
     return get_peft_model(prepared.model_factory(), lora)
 
 
@@ -117,16 +117,31 @@ def training_arguments(config: TrialConfig, micro: int, accumulation: int, round
 
 
 class RoundReporter(TrainerCallback):
-    """Reports each evaluation round, with its checkpoint, once the checkpoint is on disk."""
+    """Reports each evaluation round, with its checkpoint, once the checkpoint is on disk.
+
+    The round's holdout metrics are the eval loss and what the task computed (`scored` keeps it), not the
+    Trainer's evaluation log, which mixes in epoch, token counts and speeds."""
 
     def __init__(self, config: TrialConfig, reporter: Reporter, prepared: Prepared, round_steps: int):
         self.config, self.reporter, self.prepared, self.round_steps = config, reporter, prepared, round_steps
         self.timings = dict(prepared.timings or {})
         self.timings.update(time_train_s=0.0, time_eval_s=0.0, time_checkpoint_s=0.0, time_report_s=0.0)
         self.pending: dict | None = None
+        self.scores: dict[str, float] = {}
         self.best_loss, self.best_round = math.inf, 0
         self.model = None
         self.last_mark = time.perf_counter()
+
+    def scored(self, compute_metrics: Callable | None) -> Callable | None:
+        """The task's compute_metrics, keeping what it returns for the round's record."""
+        if compute_metrics is None:
+            return None
+
+        def compute(eval_pred):
+            self.scores = compute_metrics(eval_pred)
+            return self.scores
+
+        return compute
 
     def on_train_begin(self, args, state, control, model=None, **kwargs):
         self.model = model
@@ -141,9 +156,8 @@ class RoundReporter(TrainerCallback):
         eval_started = time.perf_counter()
         extra = self.prepared.extra_metrics(self.model) if self.prepared.extra_metrics else {}
         self.timings["time_eval_s"] += metrics.get("eval_runtime", 0.0) + time.perf_counter() - eval_started
-        kept = {k: v for k, v in metrics.items() if k not in HF_BOOKKEEPING and not k.endswith(("_runtime", "_per_second"))}
-        self.pending = {k if k == "eval_loss" else k.removeprefix("eval_"): v for k, v in kept.items()}
-        self.pending.update(extra)
+        self.pending = {"eval_loss": metrics["eval_loss"], **self.scores, **extra}
+        self.scores = {}
         self.last_mark = time.perf_counter()
 
     def on_save(self, args, state, control, **kwargs):
@@ -155,31 +169,20 @@ class RoundReporter(TrainerCallback):
             self.best_loss, self.best_round = self.pending["eval_loss"], round_
         if self.config.max_rounds and round_ >= self.config.max_rounds:
             control.should_training_stop = True
-        metrics = {
-            **self.pending,
-            "round": round_,
+        bookkeeping = {
             "epoch": round(state.epoch or 0.0, 4),
             "train_loss": _last_train_loss(state),
             "examples_seen": state.global_step * self.config.hparams.batch_size,
             "tokens_seen": int(getattr(state, "num_input_tokens_seen", 0) or 0),
-            "stop_reason": self._stop_reason(state, control, round_),
+            "stop_reason": _stop_reason(state, self.config, self.round_steps) if control.should_training_stop else "",
             "device": device_name(),
             **{k: round(v, 4) for k, v in self.timings.items()},
         }
         checkpoint = os.path.join(args.output_dir, f"checkpoint-{state.global_step}")
         started = time.perf_counter()
-        self.reporter.report(metrics, checkpoint)
+        self.reporter.report(RoundRecord(round_, self.pending, bookkeeping), checkpoint)
         self.timings["time_report_s"] += time.perf_counter() - started
         self.pending = None
-
-    def _stop_reason(self, state, control, round_: int) -> str:
-        if not control.should_training_stop:
-            return ""
-        if state.global_step >= state.max_steps:
-            return "completed"
-        if self.config.max_rounds and round_ >= self.config.max_rounds:
-            return "max_rounds"
-        return "patience"
 
 
 def _last_train_loss(state) -> float:
@@ -210,7 +213,7 @@ def run(config: TrialConfig, reporter: Reporter, prepared: Prepared) -> TrialOut
             train_dataset=prepared.train_dataset,
             eval_dataset=prepared.eval_dataset,
             data_collator=prepared.collator,
-            compute_metrics=prepared.compute_metrics,
+            compute_metrics=callback.scored(prepared.compute_metrics),
             preprocess_logits_for_metrics=prepared.preprocess_logits,
             callbacks=[EarlyStoppingCallback(config.patience, config.min_delta), callback],
         )
@@ -226,7 +229,7 @@ def run(config: TrialConfig, reporter: Reporter, prepared: Prepared) -> TrialOut
             micro, accumulation = split_batch(effective, micro // 2)  # halve, keep the effective batch
             resume = get_last_checkpoint(config.output_dir) or resume
     outcome = TrialOutcome(
-        stop_reason=_final_stop_reason(trainer, config),
+        stop_reason=_stop_reason(trainer.state, config, round_steps),
         best_round=callback.best_round,
         best_eval_loss=callback.best_loss,
         rounds=trainer.state.global_step // round_steps,
@@ -238,11 +241,10 @@ def run(config: TrialConfig, reporter: Reporter, prepared: Prepared) -> TrialOut
     return outcome
 
 
-def _final_stop_reason(trainer: Trainer, config: TrialConfig) -> str:
-    state = trainer.state
+def _stop_reason(state, config: TrialConfig, round_steps: int) -> str:
+    """Why training stopped at this step: every step done, the re-run's round limit, or holdout-loss patience."""
     if state.global_step >= state.max_steps:
         return "completed"
-    round_steps = trainer.args.eval_steps
     if config.max_rounds and state.global_step // round_steps >= config.max_rounds:
         return "max_rounds"
     return "patience"

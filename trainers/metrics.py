@@ -49,8 +49,7 @@ def field_f1(gold: Iterable[Mapping[str, str]], predicted: Iterable[Mapping[str,
     return out
 
 
-def classification_metrics(gold: Sequence[Hashable], predicted: Sequence[Hashable], num_labels: int | None = None
-                           ) -> dict[str, float]:
+def classification_metrics(gold: Sequence[Hashable], predicted: Sequence[Hashable]) -> dict[str, float]:
     """Accuracy and macro F1 over the labels present in gold or predictions."""
     pairs = list(zip(gold, predicted, strict=True))
     accuracy = sum(g == p for g, p in pairs) / len(pairs) if pairs else 0.0

@@ -62,7 +62,7 @@ def train(config: TrialConfig, reporter: Reporter) -> TrialOutcome:
     def compute_metrics(eval_pred):
         gold = [int(x) for x in eval_pred.label_ids]
         predicted = [int(x) for x in eval_pred.predictions]
-        return classification_metrics(gold, predicted, len(labels))
+        return classification_metrics(gold, predicted)
 
     prepared = hf_loop.Prepared(
         model_factory=lambda: base_model(config, labels),

@@ -18,10 +18,9 @@ import math
 import time
 from pathlib import Path
 
-from trainers.base import Reporter, TrialConfig, TrialOutcome
+from trainers.base import Reporter, RoundRecord, TrialConfig, TrialOutcome
 
-STATE_FILE = "synthetic_state.json"
-CHECKPOINT_FILES = (STATE_FILE,)
+STATE_FILE = "synthetic_state.json"  # its registration names it as the model file the export copies
 BEST_LEARNING_RATE = 3e-3
 
 
@@ -51,15 +50,12 @@ def train(config: TrialConfig, reporter: Reporter) -> TrialOutcome:
     pace = _pace(config)
     n_train = len(config.data.read("train"))  # checked against the audit's fingerprint, as every trainer does
     steps_per_round = max(1, math.ceil(n_train / config.hparams.batch_size / config.evals_per_epoch))
-    total = config.hparams.num_epochs * config.evals_per_epoch
-    if config.max_rounds:
-        total = min(total, config.max_rounds)
     state = {"round": 0, "best_loss": math.inf, "best_round": 0, "stale": 0}
     resumed = reporter.resume_from()
     if resumed:
         state = json.loads((Path(resumed) / STATE_FILE).read_text())
-    stop_reason = "completed"
-    while state["round"] < total:
+    stop_reason = ""
+    while not stop_reason:
         _wait(pace)
         state["round"] += 1
         metrics = curve(config, state["round"])
@@ -67,19 +63,25 @@ def train(config: TrialConfig, reporter: Reporter) -> TrialOutcome:
             state.update(best_loss=metrics["eval_loss"], best_round=state["round"], stale=0)
         else:
             state["stale"] += 1
-        done = state["round"] >= total or state["stale"] >= config.patience
-        if done:
-            stop_reason = "patience" if state["stale"] >= config.patience and state["round"] < total else \
-                ("max_rounds" if config.max_rounds and state["round"] >= config.max_rounds else "completed")
+        stop_reason = _stop_reason(config, state["round"], state["stale"])
         checkpoint = Path(config.output_dir) / f"checkpoint-{state['round']}"
         checkpoint.mkdir(parents=True)
         (checkpoint / STATE_FILE).write_text(json.dumps(state))
-        reporter.report({**metrics, "round": state["round"], "epoch": state["round"] / config.evals_per_epoch,
-                         "examples_seen": state["round"] * steps_per_round * config.hparams.batch_size,
-                         "stop_reason": stop_reason if done else "", "device": "synthetic"}, str(checkpoint))
-        if done:
-            break
+        bookkeeping = {"epoch": state["round"] / config.evals_per_epoch, "device": "synthetic",
+                       "examples_seen": state["round"] * steps_per_round * config.hparams.batch_size,
+                       "stop_reason": stop_reason}
+        reporter.report(RoundRecord(state["round"], metrics, bookkeeping), str(checkpoint))
     return TrialOutcome(stop_reason, state["best_round"], state["best_loss"], state["round"], "synthetic")
+
+
+def _stop_reason(config: TrialConfig, round_: int, stale: int) -> str:
+    """Why training stops after `round_`, or '' to go on; in hf_loop's order: every epoch done, the round cap of
+    a re-run, then patience."""
+    if round_ >= config.hparams.num_epochs * config.evals_per_epoch:
+        return "completed"
+    if config.max_rounds and round_ >= config.max_rounds:
+        return "max_rounds"
+    return "patience" if stale >= config.patience else ""
 
 
 def _wait(pace: dict) -> None:

@@ -19,7 +19,8 @@ import yaml
 from crd_schema import RAY_KINDS, schema_errors
 from kustomize_lite import KustomizeError, load_docs, render, split_image
 
-K8S = Path(__file__).resolve().parents[2] / "k8s"
+ROOT = Path(__file__).resolve().parents[2]
+K8S = ROOT / "k8s"
 OVERLAYS = sorted(p.parent.name for p in (K8S / "overlays").glob("*/kustomization.yaml"))
 TARGETS = ["base", *(f"overlays/{name}" for name in OVERLAYS)]
 KUBERNETES_VERSION = "1.30"
@@ -27,7 +28,10 @@ IMAGE = "ghcr.io/sweeper-ml/sweeper:0.1.0-ray2.60.0-gpu"
 # Environment variables the sweeper code reads (the names agreed for its settings in sweeper/).
 DATABASE_URL, WANDB_KEY, API_TOKENS = "SWEEPER_DATABASE_URL", "WANDB_API_KEY", "SWEEPER_API_TOKENS"
 STORAGE_PATH, RAY_ADDRESS = "SWEEPER_STORAGE_PATH", "SWEEPER_RAY_ADDRESS"
-CODE_ENV = {DATABASE_URL, WANDB_KEY, API_TOKENS, STORAGE_PATH, RAY_ADDRESS}
+API_ENV = {DATABASE_URL, WANDB_KEY, API_TOKENS, STORAGE_PATH, RAY_ADDRESS}
+# Every SWEEPER_* variable the code names: a manifest setting any other one has a typo, or names a dead setting.
+CODE_ENV = {WANDB_KEY} | {name for folder in ("sweeper", "trainers") for path in (ROOT / folder).rglob("*.py")
+                          for name in re.findall(r"SWEEPER_[A-Z_]+", path.read_text())}
 DNS_1035 = re.compile(r"[a-z]([-a-z0-9]*[a-z0-9])?")
 NAME_LIMITS = {"RayJob": 47, "RayService": 47, "RayCluster": 53}  # KubeRay derives longer names
 
@@ -291,7 +295,7 @@ def test_env_names_are_the_ones_the_code_reads():
             assert ours <= CODE_ENV, f"{container['name']}: unknown {ours - CODE_ENV}"
             assert {DATABASE_URL, WANDB_KEY, STORAGE_PATH} <= names, container["name"]
     (api,) = containers(the(docs, "Deployment"))
-    assert set(env(api)) >= CODE_ENV
+    assert set(env(api)) >= API_ENV
 
 
 def test_storage_path_is_shared_by_every_pod():

@@ -75,12 +75,13 @@ class Rows:
             engine.dispose()
 
     def rounds(self, sweep: str) -> list[dict]:
-        """Every round row of the sweep: trial key, round, eval_loss, checkpoint and the metrics Tune sent."""
-        rows = self("select t.trial_key, r.round, r.eval_loss, r.checkpoint, r.metrics from sweeper_rounds r "
-                    "join sweeper_trials t on t.id = r.trial_id join sweeper_sweeps s on s.id = t.sweep_id "
-                    "where s.name = :name order by t.id, r.round", name=sweep)
-        return [{"trial": k, "round": n, "eval_loss": loss, "checkpoint": ckpt,
-                 "metrics": m if isinstance(m, dict) else json.loads(m)} for k, n, loss, ckpt, m in rows]
+        """Every round row of the sweep: trial key, round, eval_loss, checkpoint, when it was recorded, and the
+        worker's record (holdout metrics, bookkeeping: pid, node, memory, ...)."""
+        rows = self("select t.trial_key, r.round, r.eval_loss, r.checkpoint, r.recorded_at, r.metrics, r.bookkeeping "
+                    "from sweeper_rounds r join sweeper_trials t on t.id = r.trial_id "
+                    "join sweeper_sweeps s on s.id = t.sweep_id where s.name = :name order by t.id, r.round", name=sweep)
+        return [{"trial": k, "round": n, "eval_loss": loss, "checkpoint": ckpt, "recorded_at": at,
+                 "metrics": _json(m), "bookkeeping": _json(b)} for k, n, loss, ckpt, at, m, b in rows]
 
     def trials(self, sweep: str) -> list[dict]:
         rows = self("select t.trial_key, t.status, t.stop_reason, t.rounds, t.retries, t.node, t.best_round "
@@ -98,10 +99,14 @@ class Rows:
                                          "where s.study_name = :name", name=sweep))
 
 
+def _json(value) -> dict:
+    return value if isinstance(value, dict) else json.loads(value)  # SQLite hands JSON back as text
+
+
 def checkpointed_round(rows: Rows, sweep: str, trial: str | None = None) -> dict | None:
     """The newest round whose checkpoint Tune has registered (of one trial, or of any)."""
     done = [r for r in rows.rounds(sweep) if r["checkpoint"] and (trial is None or r["trial"] == trial)]
-    return max(done, key=lambda r: r["metrics"].get("timestamp", 0)) if done else None
+    return max(done, key=lambda r: r["recorded_at"]) if done else None
 
 
 def our_ray_worker(pid: int, tmp_path: Path) -> psutil.Process:

@@ -35,11 +35,11 @@ def test_reused_worker_does_not_grow_over_20_trials_and_leaves_no_temp_files(tmp
     rows = Rows(tmp_path / "state" / "sweeper.db")
     rounds = rows.rounds(NAME)
     assert len(rounds) == TRIALS and all(r["round"] == 1 for r in rounds)
-    by_start = sorted(rounds, key=lambda r: r["metrics"]["timestamp"])
-    pids = {r["metrics"]["pid"] for r in by_start}
+    by_start = [r["bookkeeping"] for r in sorted(rounds, key=lambda r: r["recorded_at"])]
+    pids = {r["pid"] for r in by_start}
     assert len(pids) == 1, f"trials did not share one reused worker process: {pids}"
-    start = [r["metrics"]["rss_start_mb"] for r in by_start]  # before each trial: what earlier trials left
-    peak = [r["metrics"]["rss_mb"] for r in by_start]  # at the trial's round: its model and Trainer alive
+    start = [r["rss_start_mb"] for r in by_start]  # before each trial: what earlier trials left
+    peak = [r["rss_mb"] for r in by_start]  # at the trial's round: its model and Trainer alive
     print("rss_start_mb per trial:", start)
     print("rss_mb at each trial's round:", peak)
     settled = statistics.median(start[2:6])  # trials 3-6: after the first trials' one-off allocations

@@ -1,9 +1,15 @@
-"""The sweep service against a real uvicorn server: auth, confinement, limits, and whole sweep lifecycles."""
+"""The sweep service against a real uvicorn server: auth, confinement, limits, and whole sweep lifecycles.
+
+One lifecycle trains for real (MiniLM on SQLite: the promotion and the exported adapter); the others run the
+synthetic task (trainers/synthetic.py: the real service, driver, Ray, store and study, deterministic curves at a
+fixed pace), and place cancels and kills with its hold file, never by guessing the machine's speed.
+"""
 
 from __future__ import annotations
 
 import io
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -11,19 +17,49 @@ import zipfile
 from pathlib import Path
 
 import optuna
+import psutil
 import pytest
 import yaml
-from helpers import small_spec
+from helpers import small_spec, synthetic_spec
 
 pytestmark = pytest.mark.slow
 
 
 def submittable_spec(tmp_path: Path, trials: int = 3, name: str = "svc-sweep") -> dict:
-    """The small test spec, with its data under the service's data root and no storage section."""
+    """The small test spec (real MiniLM training), with its data under the service's data root and no storage."""
     spec = yaml.safe_load(small_spec(tmp_path, name=name, budget={"trials": trials, "max_concurrent": 2}).read_text())
     spec.pop("storage")
     spec["promotion"] = {"gates": ["eval_loss <= 50"], "bootstrap_samples": 200}  # generous: checks the path
     return spec
+
+
+def synthetic_submittable_spec(tmp_path: Path, hold: Path, trials: int = 3, name: str = "svc-sweep",
+                               round_seconds: float = 0.3, **overrides) -> dict:
+    """The synthetic task's spec, its model folder and data under the service's data root (tmp_path/data);
+    every trial waits before its next round while `hold` exists."""
+    root = tmp_path / "data"
+    root.mkdir(exist_ok=True)
+    spec = yaml.safe_load(synthetic_spec(root, round_seconds=round_seconds, hold_file=hold, name=name,
+                                         budget={"trials": trials, "max_concurrent": 2}, **overrides).read_text())
+    spec.pop("storage")
+    return spec
+
+
+def trials_of(service, name: str = "svc-sweep") -> list[dict]:
+    return service.client.get(f"/sweeps/{name}/trials", params={"limit": 500}).json()["items"]
+
+
+def sweep_of(service, name: str = "svc-sweep") -> dict:
+    return service.client.get(f"/sweeps/{name}").json()
+
+
+def run_until(service, hold: Path, reached) -> list[dict]:
+    """Let the held sweep go until its trials (as the service lists them) satisfy `reached`, then hold it again:
+    from then on no trial starts another round. Polled fast; a synthetic round takes its fixed pace."""
+    hold.unlink()
+    trials = service.wait_for(lambda: (t := trials_of(service)) and reached(t) and t, timeout=120, every=0.05)
+    hold.touch()
+    return trials
 
 
 def test_auth_confinement_and_limits(tmp_path, make_service):
@@ -67,37 +103,52 @@ def test_auth_confinement_and_limits(tmp_path, make_service):
 
 @pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
 def test_submit_watch_and_download(tmp_path, make_service, backend, request):
-    url = request.getfixturevalue("postgres_url") if backend == "postgresql" else None
+    """SQLite: real MiniLM training end to end, promoted on the test split, the LoRA adapter exported.
+    PostgreSQL: the same lifecycle on the synthetic task (what differs is the store, not the training; the
+    promotion record on PostgreSQL is the store contract suite's). It is watched while held mid-sweep."""
+    real = backend == "sqlite"
+    url = None if real else request.getfixturevalue("postgres_url")
     service = make_service(url)
-    spec = submittable_spec(tmp_path)
+    hold = tmp_path / "hold"
+    if real:
+        spec = submittable_spec(tmp_path)
+    else:
+        hold.touch()  # every trial waits before its first round until the test lets it go
+        spec = synthetic_submittable_spec(tmp_path, hold, scheduler={"type": "none", "evals_per_epoch": 2})
     accepted = service.client.post("/sweeps", json={"spec_yaml": yaml.safe_dump(spec)})
     assert accepted.status_code == 202, accepted.text
     assert service.client.post("/sweeps", json={"spec": spec}).status_code == 409  # already queued / running
 
     def running_with_rounds():
-        sweep = service.client.get("/sweeps/svc-sweep").json()
-        page = service.client.get("/sweeps/svc-sweep/trials").json()
-        with_rounds = [t for t in page["items"] if t["rounds"] > 0]
+        sweep = sweep_of(service)
+        with_rounds = [t for t in trials_of(service) if t["rounds"] > 0]
         return sweep["status"] == "running" and with_rounds and (sweep, with_rounds)
 
+    if not real:  # held after the first round any trial reports: the sweep is running, with rounds to show
+        run_until(service, hold, lambda trials: any(t["rounds"] > 0 for t in trials))
+        assert sweep_of(service)["status"] == "running"
     _, visible = service.wait_for(running_with_rounds, every=0.5)
     rounds = service.client.get(f"/sweeps/svc-sweep/trials/{visible[0]['trial_key']}/rounds").json()
     assert rounds and rounds[0]["round"] == 1 and rounds[0]["eval_loss"] > 0
+    hold.unlink(missing_ok=True)
 
-    done = service.wait_for(lambda: (s := service.client.get("/sweeps/svc-sweep").json())["status"] == "completed" and s)
+    done = service.wait_for(lambda: (s := sweep_of(service))["status"] == "completed" and s)
     assert done["trials"] == 3 and done["best_trial"]
     page = service.client.get("/sweeps/svc-sweep/trials", params={"limit": 2, "offset": 1}).json()
     assert page["total"] == 3 and len(page["items"]) == 2
-    promotion = service.client.post("/sweeps/svc-sweep/promote")
-    assert promotion.status_code == 200, promotion.text
-    assert promotion.json()["status"] == "PROMOTED" and promotion.json()["split"] == "test"
+    if real:
+        promotion = service.client.post("/sweeps/svc-sweep/promote")
+        assert promotion.status_code == 200, promotion.text
+        assert promotion.json()["status"] == "PROMOTED" and promotion.json()["split"] == "test"
     export = service.client.get("/sweeps/svc-sweep/export")
     assert export.status_code == 200 and export.headers["content-type"] == "application/zip"
+    model_file = "adapter/adapter_config.json" if real else "adapter/synthetic_state.json"
     with zipfile.ZipFile(io.BytesIO(export.content)) as archive:
-        assert {"winner.yaml", "winner.json", "adapter/adapter_config.json"} <= set(archive.namelist())
+        assert {"winner.yaml", "winner.json", model_file} <= set(archive.namelist())
         record = json.loads(archive.read("winner.json"))
     assert record["winner"]["trial_key"] == done["best_trial"]
-    assert record["promotion"]["promoted"] == promotion.json()["promoted"]  # the export says the outcome
+    if real:
+        assert record["promotion"]["promoted"] == promotion.json()["promoted"]  # the export says the outcome
 
     # The CLI's remote mode drives the same service.
     env = {**service.env, "SWEEPER_API_TOKEN": service.token}
@@ -113,8 +164,10 @@ def test_submit_watch_and_download(tmp_path, make_service, backend, request):
     assert comparison == json.loads(local.stdout)  # the service's comparison is the store's, row for row
     assert [t["trial"] for t in comparison["trials"] if t["is_best"]] == [comparison["trials"][0]["trial"]] == \
         [done["best_trial"]] and comparison["trials"][0]["metrics"]["eval_loss"] > 0
-    promoted = subprocess.run([*remote, "promote", "svc-sweep"], env=env, capture_output=True, text=True, timeout=300)
-    assert promoted.returncode == 0 and "PROMOTED" in promoted.stdout, promoted.stderr
+    if real:
+        promoted = subprocess.run([*remote, "promote", "svc-sweep"], env=env, capture_output=True, text=True,
+                                  timeout=300)
+        assert promoted.returncode == 0 and "PROMOTED" in promoted.stdout, promoted.stderr
     target = tmp_path / "downloaded"
     exported = subprocess.run([*remote, "export", "svc-sweep", "--out", str(target)], env=env, capture_output=True,
                               text=True, timeout=60)
@@ -125,45 +178,69 @@ def test_submit_watch_and_download(tmp_path, make_service, backend, request):
 
 
 def test_cancel_stops_the_driver(tmp_path, make_service):
+    """Cancelled while its first trials are held before their first round: no trial can finish, so the sweep
+    cannot complete before the cancel lands, on any machine."""
     service = make_service()
-    assert service.client.post("/sweeps", json={"spec": submittable_spec(tmp_path, trials=6)}).status_code == 202
-    service.wait_for(lambda: service.client.get("/sweeps/svc-sweep/trials").json()["total"] > 0, every=0.5)
+    hold = tmp_path / "hold"
+    hold.touch()
+    spec = synthetic_submittable_spec(tmp_path, hold, trials=6)
+    assert service.client.post("/sweeps", json={"spec": spec}).status_code == 202
+    service.wait_for(lambda: service.client.get("/sweeps/svc-sweep/trials").json()["total"] > 0, every=0.2)
     assert service.client.post("/sweeps/svc-sweep/cancel").status_code == 200
-    final = service.wait_for(lambda: (s := service.client.get("/sweeps/svc-sweep").json())["status"] == "cancelled"
-                             and s, timeout=120)
+    final = service.wait_for(lambda: (s := sweep_of(service))["status"] == "cancelled" and s, timeout=120)
     assert final["trials"] < 6
+    assert all(t["status"] != "completed" for t in trials_of(service))  # the held trials never got to finish
     assert service.client.post("/sweeps/svc-sweep/cancel").status_code == 409
     pid = service.driver_pids()[0]
     assert service.wait_for(lambda: not _alive(pid), timeout=60)
 
 
 def _alive(pid: int) -> bool:
-    import psutil
-
     try:
         return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
     except psutil.NoSuchProcess:
         return False
 
 
+def stored_rounds(service, trials: list[dict]) -> dict[tuple[str, int], float]:
+    """(trial, round) -> eval_loss of every round the service shows for `trials`."""
+    return {(t["trial_key"], r["round"]): r["eval_loss"] for t in trials
+            for r in service.client.get(f"/sweeps/svc-sweep/trials/{t['trial_key']}/rounds").json()}
+
+
 def test_service_and_driver_killed_mid_sweep_resume_with_nothing_lost(tmp_path, make_service):
+    """Service, driver and its Ray killed while a trial is held after its second round, other trials still to
+    run; the restarted service resumes the sweep: every round written before the kill is kept as it was, each
+    trial is there once, and the interrupted trials continue from their checkpoints."""
     service = make_service()
-    assert service.client.post("/sweeps", json={"spec": submittable_spec(tmp_path, trials=4)}).status_code == 202
-    service.wait_for(lambda: any(t["rounds"] >= 2 for t in
-                                 service.client.get("/sweeps/svc-sweep/trials").json()["items"]), every=0.5)
+    hold = tmp_path / "hold"
+    hold.touch()
+    spec = synthetic_submittable_spec(tmp_path, hold, trials=4, scheduler={"type": "none", "evals_per_epoch": 2})
+    assert service.client.post("/sweeps", json={"spec": spec}).status_code == 202
+    service.wait_for(lambda: trials_of(service), every=0.2)  # started, held before the first round
+    run_until(service, hold, lambda trials: any(t["rounds"] >= 2 for t in trials))
+    before = trials_of(service)
+    assert sweep_of(service)["status"] == "running" and len(before) < 4, before  # killed mid-sweep, not after it
+    kept = stored_rounds(service, before)
     first_driver = service.driver_pids()[0]
     service.kill()
-    import os
-
     os.killpg(first_driver, signal.SIGKILL)  # the whole machine went away: service, driver and its Ray
     shown = subprocess.run([sys.executable, "-m", "sweeper", "status", "svc-sweep", "--db", service.env["SWEEPER_DATABASE_URL"]],
                            env=service.env, capture_output=True, text=True, timeout=60)
     assert shown.returncode == 0 and "interrupted" in shown.stdout, shown.stdout  # not `running`: no live driver
+    hold.unlink()
     service.start()
-    done = service.wait_for(lambda: (s := service.client.get("/sweeps/svc-sweep").json())["status"] == "completed"
-                            and s)
+    done = service.wait_for(lambda: (s := sweep_of(service))["status"] == "completed" and s)
     assert service.driver_pids()[0] != first_driver  # a new driver resumed the sweep
-    keys = [t["trial_key"] for t in service.client.get("/sweeps/svc-sweep/trials").json()["items"]]
+    after = trials_of(service)
+    keys = [t["trial_key"] for t in after]
     assert len(keys) == len(set(keys)) == done["trials"] == 4
+    final = stored_rounds(service, after)
+    assert final.items() >= kept.items(), "a round written before the kill was lost or changed"
+    for trial in after:  # every round of every trial, once
+        assert sorted(n for key, n in final if key == trial["trial_key"]) == list(range(1, trial["rounds"] + 1))
+    resumed = {t["trial_key"]: t["retries"] for t in after if t["trial_key"] in
+               {b["trial_key"] for b in before if b["status"] == "running" and b["rounds"] > 0}}
+    assert resumed and set(resumed.values()) == {1}, resumed  # continued from its checkpoint, counted as a retry
     study = optuna.load_study(study_name="svc-sweep", storage=f"sqlite:///{service.root / 'sweeper.db'}")
     assert sorted(t.state.name for t in study.trials) == ["COMPLETE"] * 4

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import shutil
 import socket
 import subprocess
 import sys
@@ -26,6 +27,7 @@ from sweeper.settings import ServiceSettings, SettingsError
 from sweeper.spec import parse_spec
 from sweeper.store import TrialStore
 from sweeper.sweeps import stored_spec
+from sweeper.yaml_safe import load_yaml
 
 TOKEN = "app-token-0123456789abcdef"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
@@ -198,3 +200,42 @@ def test_a_bad_setting_never_shows_a_secret(tmp_path):
         settings_for(tmp_path, SWEEPER_DATA_ROOTS="", SWEEPER_MAX_BODY_BYTES="x",
                      SWEEPER_DATABASE_URL="postgresql+psycopg://u:s3cretPW@h/db")
     assert "s3cretPW" not in str(caught.value) and TOKEN not in str(caught.value)
+
+
+def test_every_bad_input_of_the_catalogue_gets_a_4xx_and_nothing_is_launched_or_stored(tmp_path, fake_drivers):
+    """The bad-input catalogue (tests/reliability/bad_inputs) through POST /sweeps: each refused with a 4xx naming
+    the problem, never a 500; no driver started, no sweep recorded."""
+    catalogue_dir = Path(__file__).resolve().parents[1] / "reliability" / "bad_inputs"
+    catalogue = [entry for entry in yaml.safe_load((catalogue_dir / "catalogue.yaml").read_text())
+                 if _utf8(catalogue_dir / entry["file"])]  # a JSON body is text: bytes that are not UTF-8 cannot come
+    shutil.copytree(catalogue_dir, tmp_path / "data")  # relative data paths resolve under the data root
+    settings = settings_for(tmp_path, SWEEPER_MAX_BODY_BYTES=str(1 << 20))
+    answers = call(settings, [("POST", "/sweeps", {"json": service_body(catalogue_dir / e["file"])}) for e in catalogue])
+    for entry, answer in zip(catalogue, answers):
+        assert 400 <= answer.status_code < 500, (entry["file"], answer.status_code, answer.text[:500])
+        named = entry["message"] in answer.text or (entry["field"] and f'"path":"{entry["field"]}"' in answer.text)
+        assert named or answer.status_code == 413, (entry["file"], answer.text[:500])  # the service's own words
+    assert fake_drivers == []
+    assert TrialStore(settings.database_url.get_secret_value()).list_sweeps() == []
+
+
+def service_body(path: Path) -> dict:
+    """A catalogue file as a submission: the spec as parsed, less its `storage:` (the service refuses that first);
+    the raw text when the project's YAML loader refuses it (the service must too)."""
+    text = path.read_text()
+    try:
+        spec = load_yaml(text)
+    except yaml.YAMLError:
+        return {"spec_yaml": text}
+    if isinstance(spec, dict):
+        spec.pop("storage", None)
+        return {"spec": spec}
+    return {"spec_yaml": text}
+
+
+def _utf8(path: Path) -> bool:
+    try:
+        path.read_text()
+        return True
+    except UnicodeDecodeError:
+        return False

@@ -10,12 +10,14 @@ import traceback
 import numpy as np
 import optuna
 import pytest
+import sqlalchemy as sa
 from sqlalchemy import inspect, text
 from sqlalchemy.engine import make_url
 
 import sweeper.store as store_module
 from sweeper import migrations
 from sweeper.store import StoreError, Sweep, Trial, TrialStore, safe_url
+from trainers.base import RoundRecord
 
 SWEEPER_TABLES = {"sweeper_sweeps", "sweeper_trials", "sweeper_rounds", migrations.VERSION_TABLE}
 PASSWORD = "s3cretPW"
@@ -46,7 +48,7 @@ def new_sweep(store: TrialStore, name: str = "s1", mode: str = "min", metric: st
 
 
 def report(store: TrialStore, sweep: str, key: str, round_: int, value, metric: str = "eval_loss", **extra) -> None:
-    store.round_reported(sweep, key, {"round": round_, metric: value, **extra})
+    store.round_reported(sweep, key, RoundRecord(round_, {metric: value, **extra}))
 
 
 def trial(store: TrialStore, sweep: str, key: str) -> Trial:
@@ -344,7 +346,7 @@ def test_best_checkpoint_is_the_best_rounds_checkpoint(store):
     new_sweep(store)
     store.trial_started("s1", "t1", {})
     for number, value in enumerate([0.5, 0.1, 0.3], start=1):
-        store.round_reported("s1", "t1", {"round": number, "eval_loss": value}, f"/ckpt/round-{number}")
+        store.round_reported("s1", "t1", RoundRecord(number, {"eval_loss": value}), f"/ckpt/round-{number}")
     t = trial(store, "s1", "t1")
     assert store.best_checkpoint(t) == "/ckpt/round-2"
     assert [r.checkpoint for r in store.rounds("s1")["t1"]] == ["/ckpt/round-1", "/ckpt/round-2", "/ckpt/round-3"]
@@ -354,26 +356,72 @@ def test_best_checkpoint_is_the_best_rounds_checkpoint(store):
     assert store.best_checkpoint(trial(store, "s1", "t1")) == "/ckpt/round-2"
     # a trial without a best round has no checkpoint
     store.trial_started("s1", "t2", {})
-    store.round_reported("s1", "t2", {"round": 1, "eval_loss": float("nan")}, "/ckpt/t2")
+    store.round_reported("s1", "t2", RoundRecord(1, {"eval_loss": float("nan")}), "/ckpt/t2")
     assert store.best_checkpoint(trial(store, "s1", "t2")) == ""
 
 
-def test_non_json_metric_values_are_dropped_not_crashing(store):
+NOT_JSON = {"config": {"lr": 1e-4}, "history": [1, 2], "missing": None, "obj": object(), "raw": b"\x00\x01",
+            "np32": np.float32(0.25), "nan": float("nan"), "inf": float("inf"), "ninf": float("-inf")}
+
+
+def test_non_json_values_are_dropped_not_crashing(store):
     new_sweep(store)
     store.trial_started("s1", "t1", {"lr": 1e-4})
-    metrics = {"round": 1, "eval_loss": 0.5, "accuracy": 0.75, "note": "ok", "flag": True, "steps": 12,
-               "config": {"lr": 1e-4}, "history": [1, 2], "missing": None, "obj": object(), "raw": b"\x00\x01",
-               "np32": np.float32(0.25), "nan": float("nan"), "inf": float("inf"), "ninf": float("-inf"),
-               "device": "cpu", "examples_seen": 64, "tokens_seen": 1024, "time_total_s": 3.5}
-    store.round_reported("s1", "t1", metrics)
+    metrics = {"eval_loss": 0.5, "accuracy": 0.75, "note": "ok", "flag": True, "steps": 12, **NOT_JSON}
+    bookkeeping = {"device": "cpu", "examples_seen": 64, "tokens_seen": 1024, "epoch": 0.5, **NOT_JSON}
+    store.round_reported("s1", "t1", RoundRecord(1, metrics, bookkeeping), wall_time_s=3.5)
     [row] = store.rounds("s1")["t1"]
-    assert {"round", "eval_loss", "accuracy", "note", "flag", "steps"} <= set(row.metrics)
-    assert not {"config", "history", "missing", "obj", "raw", "nan", "inf", "ninf"} & set(row.metrics)
-    json.dumps(row.metrics, allow_nan=False)  # strictly JSON: what PostgreSQL's json type accepts
-    assert row.metrics["note"] == "ok" and row.metrics["flag"] is True and row.eval_loss == 0.5
+    for kept in (row.metrics, row.bookkeeping):
+        assert not set(NOT_JSON) & set(kept)
+        json.dumps(kept, allow_nan=False)  # strictly JSON: what PostgreSQL's json type accepts
+    assert row.metrics == {"eval_loss": 0.5, "accuracy": 0.75, "note": "ok", "flag": True, "steps": 12}
+    assert row.bookkeeping == {"device": "cpu", "examples_seen": 64, "tokens_seen": 1024, "epoch": 0.5}
+    assert row.eval_loss == 0.5
     t = trial(store, "s1", "t1")
     assert (t.device, t.examples_seen, t.tokens_seen, t.wall_time_s) == ("cpu", 64, 1024, 3.5)
     assert (t.best_value, t.best_round) == (0.5, 1)
+
+
+def test_metrics_and_bookkeeping_are_stored_apart(store):
+    """The worker's record keeps its namespaces: no bookkeeping key among the metrics (and the round number is
+    a column, in neither)."""
+    new_sweep(store, mode="max", metric="f1_micro")
+    store.trial_started("s1", "t1", {})
+    bookkeeping = {"epoch": 1.0, "train_loss": 0.9, "stop_reason": "", "node": "n1", "pid": 42, "rss_mb": 700.0}
+    store.round_reported("s1", "t1", RoundRecord(1, {"eval_loss": 0.4, "f1_micro": 0.8}, bookkeeping), "/c/1")
+    [row] = store.trial_rounds("s1", "t1")
+    assert (row.round, row.metrics, row.bookkeeping) == (1, {"eval_loss": 0.4, "f1_micro": 0.8}, bookkeeping)
+    assert store.best_round_metrics("s1") == {"t1": {"eval_loss": 0.4, "f1_micro": 0.8}}
+    t = trial(store, "s1", "t1")
+    assert (t.node, t.best_value, t.wall_time_s) == ("n1", 0.8, 0.0)  # no wall time given: unchanged
+
+
+def test_rounds_written_before_0005_are_split_by_the_upgrade_and_merged_back_by_the_downgrade(new_store):
+    """Before revision 0005 a round's `metrics` held Tune's whole flat result; the upgrade moves everything but the
+    holdout metrics to `bookkeeping`, the downgrade merges them back."""
+    from alembic import command
+
+    store = new_store()
+    migrations.upgrade(store.engine, "0004")
+    new_sweep(store)  # sweeps and trials are as they were at 0004
+    store.trial_started("s1", "t1", {})
+    flat = {"eval_loss": 0.4, "f1_micro": 0.8, "f1_date": 0.7, "round": 2, "epoch": 1.0, "train_loss": 0.9,
+            "examples_seen": 64, "objective": 0.8, "stop_reason": "", "device": "cpu", "node": "n1", "rss_mb": 700.0,
+            "time_train_s": 3.0, "time_total_s": 4.0, "pid": 42, "hostname": "h", "timestamp": 1700000000,
+            "training_iteration": 2, "done": False, "checkpoint_dir_name": "checkpoint_000001"}
+    rounds_0004 = sa.table("sweeper_rounds", *map(sa.column, ("trial_id", "round", "eval_loss", "checkpoint",
+                                                               "recorded_at")), sa.column("metrics", sa.JSON))
+    with store.engine.begin() as connection:
+        connection.execute(rounds_0004.insert().values(trial_id=trial(store, "s1", "t1").id, round=2, eval_loss=0.4,
+                                                       metrics=flat, checkpoint="/c/2", recorded_at=store_module.now()))
+    store.upgrade()
+    [row] = store.trial_rounds("s1", "t1")
+    holdout = {"eval_loss": 0.4, "f1_micro": 0.8, "f1_date": 0.7}
+    assert (row.metrics, row.bookkeeping) == (holdout, {k: v for k, v in flat.items() if k not in holdout})
+    with store.engine.begin() as connection:
+        command.downgrade(migrations._config(connection), "0004")
+        merged = connection.execute(sa.select(rounds_0004.c.metrics)).scalar_one()
+    assert merged == flat
 
 
 def test_delete_sweep_removes_its_trials_rounds_and_promotions_only(store):
@@ -382,7 +430,8 @@ def test_delete_sweep_removes_its_trials_rounds_and_promotions_only(store):
         for key in ["t1", "t2"]:
             store.trial_started(name, key, {})
             for number in [1, 2]:
-                store.round_reported(name, key, {"round": number, "eval_loss": 0.1 * number}, f"/{name}/{key}/{number}")
+                record = RoundRecord(number, {"eval_loss": 0.1 * number})
+                store.round_reported(name, key, record, f"/{name}/{key}/{number}")
         store.record_promotion(name, "t1", False, "test", {"status": "NOT PROMOTED"})
     assert store.delete_sweep("gone") == {"rounds": 4, "trials": 2, "promotions": 1}
     assert store.get_sweep("gone") is None
@@ -423,7 +472,7 @@ def test_store_errors_come_after_retries_and_never_show_the_password(unreachable
     monkeypatch.setattr(store_module.time, "sleep", sleeps.append)
     store = unreachable_store
     calls = [store.upgrade, store.ensure_current, lambda: new_sweep(store), lambda: store.trials("s1"),
-             lambda: store.round_reported("s1", "t1", {"round": 1, "eval_loss": 0.1})]
+             lambda: store.round_reported("s1", "t1", RoundRecord(1, {"eval_loss": 0.1}))]
     for call in calls:
         sleeps.clear()
         with pytest.raises(StoreError) as caught:
@@ -481,8 +530,8 @@ def test_two_stores_writing_interleaved_lose_nothing(store, new_store):
             barrier.wait(timeout=10)
             writer.trial_started("s1", key, {"key": key})
             for number in range(1, rounds_each + 1):
-                writer.round_reported("s1", key, {"round": number, "eval_loss": 1.0 / number, "accuracy": number / 100},
-                                      f"/{key}/{number}")
+                record = RoundRecord(number, {"eval_loss": 1.0 / number, "accuracy": number / 100})
+                writer.round_reported("s1", key, record, f"/{key}/{number}")
             writer.trial_finished("s1", key, "completed", "max_rounds")
         except BaseException as exc:  # noqa: BLE001 - surfaced by the assertion below
             errors.append(exc)

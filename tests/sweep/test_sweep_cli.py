@@ -105,8 +105,9 @@ def _wait_for_rounds(db: Path, count: int, timeout: float = 300) -> None:
     raise AssertionError(f"the sweep reported fewer than {count} rounds in {timeout} s")
 
 
-@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGKILL], ids=["sigint", "sigkill"])
+@pytest.mark.parametrize("sig", [signal.SIGINT], ids=["sigint"])  # SIGKILL: tests/reliability/test_driver_kills.py
 def test_interrupted_sweep_resumes_without_duplicates(tmp_path, ray_cleanup, sig):
+    """Ctrl+C mid-sweep with real MiniLM training (Tune saves its state; the checkpoints are real adapters)."""
     spec = small_spec(tmp_path)
     db = tmp_path / "state" / "sweeper.db"
     driver = start_cli(["run", spec], tmp_path)
@@ -135,31 +136,59 @@ def test_interrupted_sweep_resumes_without_duplicates(tmp_path, ray_cleanup, sig
 
 def test_ctrl_c_after_the_last_trial_started_leaves_the_sweep_resumable(tmp_path, ray_cleanup):
     """Every trial of the budget has started when Ctrl+C comes: Tune's clean-up marks them all TERMINATED,
-    yet the sweep is interrupted, not completed, and the re-run finishes the same trials."""
-    spec = small_spec(tmp_path, budget={"trials": 2, "max_concurrent": 2},
-                      scheduler={"type": "none", "evals_per_epoch": 2})
+    yet the sweep is interrupted, not completed, and the re-run finishes the same trials.
+
+    Synthetic trials, held (hold file) once a round is recorded, so Ctrl+C lands while both still run."""
+    hold = tmp_path / "hold"
+    hold.touch()
+    spec = synthetic_spec(tmp_path, round_seconds=0.3, hold_file=hold, budget={"trials": 2, "max_concurrent": 2},
+                          scheduler={"type": "none", "evals_per_epoch": 2},
+                          early_stopping={"patience": 20, "min_delta": 0.0})  # every round: 2 to 4 epochs of 2
     db = tmp_path / "state" / "sweeper.db"
     driver = start_cli(["run", spec], tmp_path)
-    _wait_for_rounds(db, 1)
+
+    def trials() -> list[tuple]:
+        try:
+            return store_rows(db, "select trial_key, status, rounds from sweeper_trials")
+        except sqlite3.OperationalError:
+            return []  # the schema is not there yet
+
+    _wait_until(lambda: len(trials()) == 2, driver)  # the whole budget started, held before its first round
+    hold.unlink()
+    _wait_until(lambda: sum(t[2] for t in trials()) >= 1, driver, every=0.05)
+    hold.touch()  # no trial starts another round (each has 4 or more): both still run when Ctrl+C comes
+    started = trials()
+    assert [t[1] for t in started] == ["running", "running"], started
     driver.send_signal(signal.SIGINT)
     assert driver.wait(timeout=120) != 0
     assert store_rows(db, "select status from sweeper_sweeps") == [("interrupted",)]
     assert store_rows(db, "select count(*) from sweeper_trials where status = 'running'") != [(0,)]
-    assert not (tmp_path / "state" / "sweeps" / "small-sweep" / "export").exists()
+    assert not (tmp_path / "state" / "sweeps" / "synthetic-sweep" / "export").exists()
 
+    hold.unlink()
     run_cli(["run", spec], tmp_path, check=True)
     assert store_rows(db, "select status from sweeper_sweeps") == [("completed",)]
-    trials = store_rows(db, "select trial_key, status, retries from sweeper_trials")
-    assert len(trials) == 2 and all(t[1] in ("completed", "early_stopped") for t in trials), trials
+    after = store_rows(db, "select trial_key, status, retries from sweeper_trials")
+    assert len(after) == 2 and all(t[1] in ("completed", "early_stopped") for t in after), after
+    assert sorted(t[0] for t in after) == sorted(t[0] for t in started)  # the same trials, none added
+
+
+def _wait_until(reached, driver, timeout: float = 180, every: float = 0.2) -> None:
+    deadline = time.monotonic() + timeout
+    while not reached():
+        assert driver.poll() is None, "the driver ended first"
+        assert time.monotonic() < deadline, f"not reached in {timeout} s"
+        time.sleep(every)
 
 
 def test_time_budget_ends_running_trials_and_exports(tmp_path, ray_cleanup):
     """The sweep's time budget runs out mid-trial: the trials Tune stops at the deadline end `stopped`
     (time_budget) in the store, none is left `running`, and the winner's checkpoint is there to export.
 
-    Synthetic trials of 1 s a round and up to 8 rounds: 12 of them need at least 48 s at 2 at a time, so a
-    12 s budget runs out mid-trial on any machine (the pace is a sleep, not the machine's speed)."""
-    spec = synthetic_spec(tmp_path, round_seconds=1.0, budget={"trials": 12, "max_concurrent": 2, "time_budget_s": 12},
+    Synthetic trials of 2 s a round and at least 4 rounds: 12 of them need at least 48 s at 2 at a time, so a
+    30 s budget runs out mid-trial on any machine (the pace is a sleep, not the machine's speed), and leaves
+    a loaded machine time to start the first two."""
+    spec = synthetic_spec(tmp_path, round_seconds=2.0, budget={"trials": 12, "max_concurrent": 2, "time_budget_s": 30},
                           scheduler={"type": "none", "evals_per_epoch": 2},  # no ASHA: trials run to the deadline
                           early_stopping={"patience": 8})
     started = time.monotonic()

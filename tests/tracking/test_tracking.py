@@ -6,10 +6,13 @@ import json
 import secrets
 
 import pytest
+from helpers import small_spec
 from wandb_files import read_run
 
 from sweeper import tracking
+from sweeper.spec import load_spec, stored_spec
 from sweeper.store import TrialStore
+from trainers.base import RoundRecord
 
 
 @pytest.mark.parametrize("mode, explicit, env, expected", [
@@ -36,13 +39,15 @@ def test_redact():
 def store(tmp_path) -> TrialStore:
     store = TrialStore(f"sqlite:///{tmp_path / 'sweeper.db'}")
     store.upgrade()
-    spec = {"name": "sw", "tracking": {"mode": "offline", "project": "proj"}, "storage": {"root": str(tmp_path)}}
+    spec = stored_spec(load_spec(small_spec(tmp_path, name="sw", tracking={"mode": "offline", "project": "proj"},
+                                            storage={"root": str(tmp_path)})))
     store.open_sweep("sw", spec, "fp", "f1_micro", "max")
     for key, rounds, status, reason in [("t1", [(1.0, 0.2), (0.8, 0.5), (0.9, 0.4)], "early_stopped", "patience"),
                                         ("t2", [(1.1, 0.3)], "stopped", "asha")]:
         store.trial_started("sw", key, {"learning_rate": 1e-3, "lora_r": 8})
         for n, (loss, f1) in enumerate(rounds, start=1):
-            store.round_reported("sw", key, {"round": n, "eval_loss": loss, "f1_micro": f1, "time_total_s": n})
+            store.round_reported("sw", key, RoundRecord(n, {"eval_loss": loss, "f1_micro": f1}, {"time_train_s": n}),
+                                 wall_time_s=n)
         store.trial_finished("sw", key, status, reason)
     return store
 
@@ -51,8 +56,9 @@ def test_trial_runs_log_rounds_and_a_summary_from_the_store(store, tmp_path):
     runs = tracking.TrialRuns("proj", "sw", "offline", tmp_path / "runs", store.url)
     runs.start("t1", {"learning_rate": 1e-3, "training": {"seed": 7}})
     for n, (loss, f1) in enumerate([(1.0, 0.2), (0.8, 0.5), (0.9, 0.4)], start=1):
-        runs.log("t1", tracking.round_metrics({"round": n, "eval_loss": loss, "f1_micro": f1, "pid": 1,
-                                               "hostname": "h", "device": "cpu", "done": False}), n)
+        bookkeeping = {"epoch": n / 2, "train_loss": 1.5, "pid": 1, "device": "cpu", "stop_reason": "", "flag": True,
+                       "nan": float("nan")}
+        runs.log("t1", tracking.round_log(RoundRecord(n, {"eval_loss": loss, "f1_micro": f1}, bookkeeping)), n)
     runs.log("t1", {"eval_loss": 5.0}, 2)  # a retried trial re-reporting round 2: dropped, steps only grow
     runs.finish("t1")
     runs.close()
@@ -61,12 +67,14 @@ def test_trial_runs_log_rounds_and_a_summary_from_the_store(store, tmp_path):
     assert (run.run_id, run.group, run.job_type, run.project, run.exit_code) == ("sw-t1", "sw", "trial", "proj", 0)
     assert run.config == {"learning_rate": 1e-3, "training": {"seed": 7}}
     assert [h["_step"] for h in run.history] == [1, 2, 3]
-    assert [h["eval_loss"] for h in run.history] == [1.0, 0.8, 0.9]
-    assert not {"pid", "hostname", "device", "done", "round"} & set(run.history[0])
+    assert [h["metrics/eval_loss"] for h in run.history] == [1.0, 0.8, 0.9]
+    logged = {k for k in run.history[0] if not k.startswith("_")}  # wandb's own: _step, _runtime, _timestamp
+    assert logged == {"metrics/eval_loss", "metrics/f1_micro", "bookkeeping/epoch", "bookkeeping/train_loss",
+                      "bookkeeping/pid"}  # each namespace under its prefix; numbers only
     s = run.summary
     assert (s["status"], s["stop_reason"], s["best_round"], s["rounds"]) == ("early_stopped", "patience", 2, 3)
     assert (s["best/f1_micro"], s["best/eval_loss"]) == (0.5, 0.8)  # the best round's holdout metrics, not the last
-    assert "best/time_total_s" not in s
+    assert {k for k in s if k.startswith("best/")} == {"best/eval_loss", "best/f1_micro"}
 
 
 def test_sweep_summary_run_has_a_table_of_all_trials(store, tmp_path, monkeypatch):

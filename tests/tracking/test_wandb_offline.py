@@ -14,15 +14,27 @@ from pathlib import Path
 
 import psutil
 import pytest
+import yaml
 from helpers import ray_processes, ray_tmp, run_cli, small_spec
 from wandb_files import read_run
 
+from sweeper.compare import trial_rows
 from sweeper.store import TrialStore
 from sweeper.tracking import offline_runs
 
 pytestmark = pytest.mark.slow
 KEY = f"sk-test-{secrets.token_hex(20)}"
-RAY_RESULT_KEYS = {"training_iteration", "pid", "hostname", "node_ip", "date", "trial_id", "done", "round"}
+# What Ray Tune adds to every result: none of it may reach the store, W&B or the export.
+RAY_RESULT_KEYS = {"training_iteration", "hostname", "node_ip", "date", "timestamp", "trial_id", "done",
+                   "time_total_s", "time_this_iter_s", "iterations_since_restore", "checkpoint_dir_name"}
+BOOKKEEPING_KEYS = {"round", "epoch", "train_loss", "examples_seen", "tokens_seen", "stop_reason", "device", "node",
+                    "pid", "rss_mb", "rss_start_mb", "objective"}
+
+
+def assert_holdout_only(metrics: dict) -> None:
+    """Token tagging's holdout metrics (eval_loss, micro P/R/F1, f1_<field>) and nothing else."""
+    assert {k for k in metrics if not k.startswith("f1_")} == {"eval_loss", "precision_micro", "recall_micro"}, metrics
+    assert not (RAY_RESULT_KEYS | BOOKKEEPING_KEYS) & set(metrics), metrics
 
 
 @pytest.fixture(scope="module")
@@ -66,9 +78,11 @@ def test_one_run_per_trial_grouped_with_config_and_rounds(sweep):
         stored = rounds[key]
         assert [h["_step"] for h in run.history] == [r.round for r in stored] == list(range(1, trial.rounds + 1))
         for logged, row in zip(run.history, stored):
-            assert math.isclose(logged["eval_loss"], row.eval_loss, rel_tol=1e-9)
-            assert math.isclose(logged["f1_micro"], row.metrics["f1_micro"], rel_tol=1e-9)
-            assert "train_loss" in logged and not RAY_RESULT_KEYS & set(logged)
+            assert math.isclose(logged["metrics/eval_loss"], row.eval_loss, rel_tol=1e-9)
+            assert math.isclose(logged["metrics/f1_micro"], row.metrics["f1_micro"], rel_tol=1e-9)
+            spaces = {k.split("/")[0] for k in logged if not k.startswith("_")}  # `_step` and such are wandb's
+            assert spaces == {"metrics", "bookkeeping"} and "bookkeeping/train_loss" in logged
+            assert {k.removeprefix("metrics/") for k in logged if k.startswith("metrics/")} == set(row.metrics)
         # summary: best holdout metrics (at the best round, not the last) and why the trial stopped
         s = run.summary
         assert (s["status"], s["stop_reason"], s["best_round"]) == (trial.status, trial.stop_reason, trial.best_round)
@@ -78,6 +92,22 @@ def test_one_run_per_trial_grouped_with_config_and_rounds(sweep):
     assert {r.summary["stop_reason"] for r in trial_runs.values()} <= {"completed", "patience", "asha"}
     wandb_dir = Path(result.stdout.split("wandb:", 1)[1].split()[0])
     assert wandb_dir.name == "wandb-runs" and "wandb sync" in result.stdout
+
+
+def test_metrics_are_holdout_metrics_only_in_the_store_compare_wandb_and_the_export(sweep):
+    tmp, _, store, runs = sweep
+    for rows in store.rounds("small-sweep").values():
+        for row in rows:
+            assert_holdout_only(row.metrics)
+            assert {"epoch", "train_loss", "examples_seen", "node", "pid", "rss_mb"} <= set(row.bookkeeping)
+            assert not RAY_RESULT_KEYS & set(row.bookkeeping), row.bookkeeping
+    for row in trial_rows(store, ["small-sweep"]):
+        assert_holdout_only(row.metrics)
+    for run in runs:
+        if run.job_type == "trial":
+            assert_holdout_only({k.removeprefix("best/"): v for k, v in run.summary.items() if k.startswith("best/")})
+    winner = yaml.safe_load((tmp / "state" / "sweeps" / "small-sweep" / "export" / "winner.yaml").read_text())
+    assert_holdout_only(winner["winner"]["holdout_metrics"])
 
 
 def test_summary_run_tables_every_trial(sweep):

@@ -13,7 +13,7 @@ def test_no_improvement_stops_on_patience(make_config, minilm_path, banking77_su
     reporter = ListReporter()
     outcome = train(config, reporter)
     assert len(reporter.rounds) < 4
-    assert reporter.rounds[-1]["stop_reason"] == "patience"
+    assert reporter.rounds[-1].bookkeeping["stop_reason"] == "patience"
     assert outcome.stop_reason == "patience" and outcome.rounds == len(reporter.rounds)
     assert outcome.best_round == 1
 
@@ -22,6 +22,6 @@ def test_max_rounds_stops_after_that_round(make_config, minilm_path, banking77_s
     config = make_config("sequence_classification", minilm_path, banking77_subset, num_epochs=3, max_rounds=1)
     reporter = ListReporter()
     outcome = train(config, reporter)
-    assert [r["round"] for r in reporter.rounds] == [1]
-    assert reporter.rounds[-1]["stop_reason"] == "max_rounds"
+    assert [r.round for r in reporter.rounds] == [1]
+    assert reporter.rounds[-1].bookkeeping["stop_reason"] == "max_rounds"
     assert (outcome.stop_reason, outcome.rounds) == ("max_rounds", 1)

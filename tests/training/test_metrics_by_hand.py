@@ -72,18 +72,18 @@ def test_field_f1_refuses_lists_of_different_length():
 
 def test_classification_metrics_by_hand():
     # label 0: tp=1 fn=1 -> 2/3; label 1: tp=1 fp=2 -> 2/4; label 2: fn=1 -> 0; macro = (2/3 + 1/2 + 0) / 3
-    scores = classification_metrics([0, 0, 1, 2], [0, 1, 1, 1], num_labels=3)
+    scores = classification_metrics([0, 0, 1, 2], [0, 1, 1, 1])
     assert scores["accuracy"] == pytest.approx(2 / 4)
     assert scores["f1_macro"] == pytest.approx(7 / 18)
 
 
 def test_classification_metrics_counts_a_label_only_predicted():
     # label 0: tp=1 fn=1 -> 2/3; label 3 (never gold): fp=1 -> 0; macro = 1/3
-    scores = classification_metrics([0, 0], [0, 3], num_labels=4)
+    scores = classification_metrics([0, 0], [0, 3])
     assert scores["accuracy"] == pytest.approx(1 / 2)
     assert scores["f1_macro"] == pytest.approx(1 / 3)
 
 
 def test_classification_metrics_perfect_and_empty():
-    assert classification_metrics([2, 1, 2], [2, 1, 2], num_labels=3) == {"accuracy": 1.0, "f1_macro": 1.0}
-    assert classification_metrics([], [], num_labels=3) == {"accuracy": 0.0, "f1_macro": 0.0}
+    assert classification_metrics([2, 1, 2], [2, 1, 2]) == {"accuracy": 1.0, "f1_macro": 1.0}
+    assert classification_metrics([], []) == {"accuracy": 0.0, "f1_macro": 0.0}

@@ -53,14 +53,18 @@ def two_round_run(make_config, minilm_path, restaurant8k_small):
 def test_training_lowers_the_loss_and_reports_metrics(two_round_run):
     _, reporter, outcome = two_round_run
     first, last = reporter.rounds[0], reporter.rounds[-1]
-    assert [r["round"] for r in reporter.rounds] == [1, 2]
-    assert last["eval_loss"] < first["eval_loss"]
-    for key in ("f1_micro", "precision_micro", "recall_micro", "train_loss", "time_tokenize_s", "examples_seen"):
-        assert key in last and not math.isnan(last[key]), key
-    assert 0.0 <= last["f1_micro"] <= 1.0
-    assert last["examples_seen"] == 2 * 6 * 16  # 96 rows / batch 16 = 6 steps per round
+    assert [r.round for r in reporter.rounds] == [1, 2]
+    assert last.metrics["eval_loss"] < first.metrics["eval_loss"]
+    # the holdout metrics and nothing else (not the Trainer's epoch, token count or speeds)
+    assert {k for k in last.metrics if not k.startswith("f1_")} == {"eval_loss", "precision_micro", "recall_micro"}
+    for key in ("f1_micro", "precision_micro", "recall_micro"):
+        assert not math.isnan(last.metrics[key]), key
+    for key in ("train_loss", "time_tokenize_s", "examples_seen", "epoch", "tokens_seen"):
+        assert not math.isnan(last.bookkeeping[key]), key
+    assert 0.0 <= last.metrics["f1_micro"] <= 1.0
+    assert last.bookkeeping["examples_seen"] == 2 * 6 * 16  # 96 rows / batch 16 = 6 steps per round
     assert (outcome.stop_reason, outcome.rounds) == ("completed", 2)
-    assert last["stop_reason"] == "completed" and first["stop_reason"] == ""
+    assert last.bookkeeping["stop_reason"] == "completed" and first.bookkeeping["stop_reason"] == ""
 
 
 def test_resume_continues_from_the_round_1_checkpoint(two_round_run, make_config, minilm_path, restaurant8k_small, tmp_path):
@@ -70,8 +74,8 @@ def test_resume_continues_from_the_round_1_checkpoint(two_round_run, make_config
     retry = config.model_copy(update={"output_dir": str(tmp_path / "retry")})
     resumed = ListReporter(checkpoint=str(checkpoint))
     outcome = train(retry, resumed)
-    assert [r["round"] for r in resumed.rounds] == [2]
-    assert resumed.rounds[0]["examples_seen"] == reporter.rounds[1]["examples_seen"]
+    assert [r.round for r in resumed.rounds] == [2]
+    assert resumed.rounds[0].bookkeeping["examples_seen"] == reporter.rounds[1].bookkeeping["examples_seen"]
     # same data order, optimizer and adapter state: round 2 lands where the uninterrupted run did
-    assert resumed.rounds[0]["eval_loss"] == pytest.approx(reporter.rounds[1]["eval_loss"], rel=1e-3)
+    assert resumed.rounds[0].metrics["eval_loss"] == pytest.approx(reporter.rounds[1].metrics["eval_loss"], rel=1e-3)
     assert outcome.stop_reason == "completed"
