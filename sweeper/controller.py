@@ -168,10 +168,12 @@ class StoreCallback(tune.Callback):
 
     def on_trial_complete(self, iteration, trials, trial, **info):
         reason = _stop_reason(round_record(trial.last_result)) or self._stopped_by()
-        self.store.trial_finished(self.sweep_name, trial_key(trial), STATUS_BY_REASON[reason], reason)
+        self.store.trial_finished(self.sweep_name, trial_key(trial), STATUS_BY_REASON[reason], reason,
+                                  params=sampled(trial))
 
     def on_trial_error(self, iteration, trials, trial, **info):
-        self.store.trial_finished(self.sweep_name, trial_key(trial), "failed", "error", _error_text(trial))
+        self.store.trial_finished(self.sweep_name, trial_key(trial), "failed", "error", _error_text(trial),
+                                  params=sampled(trial))
 
     def close(self):
         if self._store is not None:
@@ -428,8 +430,8 @@ def run_sweep(spec: Spec, database_url: str, tune_path: str, sweep_dir: Path, mo
     over_time = bool(budget and (time.monotonic() - started >= budget or search.out_of_time))
     unfinished = _settle_unfinished_trials(spec.name, database_url, over_time)
     spent = over_time or search.done()
-    return SweepResult(finished=ended and spent and not unfinished, experiment_path=experiment_path,
-                       resumed=search.resumed)
+    finished = ended and spent and not unfinished and not search.running()  # the store and the study both agree
+    return SweepResult(finished=finished, experiment_path=experiment_path, resumed=search.resumed)
 
 
 def connect(spec: Spec, address: str | None, env: dict[str, str]) -> None:

@@ -64,6 +64,10 @@ class SweepSearch:
         """Nothing to resume and the budget is spent: this run has no trial to start."""
         return not self.pending and self.count >= self.spec.budget.trials
 
+    def running(self) -> int:
+        """Trials the study holds open: after a run, any such trial is left to resume."""
+        return len(self.study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)))
+
     def suggest(self) -> Suggestion | None:
         """The next trial, or None when the budget is spent, or when the time left could not buy it one round."""
         if self._too_late():

@@ -572,9 +572,17 @@ class TrialStore:
         row = self._read(lambda s: s.scalar(select(Round).where(Round.trial_id == trial.id, Round.round == trial.best_round)))
         return row.checkpoint if row else ""
 
-    def trial_finished(self, sweep_name: str, key: str, status: str, stop_reason: str = "", error: str = "") -> None:
+    def trial_finished(self, sweep_name: str, key: str, status: str, stop_reason: str = "", error: str = "",
+                       params: dict | None = None) -> None:
+        """Record how a trial ended; one that failed before it ever started (Tune could not place or start it)
+        is recorded then, with `params`, so the store counts every trial the study does."""
+
         def work(session: Session):
             trial = self._trial(session, sweep_name, key)
+            if trial is None:
+                sweep_id = session.scalar(select(Sweep.id).where(Sweep.name == sweep_name))
+                trial = Trial(sweep_id=sweep_id, trial_key=key, params=params or {})
+                session.add(trial)
             trial.status, trial.stop_reason, trial.error, trial.finished_at = status, stop_reason, error[-4000:], now()
 
         self._write(work)

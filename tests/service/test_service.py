@@ -178,17 +178,19 @@ def test_submit_watch_and_download(tmp_path, make_service, backend, request):
 
 
 def test_cancel_stops_the_driver(tmp_path, make_service):
-    """Cancelled while its first trials are held before their first round: no trial can finish, so the sweep
-    cannot complete before the cancel lands, on any machine."""
+    """Cancelled while both running trials are held after their first round: no trial can finish and no slot
+    frees, so the sweep cannot complete, or start more trials, before the cancel lands, on any machine."""
     service = make_service()
     hold = tmp_path / "hold"
     hold.touch()
-    spec = synthetic_submittable_spec(tmp_path, hold, trials=6)
+    spec = synthetic_submittable_spec(tmp_path, hold, trials=6, scheduler={"type": "none", "evals_per_epoch": 2})
     assert service.client.post("/sweeps", json={"spec": spec}).status_code == 202
-    service.wait_for(lambda: service.client.get("/sweeps/svc-sweep/trials").json()["total"] > 0, every=0.2)
+    service.wait_for(lambda: len(trials_of(service)) == 2, every=0.2)  # max_concurrent: both started, both held
+    # After a round, not before the first: Tune takes 10 s to stop a trial that has not reported yet.
+    run_until(service, hold, lambda trials: any(t["rounds"] > 0 for t in trials))
     assert service.client.post("/sweeps/svc-sweep/cancel").status_code == 200
     final = service.wait_for(lambda: (s := sweep_of(service))["status"] == "cancelled" and s, timeout=120)
-    assert final["trials"] < 6
+    assert final["trials"] == 2 < 6
     assert all(t["status"] != "completed" for t in trials_of(service))  # the held trials never got to finish
     assert service.client.post("/sweeps/svc-sweep/cancel").status_code == 409
     pid = service.driver_pids()[0]

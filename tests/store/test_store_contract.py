@@ -551,3 +551,14 @@ def test_two_stores_writing_interleaved_lose_nothing(store, new_store):
         assert (t.status, t.rounds, t.best_round, t.retries) == ("completed", rounds_each, rounds_each, 0)
         assert math.isclose(t.best_value, 1.0 / rounds_each)
         assert store.best_checkpoint(t) == f"/{key}/{rounds_each}"
+
+
+def test_a_trial_that_failed_before_it_started_is_recorded_with_its_params(store):
+    """Tune could not start it (no on_trial_start came): its failure still makes a row, so the store counts every
+    trial the study does."""
+    store.open_sweep("s1", {"a": 1}, "fp-1", "eval_loss", "min")
+    store.trial_finished("s1", "t0003", "failed", "error", "could not re-use actor", params={"learning_rate": 0.01})
+    [trial] = store.trials("s1")
+    assert (trial.trial_key, trial.status, trial.stop_reason, trial.params) == \
+        ("t0003", "failed", "error", {"learning_rate": 0.01})
+    assert "re-use actor" in trial.error
