@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -107,7 +108,8 @@ def test_a_train_file_replaced_after_the_audit_fails_every_trial_with_that_cause
 
     monkeypatch.setattr(sweeps, "audit", audit_then_replace)
     monkeypatch.setenv("RAY_TMPDIR", str(ray_tmp(tmp_path)))
-    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("WANDB_MODE", os.environ.get("WANDB_MODE", "offline"))  # sweeps.run sets it for its process:
+    monkeypatch.chdir(tmp_path)                                                # restored after this test
     outcome = sweeps.run(spec)
 
     assert outcome.status == "failed" and outcome.export is None
