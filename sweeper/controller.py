@@ -27,10 +27,9 @@ from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 from ray.tune.search import ConcurrencyLimiter, Searcher
 
 from sweeper.progress import LiveProgress, TrialView
-from sweeper.search import SweepSearch
+from sweeper.search import SweepSearch, close_stopped_trials
 from sweeper.spec import Spec, SpecError
 from sweeper.store import TrialStore, full_url, remember_url
-from sweeper.study import close_stopped_trials
 from sweeper.tracking import RUNS_FOLDER, TrialRuns, round_log, spec_mode
 from sweeper.trial_config import complete, template
 from sweeper.trial_status import STATUS_BY_REASON

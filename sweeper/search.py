@@ -176,3 +176,13 @@ def _newest_checkpoint(store: TrialStore, sweep: str, key: str, exists: Callable
 
 def _finite(value) -> bool:
     return isinstance(value, (int, float)) and math.isfinite(value)
+
+
+def close_stopped_trials(study_name: str, database_url: str) -> None:
+    """Close the Optuna trials that Tune stopped at the time budget: no completion reached the searcher, so
+    they stay RUNNING. Closed as `tell` closes any: COMPLETE with the last objective they reported (the best so
+    far), or PRUNED when they reported none."""
+    study = optuna.load_study(study_name=study_name, storage=study_storage(database_url))
+    for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        values = trial.intermediate_values
+        tell(study, trial.number, values[max(values)] if values else None, error=False)

@@ -1,8 +1,7 @@
 """The sweep's Optuna study, in the trial store's database (no Ray here).
 
 sweeper.search drives the study; this module gives it a storage that survives what the store survives:
-pickled without the database password, retried with the store's backoff, in WAL mode on SQLite. It also
-closes the trials Tune stopped at the time budget, which no completion event reaches.
+pickled without the database password, retried with the store's backoff, in WAL mode on SQLite.
 """
 
 from __future__ import annotations
@@ -86,16 +85,3 @@ def study_storage(database_url: str) -> StudyStorage:
             return StudyStorage(database_url, engine_kwargs={"pool_pre_ping": True})
     finally:
         engine.dispose()
-
-
-def close_stopped_trials(study_name: str, database_url: str) -> None:
-    """Close the Optuna trials that Tune stopped at the time budget: no completion reached the searcher, so
-    they stay RUNNING. Closed as Tune closes ASHA-stopped trials: COMPLETE with the last objective they
-    reported (the best so far), or PRUNED when they reported none."""
-    study = optuna.load_study(study_name=study_name, storage=study_storage(database_url))
-    for trial in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
-        values = trial.intermediate_values
-        if values:
-            study.tell(trial.number, values[max(values)])
-        else:
-            study.tell(trial.number, state=optuna.trial.TrialState.PRUNED)

@@ -14,7 +14,7 @@ import pytest
 from helpers import synthetic_spec
 from optuna.trial import TrialState
 
-from sweeper.search import SweepSearch, load_study, trial_key
+from sweeper.search import SweepSearch, close_stopped_trials, load_study, trial_key
 from sweeper.spec import load_spec
 from sweeper.store import TrialStore
 from sweeper.sweeps import stored_spec
@@ -141,3 +141,15 @@ def test_no_trial_is_started_that_could_not_reach_a_round_before_the_deadline(tm
     now[0] = 75.0  # 25 s left: it could not
     assert search.suggest() is None and search.out_of_time
     store.engine.dispose()
+
+
+def test_trials_stopped_at_the_time_budget_are_closed_with_what_they_reached(sweep):
+    spec, url, store = sweep
+    search = SweepSearch(spec, url)
+    reported = search.suggest()
+    search.suggest()  # a second trial that reports no round before the deadline
+    search.round_reported(reported.key, 1, 0.3)
+    search.round_reported(reported.key, 2, 0.4)
+    close_stopped_trials(spec.name, url)
+    trials = optuna.load_study(study_name=spec.name, storage=url).trials
+    assert [(t.state.name, t.value) for t in trials] == [("COMPLETE", 0.4), ("PRUNED", None)]
