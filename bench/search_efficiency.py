@@ -276,7 +276,6 @@ def method_hf_optuna(ctx: dict) -> dict:
     from transformers.utils import logging as hf_logging
 
     from search_spaces import get_search_space
-    from trainers import get_task
 
     torch.set_num_threads(1)
     hf_logging.set_verbosity_error()
@@ -290,11 +289,9 @@ def method_hf_optuna(ctx: dict) -> dict:
         constants = space.sample(trial)  # repeated suggestions of a name return the same value
         return {**trial.params, **(constants or {})}
 
-    targets = get_task(TASKS[ctx["task_key"]]["task"]).lora_target_modules
-
     def model_init(trial):
         hp = sample(trial) if trial is not None else DUMMY_HPARAMS
-        lora = LoraConfig(task_type=prepared.lora_task_type, target_modules=list(targets) if targets else None,
+        lora = LoraConfig(task_type=prepared.lora_task_type, target_modules=None,  # PEFT's default, as sweeper's `auto`
                           r=hp["lora_r"], lora_alpha=hp["lora_alpha"], lora_dropout=hp["lora_dropout"])
         return get_peft_model(prepared.model_factory(), lora)
 

@@ -170,8 +170,9 @@ def render(rows: list[dict], sweep_s: float, probe: dict, args, concurrent: int)
 def smoke_spec(workdir: Path) -> Path:
     spec = yaml.safe_load((ROOT / "examples" / "restaurant8k-minilm.yaml").read_text())
     data = ROOT / "examples" / "data" / "restaurant8k-small"
+    spec["model"] = {"path": "minilm-l6", "max_seq_length": 32}
     spec["data"] = {"format": "restaurant8k", "train": str(data / "train.json"), "holdout": str(data / "holdout.json"),
-                    "test": str(data / "test.json"), "max_seq_length": 32}
+                    "test": str(data / "test.json")}
     spec["search_space"] = {"name": "smoke", "params": {"learning_rate": {"type": "float", "low": 1e-3, "high": 1e-2,
                                                                           "log": True}}}
     spec["budget"] = {"trials": 2, "max_concurrent": 1}  # one actor, started once and then reused
@@ -209,7 +210,9 @@ def main() -> int:
             spec_path = ROOT / args.spec
             raw = yaml.safe_load(spec_path.read_text())
             data = (spec_path.parent / raw["data"]["train"]).parent
-            seq = raw["data"].get("max_seq_length", 128)
+            from sweeper.spec import load_spec
+
+            seq = load_spec(spec_path).model.max_seq_length  # wherever the spec writes it
         rows, sweep_s, concurrent = sweep_measurements(spec_path, args.trials, workdir)
         out = workdir / "probe.json"
         subprocess.run([sys.executable, str(Path(__file__).resolve()), "--first-step-probe", str(out), str(data),

@@ -9,8 +9,11 @@ never sees it). The audit refuses a sweep, naming the rows, when
 - `empty-rows`:     a split has rows with no text or no label (an unparseable file is a `DataError` at once);
 - `unseen-label`:   a class or field in the holdout or test never occurs in train.
 
-Each refusal can be let through with `--allow CODE` (or `audit.allow:` in the spec); the allowance is recorded
-with the sweep's report. Duplicates inside a split, label imbalance and a missing test split are warnings.
+Each refusal can be let through with `--allow CODE` (or `audit.allow:` in the spec); `overlap` and
+`near-duplicate` can be let through for one pair of splits only (`--allow near-duplicate:train-test`: an official
+test set sharing templates with train, while train and holdout stay refused). The allowance is recorded with the
+sweep's report. Duplicates inside a split, label imbalance, a missing test split and, for a task that tags spans,
+extraction values that cannot be found in their text are warnings.
 """
 
 from __future__ import annotations
@@ -22,16 +25,19 @@ from dataclasses import asdict, dataclass, field
 from itertools import combinations
 
 from sweeper.datasets import (
+    FIELDS_EXAMPLES,
     DataChanged,
     DataError,
     DataFile,
     Example,
+    ExtractionExample,
     LabeledExample,
-    TaggedExample,
     fingerprint,
     read_split_files,
 )
-from sweeper.spec import AUDIT_CODES, Spec
+from sweeper.locate import locate
+from sweeper.spec import Spec, check_allowance
+from trainers import get_task
 
 SHOWN = 10  # rows named per finding; the count says how many there are in all
 SHINGLE = 3  # characters per shingle for near-duplicate detection
@@ -52,8 +58,8 @@ def labels_of(example: Example) -> set[str]:
     """The class of a labelled example, the fields of a tagged one (prompt/response rows have none)."""
     if isinstance(example, LabeledExample):
         return {example.label}
-    if isinstance(example, TaggedExample):
-        return {span.field for span in example.spans}
+    if isinstance(example, FIELDS_EXAMPLES):
+        return set(example.fields())  # the fields it gives (a null is no label)
     return set()
 
 
@@ -63,6 +69,12 @@ class Finding:
     message: str
     count: int = 0
     rows: list[str] = field(default_factory=list)  # the first SHOWN, each naming split, row and text
+    between: str = ""  # "train-test": the pair of splits a pairwise finding is about
+
+    @property
+    def allowance(self) -> str:
+        """The narrowest `--allow` that lets this finding through."""
+        return f"{self.code}:{self.between}" if self.between else self.code
 
 
 @dataclass
@@ -73,9 +85,12 @@ class AuditReport:
     allowed: list[str] = field(default_factory=list)  # refusal codes the user let through
     fingerprints: dict[str, dict] = field(default_factory=dict)  # role -> {path, sha256} of the files audited
 
+    def is_allowed(self, finding: Finding) -> bool:
+        return finding.code in self.allowed or finding.allowance in self.allowed
+
     @property
     def blocking(self) -> list[Finding]:
-        return [f for f in self.refusals if f.code not in self.allowed]
+        return [f for f in self.refusals if not self.is_allowed(f)]
 
     @property
     def passed(self) -> bool:
@@ -89,14 +104,14 @@ class AuditReport:
         verdict = "passed" if self.passed else f"REFUSED ({len(self.blocking)} problem(s))"
         out = [f"data audit {verdict}: {sizes}"]
         for finding in self.refusals:
-            tag = "allowed" if finding.code in self.allowed else "refused"
+            tag = "allowed" if self.is_allowed(finding) else "refused"
             out += _finding_lines(f"{tag} [{finding.code}]", finding)
         for finding in self.warnings:
             out += _finding_lines(f"warning [{finding.code}]", finding)
         if self.allowed:
             out.append(f"allowed by the user: {', '.join(self.allowed)} (recorded with the sweep)")
         if not self.passed:
-            codes = " ".join(f"--allow {c}" for c in dict.fromkeys(f.code for f in self.blocking))
+            codes = " ".join(f"--allow {c}" for c in dict.fromkeys(f.allowance for f in self.blocking))
             out.append(f"fix the data, or launch anyway with {codes} (or list the codes under `audit.allow:`)")
         return out
 
@@ -116,21 +131,24 @@ class AuditRefused(Exception):
         super().__init__("\n".join(report.lines()))
 
 
-def unknown_codes(codes) -> list[str]:
-    return [c for c in codes if c not in AUDIT_CODES]
+def allowances(codes) -> frozenset[str]:
+    """`--allow` values checked and in their canonical form; ValueError naming the first bad one."""
+    try:
+        return frozenset(check_allowance(c) for c in codes)
+    except ValueError as exc:
+        raise ValueError(f"--allow {exc}") from None
 
 
 def audit(spec: Spec, allow: set[str] | frozenset[str] = frozenset()) -> AuditReport:
     """Read every split and check it; raises DataError for a file that cannot be read at all."""
-    bad = unknown_codes(allow)
-    if bad:
-        raise ValueError(f"--allow {', '.join(bad)}: not an audit code; use one of {', '.join(AUDIT_CODES)}")
+    allow = allowances(allow)
     fingerprints = data_fingerprints(spec.data)  # before the read: a file replaced meanwhile fails the trials' check
     splits = read_split_files(spec.data)
     for role, data in splits.items():
         if not data.examples:
             first = f" ({data.empty_rows[0]})" if data.empty_rows else ""
             raise DataError(f"data.{role}: {getattr(spec.data, role)}: no usable rows{first}")
+    _check_rows_fit(spec, splits)
     settings = spec.audit
     report = AuditReport({role: len(data.examples) for role, data in splits.items()},
                          allowed=sorted(set(settings.allow) | set(allow)), fingerprints=fingerprints)
@@ -140,7 +158,23 @@ def audit(spec: Spec, allow: set[str] | frozenset[str] = frozenset()) -> AuditRe
     report.refusals += _near_duplicates(splits, settings.near_duplicate_threshold)
     report.refusals += _unseen_labels(splits)
     report.warnings += _duplicates_inside(splits) + _imbalance(splits["train"]) + _no_test(splits)
+    if get_task(spec.task).spans:
+        report.warnings += _unlocated_values(splits)
     return report
+
+
+def _check_rows_fit(spec: Spec, splits: dict[str, DataFile]) -> None:
+    """A task that writes answers (a causal LM) refuses rows whose prompt and answer exceed max_seq_length: found
+    here, once, rather than by every trial. Loads the model's tokenizer only."""
+    task = get_task(spec.task)
+    if not task.prompted:
+        return
+    from trainers.models import resolve_model
+
+    problems = task.load().data_problems(resolve_model(spec.model.path), spec.model.max_seq_length,
+                                         spec.data.prompt_template, splits)
+    if problems:
+        raise DataError("\n".join(problems))
 
 
 # -- refusals ----------------------------------------------------------------------------------------
@@ -184,7 +218,7 @@ def _overlaps(splits: dict[str, DataFile]) -> list[Finding]:
         if rows:
             findings.append(Finding("overlap", f"data.{a} and data.{b}: {len(rows)} example(s) in both splits "
                                                "(exactly or after normalising case, whitespace and punctuation); "
-                                               f"remove them from data.{b}", len(rows), rows[:SHOWN]))
+                                               f"remove them from data.{b}", len(rows), rows[:SHOWN], f"{a}-{b}"))
     return findings
 
 
@@ -199,7 +233,8 @@ def _near_duplicates(splits: dict[str, DataFile], threshold: float) -> list[Find
             rows = [f"{_where(b, splits[b], j)} ~ {_where(a, splits[a], i)} (Jaccard {sim:.3f})" for j, i, sim in pairs]
             findings.append(Finding("near-duplicate", f"data.{a} and data.{b}: {len(pairs)} near-duplicate pair(s) "
                                                       f"(character {SHINGLE}-gram Jaccard >= {threshold:g}); remove "
-                                                      f"one of each pair from data.{b}", len(pairs), rows[:SHOWN]))
+                                                      f"one of each pair from data.{b}", len(pairs), rows[:SHOWN],
+                                    f"{a}-{b}"))
     return findings
 
 
@@ -277,6 +312,29 @@ def _imbalance(train: DataFile) -> list[Finding]:
     return [Finding("label-imbalance", f"data.train: label {top!r} has {most} rows, {rare!r} only {least} "
                                        f"({most / least:.0f}x); per-label scores of rare labels will be noisy",
                     len(counts), [f"{label}: {n}" for label, n in counts.most_common()][:SHOWN])]
+
+
+def _unlocated_values(splits: dict[str, DataFile]) -> list[Finding]:
+    """Extraction values a span tagger cannot learn or find: not in their text, even ignoring case and spacing.
+    They still count as gold when the tagger is scored, so they cap its recall."""
+    findings = []
+    for role, data in splits.items():
+        per_field, rows = Counter(), []
+        for i, example in enumerate(data.examples):
+            if isinstance(example, ExtractionExample):
+                for name, value, why in locate(example)[1]:
+                    per_field[name] += 1
+                    rows.append(f"{_where(role, data, i)}: {name}={value!r} ({why})")
+        if per_field:
+            located = sum(len(e.fields()) for e in data.examples) - len(rows)
+            counts = ", ".join(f"{name} {n}" for name, n in per_field.most_common())
+            findings.append(Finding("unlocated-values", f"data.{role}: {len(rows)} value(s) not found in their text or only "
+                                                        "inside another field's value "
+                                                        f"({counts}; {located} found): a span tagger cannot learn them "
+                                                        "and they count as misses when it is scored; write values as "
+                                                        "the text has them, or use a causal LM",
+                                    len(rows), rows[:SHOWN]))
+    return findings
 
 
 def _no_test(splits: dict[str, DataFile]) -> list[Finding]:

@@ -16,7 +16,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from sweeper.audit import AuditRefused, AuditReport, unknown_codes
+from sweeper.audit import AuditRefused, AuditReport, allowances
 from sweeper.datasets import DataError
 from sweeper.export import ExportError
 from sweeper.promotion import PromotionError, PromotionResult
@@ -105,14 +105,15 @@ def tasks() -> None:
 
 AllowOption = Annotated[Optional[list[str]], typer.Option(
     "--allow", metavar="CODE", help=f"let an audit refusal through, recorded with the sweep (repeatable): "
-                                    f"{', '.join(AUDIT_CODES)}")]
+                                    f"{', '.join(AUDIT_CODES)}; overlap and near-duplicate for one pair of splits "
+                                    "only as e.g. near-duplicate:train-test")]
 
 
 def _allowed(codes: list[str] | None) -> frozenset[str]:
-    bad = unknown_codes(codes or [])
-    if bad:
-        _fail(ValueError(f"--allow {', '.join(bad)}: not an audit code; use one of {', '.join(AUDIT_CODES)}"))
-    return frozenset(codes or [])
+    try:
+        return allowances(codes or [])
+    except ValueError as exc:
+        _fail(exc)
 
 
 def _print_audit(report: AuditReport, console: Console) -> None:
@@ -187,18 +188,23 @@ def _print_trials(store: TrialStore, name: str) -> None:
     sweep = store.get_sweep(name)
     if sweep is None:
         _fail(StoreError(f"no sweep named {name!r} in {safe_url(store.url)}"))
+    from sweeper.compare import field_columns
+
     rounds = store.rounds(name)
     best = store.best_trial(name)
+    at_best = store.best_round_metrics(name)
+    fields = field_columns(at_best.values())  # per-field F1 at each trial's best round
     table = Table(title=f"sweep {name} ({sweep.status}) - objective {sweep.objective_metric} ({sweep.objective_mode})")
-    for column in ("trial", "status", "stop", "rounds", "best", "holdout loss per round", "lr", "batch", "epochs",
-                   "r", "time s"):
+    for column in ("trial", "status", "stop", "rounds", "best", *fields, "holdout loss per round", "lr", "batch",
+                   "epochs", "r", "time s"):
         table.add_column(column)
     for t in store.trials(name):
         losses = " ".join(f"{r.eval_loss:.3f}" for r in rounds.get(t.trial_key, []) if r.eval_loss is not None)
         best_cell = "-" if t.best_value is None else f"{t.best_value:.4f}@{t.best_round}"
         marker = " *" if best and t.id == best.id else ""
-        p = t.params
-        table.add_row(t.trial_key + marker, t.status, t.stop_reason, str(t.rounds), best_cell, losses,
+        p, metrics = t.params, at_best.get(t.trial_key) or {}
+        table.add_row(t.trial_key + marker, t.status, t.stop_reason, str(t.rounds), best_cell,
+                      *(f"{metrics[f]:.3f}" if f in metrics else "-" for f in fields), losses,
                       f"{p.get('learning_rate', float('nan')):.2e}", str(p.get("batch_size", "")),
                       str(p.get("num_epochs", "")), str(p.get("lora_r", "")), f"{t.wall_time_s:.1f}")
     out.print(table)
@@ -284,7 +290,7 @@ def export(
         if sweep is None:
             raise ExportError(f"no sweep named {name!r} in {safe_url(store.url)}")
         promotion = store.latest_promotion(name)
-        path = export_sweep(store, name, out_dir.resolve(), resolve_model(spec_from_store(sweep.spec).model),
+        path = export_sweep(store, name, out_dir.resolve(), resolve_model(spec_from_store(sweep.spec).model.path),
                             promotion=promotion.result if promotion else None, replace=force)
     except KNOWN_ERRORS as exc:
         _fail(exc)
@@ -389,7 +395,7 @@ def promote(
 
     Exit 0: PROMOTED. Exit 3: NOT PROMOTED (the table says which gate failed). Exit 2: promotion could not run.
     """
-    from sweeper import remote
+    from sweeper import remote, tracking
     from sweeper.promotion import promote as promote_sweep
     from trainers.models import resolve_model
 
@@ -407,10 +413,11 @@ def promote(
                              "(`sweeper run SPEC` resumes it)")
         spec = spec_from_store(sweep.spec)
         target = out_dir.resolve() if out_dir else Path(spec.storage.root).resolve() / "sweeps" / name / "export"
-        result = promote_sweep(store, name, resolve_model(spec.model), target,
+        result = promote_sweep(store, name, resolve_model(spec.model.path), target,
                                log=lambda line: err.print(line, markup=False, highlight=False))
     except KNOWN_ERRORS as exc:
         _fail(exc)
+    tracking.log_summary(store, name, result.to_dict(), target)  # the outcome (and a promoted winner) in W&B
     _print_promotion(result)
     if not result.promoted:
         raise typer.Exit(NOT_PROMOTED)
@@ -463,7 +470,7 @@ def train(
         # The audited hashes; an export from before trial configs carried them recorded them beside the config.
         sha256 = record["trial"]["data"].get("sha256") or \
             {role: entry["sha256"] for role, entry in (record.get("data_fingerprints") or {}).items()}
-        config = trial_config(spec, record["trial"]["hparams"], resolve_model(spec.model),
+        config = trial_config(spec, record["trial"]["hparams"], resolve_model(spec.model.path),
                               str(out_dir or tempfile.mkdtemp(prefix="sweeper-train-")), sha256, max_rounds=rounds)
     except (OSError, KeyError, TypeError, ValueError, yaml.YAMLError) as exc:  # ValueError: a spec, config, model
         _fail(ValueError(f"{winner}: not a usable export ({exc})"))
@@ -519,6 +526,8 @@ def compare(
 
 
 def _print_comparison(comparison, sort: str) -> None:
+    from sweeper import compare as cmp
+
     rows, many = comparison.trials, len(comparison.best) > 1
 
     def num(value, spec: str = ".4f") -> str:
@@ -526,10 +535,11 @@ def _print_comparison(comparison, sort: str) -> None:
 
     shown = {"objective", "eval_loss", "trial", "status", "stop_reason", "rounds", "best_round", "wall_time_s",
              "learning_rate", "batch_size", "num_epochs", "lora_r"}
-    extra = sort.removeprefix("param.") if sort.removeprefix("param.") not in shown else None
+    fields = cmp.field_columns(r.metrics for r in rows)  # per-field F1, when the task has fields
+    extra = sort.removeprefix("param.") if sort.removeprefix("param.") not in shown | set(fields) else None
     table = Table(title=f"{len(rows)} trial(s), sorted by {sort} (* = best of its sweep)")
     columns = (["sweep"] if many else []) + ["trial", "status", "stop", "rounds", "best@round", "eval_loss"] + \
-        ([extra] if extra else []) + ["lr", "batch", "epochs", "r", "time s"]
+        fields + ([extra] if extra else []) + ["lr", "batch", "epochs", "r", "time s"]
     for column in columns:
         table.add_column(column)
     for r in rows:
@@ -537,6 +547,7 @@ def _print_comparison(comparison, sort: str) -> None:
         cells = ([r.sweep] if many else []) + [
             r.trial + (" *" if r.is_best else ""), r.status, r.stop_reason, str(r.rounds),
             "-" if r.objective is None else f"{r.objective:.4f}@{r.best_round}", num(r.metrics.get("eval_loss"))]
+        cells += [num(r.metrics.get(f), ".3f") for f in fields]
         if extra:
             cells.append(num(r.value(sort), ".4g"))
         cells += [num(p.get("learning_rate"), ".2e"), num(p.get("batch_size")), num(p.get("num_epochs")),

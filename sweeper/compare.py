@@ -174,6 +174,15 @@ def compare(store: TrialStore, sweeps: list[str], statuses: list[str] | None = N
     return Comparison(rows if sort is None else sort_rows(rows, sort, descending), best)
 
 
+AGGREGATE_F1 = ("f1_micro", "f1_macro")
+
+
+def field_columns(metric_sets) -> list[str]:
+    """The per-field F1 metrics (`f1_<field>`) among some metric dicts: a table shows them when the task has
+    fields, since a model can be good on average and fail one field."""
+    return sorted({k for metrics in metric_sets for k in metrics if k.startswith("f1_") and k not in AGGREGATE_F1})
+
+
 def metric_columns(rows: list[TrialRow]) -> list[str]:
     names = sorted({k for r in rows for k in r.metrics})
     return sorted(names, key=lambda n: (n != "eval_loss", n))

@@ -21,16 +21,16 @@ from pathlib import Path
 
 import psutil
 import ray
-from pyarrow import fs as pafs
 from ray import tune
 from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 from ray.tune.search import ConcurrencyLimiter, Searcher
 
+from sweeper import checkpoints
 from sweeper.progress import LiveProgress, TrialView
 from sweeper.search import SweepSearch, close_stopped_trials
 from sweeper.spec import Spec, SpecError
 from sweeper.store import TrialStore, full_url, remember_url
-from sweeper.tracking import RUNS_FOLDER, TrialRuns, round_log, spec_mode
+from sweeper.tracking import RUNS_FOLDER, TrialRuns, round_log, spec_mode, worker_config
 from sweeper.trial_config import complete, template
 from sweeper.trial_status import STATUS_BY_REASON
 from trainers import trainer_for
@@ -106,7 +106,7 @@ def trial_worker(params: dict, job: dict) -> None:
     """A Tune function trainable: one trial of the sweep, run by the task's trainer."""
     params = dict(params)
     resume_from = params.pop(TRIAL)["resume_from"]
-    resume = tune.Checkpoint(resume_from, filesystem=_filesystem(job["storage"])) if resume_from else None
+    resume = tune.Checkpoint(resume_from, filesystem=checkpoints.filesystem(job["storage"])) if resume_from else None
     trial_id = tune.get_context().get_trial_id()
     for stale in Path(tempfile.gettempdir()).glob(f"sweeper-{trial_id}-*"):  # left by an attempt that was killed
         shutil.rmtree(stale, ignore_errors=True)
@@ -293,9 +293,10 @@ class WandbCallback(tune.Callback):
         self.objective = {"metric": job["metric"], "mode": job["mode"]}
         self._runs: TrialRuns | None = None
         self._started: set[str] = set()
+        self._workers: dict[str, dict] = {}  # trial key -> the worker settings its run's config holds
 
     def __getstate__(self):  # Tune pickles callbacks; a thread and open runs do not pickle
-        return {**self.__dict__, "_runs": None, "_started": set()}
+        return {**self.__dict__, "_runs": None, "_started": set(), "_workers": {}}
 
     def setup(self, **info):
         self._runs = TrialRuns(self.project, self.group, self.mode, self.directory, full_url(self.database_url))
@@ -316,6 +317,10 @@ class WandbCallback(tune.Callback):
         if trial_key(trial) not in self._started:
             self.on_trial_start(iteration, trials, trial)
         record = round_record(result)
+        worker = worker_config(record)
+        if worker and worker != self._workers.get(trial_key(trial)):  # its first round, or a halved micro-batch
+            self._workers[trial_key(trial)] = worker
+            self._runs.configure(trial_key(trial), {"worker": worker})
         self._runs.log(trial_key(trial), round_log(record), record.round)
 
     def on_trial_complete(self, iteration, trials, trial, **info):
@@ -387,7 +392,7 @@ def run_sweep(spec: Spec, database_url: str, tune_path: str, sweep_dir: Path, mo
     unfinished: Tune's saved experiment state may lag them and is not read back."""
     remember_url(database_url)  # the searcher's study storage and the callbacks are pickled without the password
     experiment_path = f"{tune_path.rstrip('/')}/{spec.name}"
-    search = SweepSearch(spec, database_url, _checkpoint_exists(tune_path))
+    search = SweepSearch(spec, database_url, checkpoints.exists(tune_path))
     if search.done():  # every trial ended before the driver stopped (e.g. killed while exporting)
         return SweepResult(finished=True, experiment_path=experiment_path, resumed=True)
     start_ray(address, env or {})
@@ -463,18 +468,6 @@ def check_schedulable(spec: Spec, address: str | None) -> None:
                 for field, name in (("cpus", "CPU"), ("gpus", "GPU")) if asked[name] > largest[name]]
     raise Unschedulable(problems or [("resources", f"no single node of {where} has {asked} at once")],
                         source="resources")
-
-
-def _filesystem(tune_path: str) -> pafs.FileSystem | None:
-    """The pyarrow filesystem of a remote Tune storage (s3://, gs://); None for a local path."""
-    return pafs.FileSystem.from_uri(tune_path)[0] if "://" in tune_path else None
-
-
-def _checkpoint_exists(tune_path: str):
-    filesystem = _filesystem(tune_path)
-    if filesystem is None:
-        return os.path.isdir
-    return lambda path: filesystem.get_file_info(path).type == pafs.FileType.Directory
 
 
 def _settle_unfinished_trials(sweep_name: str, database_url: str, over_time: bool) -> bool:

@@ -12,11 +12,13 @@ import csv
 import hashlib
 import io
 import json
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Union
+from typing import Any, Callable, Union
 
 MAX_TEXT_CHARS = 100_000  # one example's text; longer rows are almost always a broken export
+FIELD_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}$")  # it becomes a metric name: f1_<field>
 
 
 class DataError(ValueError):
@@ -49,7 +51,32 @@ class TaggedExample:
     spans: tuple[Span, ...] = ()
 
     def fields(self) -> dict[str, str]:
-        return {s.field: self.text[s.start : s.end] for s in self.spans}
+        """{field: text}; a field tagged twice keeps its first span, as the tagger's decoding does."""
+        fields: dict[str, str] = {}
+        for span in self.spans:  # sorted by start
+            fields.setdefault(span.field, self.text[span.start : span.end])
+        return fields
+
+    def field_names(self) -> set[str]:
+        return {span.field for span in self.spans}
+
+
+@dataclass(frozen=True)
+class ExtractionExample:
+    """Text and the value of each field of a schema the data defines (`{"name": value or null}`).
+
+    Values are any JSON: strings, numbers, booleans, or lists and objects (compared as canonical JSON). A null
+    says the text does not give that field: a model that fills it in is wrong."""
+
+    text: str
+    values: tuple[tuple[str, Any], ...]  # (field, value or None) in the row's order
+
+    def fields(self) -> dict[str, Any]:
+        """The fields the text gives: {field: value}, nulls left out."""
+        return {name: value for name, value in self.values if value is not None}
+
+    def field_names(self) -> set[str]:
+        return {name for name, _ in self.values}
 
 
 @dataclass(frozen=True)
@@ -73,7 +100,14 @@ class PromptExample:
             object.__setattr__(self, "text", self.prompt)
 
 
-Example = Union[TaggedExample, LabeledExample, PromptExample]
+Example = Union[TaggedExample, ExtractionExample, LabeledExample, PromptExample]
+FieldsExample = Union[TaggedExample, ExtractionExample]
+FIELDS_EXAMPLES = (TaggedExample, ExtractionExample)  # examples whose labels are named fields (per-field F1)
+
+
+def field_schema(examples: list) -> list[str]:
+    """The field names of a split's examples, sorted: the schema a model is trained to fill."""
+    return sorted({name for example in examples for name in example.field_names()})
 
 
 @dataclass
@@ -236,19 +270,46 @@ def _read_jsonl(path: Path, raw: str) -> DataFile:
     return data
 
 
+def _read_extraction(path: Path, raw: str) -> DataFile:
+    data = DataFile([], [])
+    for i, line in enumerate(raw.split("\n"), start=1):
+        if not line.strip():
+            continue
+        where = f"{path}: line {i}"
+        rec = _parse_json(line, where, one_line=True)
+        text = rec.get("text") if isinstance(rec, dict) else None
+        fields = rec.get("fields") if isinstance(rec, dict) else None
+        if not isinstance(text, str) or not isinstance(fields, dict):
+            raise DataError(f'{where}: needs a string "text" and an object "fields" ({{"name": value or null}})')
+        bad = [name for name in fields if not FIELD_NAME.match(name)]
+        if bad:
+            raise DataError(f"{where}: field name {bad[0]!r} cannot name a metric (f1_<field>); use up to 64 letters, "
+                            "digits, '_', '.' or '-'")
+        if not text.strip():
+            data.empty_rows.append(f"line {i}: empty text")
+            continue
+        data.examples.append(ExtractionExample(text, tuple(fields.items())))
+        data.rows.append(f"line {i}")
+    return data
+
+
 @dataclass(frozen=True)
 class DataFormat:
     """A data format a spec may name (`data.format`): its reader, and what a file of it holds (for listings)."""
 
     read: Callable[[Path, str], DataFile]
     holds: str
+    fields: bool = False  # its rows carry named fields (per-field F1)
 
 
 # The only list of data formats: the spec, the trainers' registrations and `sweeper tasks` read it.
 FORMATS: dict[str, DataFormat] = {
-    "restaurant8k": DataFormat(_read_restaurant8k, "a JSON list of {userInput: {text}, labels: [{slot, valueSpan}]}"),
+    "restaurant8k": DataFormat(_read_restaurant8k, "a JSON list of {userInput: {text}, labels: [{slot, valueSpan}]}",
+                               fields=True),
     "csv": DataFormat(_read_csv, "CSV with a header: text, label (or category)"),
     "jsonl": DataFormat(_read_jsonl, "JSON lines: {instruction (or prompt), response}"),
+    "extraction": DataFormat(_read_extraction, 'JSON lines: {"text": ..., "fields": {"name": value or null}}, '
+                                               "any field names", fields=True),
 }
 
 

@@ -3,7 +3,9 @@
 `winner.yaml` / `winner.json` hold the same record. Its `trial:` section is the complete trial config
 (hyperparameters and the audited SHA-256 of each data file included), built from the recorded `spec:` as the
 sweep built it (sweeper.trial_config); `sweeper train <export>/winner.yaml` rebuilds it the same way, re-runs it
-without Ray and compares the holdout metric with the one recorded here.
+without Ray and compares the holdout metric with the one recorded here. Its `worker:`, `training_arguments:` and
+`lora_config:` sections are what the winner's worker recorded at its best round (device, dtype, micro-batch after
+any out-of-memory halving, peak memory, ...), never recomputed on the exporting machine.
 
 An export never deletes what it did not write. It is staged beside its folder and then moved in whole: into a
 new or empty folder, or swapped with a previous export (recognised by the `.sweeper-export` marker each export
@@ -24,12 +26,13 @@ from pathlib import Path
 
 import yaml
 
+from sweeper import checkpoints
 from sweeper.datasets import DataChanged, check_fingerprint, fingerprint
 from sweeper.spec import Spec, spec_from_store
 from sweeper.store import TrialStore
 from sweeper.trial_config import trial_config
 from trainers import get_task
-from trainers.base import TrialConfig
+from trainers.base import MEASURED, RAN_WITH, ran_with
 
 PACKAGES = ("sweeper", "torch", "transformers", "peft", "accelerate", "ray", "optuna", "wandb", "SQLAlchemy")
 MARKER = ".sweeper-export"  # written by every export: what a later export may replace
@@ -50,12 +53,15 @@ def package_versions() -> dict[str, str]:
     return versions
 
 
-def _hf_kwargs(config: TrialConfig) -> tuple[dict, dict]:
-    from trainers import hf_loop  # torch loads only when exporting, not for every CLI command
-
-    n_train = len(config.data.read("train"))
-    micro, accumulation, round_steps = hf_loop.schedule(config, n_train)
-    return hf_loop.training_kwargs(config, micro, accumulation, round_steps), hf_loop.lora_kwargs(config)
+def worker_record(bookkeeping: dict, lora: bool) -> dict:
+    """What the winner's worker ran with and measured at its best round, from its own record: recomputed here, the
+    exporting machine (a CPU head, say) would describe itself instead of the GPU the trial ran on."""
+    nested = ("training_arguments", "lora_config")  # exported as sections of their own
+    worker = {k: v for k, v in ran_with(bookkeeping, RAN_WITH + MEASURED).items() if k not in nested}
+    if lora and "training_arguments" not in bookkeeping:
+        worker["note"] = ("not recorded: this trial ran before workers recorded their settings, so its "
+                          "TrainingArguments and LoraConfig are not known")
+    return worker
 
 
 NO_PROMOTION = {"promoted": False, "status": "NOT PROMOTED",
@@ -100,7 +106,8 @@ def export_sweep(store: TrialStore, sweep_name: str, out: Path, model_path: str,
     sha256 = {role: entry["sha256"] for role, entry in data.items()}
     config = trial_config(spec, best.params, model_path, "<output_dir>", sha256)
     best_round_metrics = store.best_round_metrics(sweep_name, best.trial_key).get(best.trial_key, {})
-    training_args, lora = _hf_kwargs(config) if get_task(config.task).lora else ({}, {})
+    at_best = next((r.bookkeeping for r in store.trial_rounds(sweep_name, best.trial_key)
+                    if r.round == best.best_round), None) or {}
     record = {
         "sweep": sweep_name,
         "trial": config.model_dump(mode="json", exclude={"output_dir", "max_rounds"}),  # the re-run chooses these
@@ -114,15 +121,18 @@ def export_sweep(store: TrialStore, sweep_name: str, out: Path, model_path: str,
         },
         "promotion": promotion or NO_PROMOTION,
         "audit": sweep.audit,
-        "training_arguments": training_args,
-        "lora_config": lora,
+        "worker": worker_record(at_best, get_task(config.task).lora),
+        "training_arguments": at_best.get("training_arguments", {}),
+        "lora_config": at_best.get("lora_config", {}),
         "reproduce": f"sweeper train {out / 'winner.yaml'} --rounds {best.best_round}",
         "data_fingerprints": data,
         "versions": package_versions(),
         "spec": sweep.spec,
     }
+    recorded = store.best_checkpoint(best)
     try:
-        _write(out, record, store.best_checkpoint(best), replace)
+        with checkpoints.local_copy(recorded, sweep.experiment_path or "") as checkpoint:  # s3:// downloaded
+            _write(out, record, checkpoint, recorded, replace)
     except OSError as exc:
         raise ExportError(f"cannot write the export to {out}: {exc.strerror or exc}") from None
     return out / "winner.yaml"
@@ -150,13 +160,14 @@ def target_problem(out: Path, replace: bool) -> str | None:
     return None
 
 
-def _write(out: Path, record: dict, checkpoint: str, replace: bool) -> None:
-    """Stage the export beside `out`, then move it in whole: a crash leaves the old export or the new one."""
+def _write(out: Path, record: dict, checkpoint: Path | None, recorded: str, replace: bool) -> None:
+    """Stage the export beside `out`, then move it in whole: a crash leaves the old export or the new one.
+    `checkpoint`: the winner's checkpoint on this machine (None: gone); `recorded`: where the store says it is."""
     out.parent.mkdir(parents=True, exist_ok=True)
     staging = out.parent / f".{out.name}.sweeper-partial-{uuid.uuid4().hex[:8]}"
     staging.mkdir()
     try:
-        _copy_adapter(checkpoint, staging / "adapter", get_task(record["trial"]["task"]).model_files)
+        _copy_adapter(checkpoint, recorded, staging / "adapter", get_task(record["trial"]["task"]).model_files)
         text = json.dumps(record, indent=2)
         plain = json.loads(text)  # no shared objects: YAML would write them as anchors, which sweeper's loader refuses
         (staging / "winner.yaml").write_text(yaml.safe_dump(plain, sort_keys=False, width=1000))
@@ -196,10 +207,9 @@ def _swap(staged: Path, out: Path) -> None:
     previous.rename(staged)
 
 
-def _copy_adapter(checkpoint: str, target: Path, files: tuple[str, ...]) -> None:
-    source = Path(checkpoint) if checkpoint else None
+def _copy_adapter(source: Path | None, recorded: str, target: Path, files: tuple[str, ...]) -> None:
     if source is None or not (source / files[0]).is_file():
-        raise ExportError(f"the winning trial's checkpoint is missing ({checkpoint or 'never recorded'})")
+        raise ExportError(f"the winning trial's checkpoint is missing ({recorded or 'never recorded'})")
     target.mkdir()
     for name in files:
         if (source / name).is_file():

@@ -23,8 +23,9 @@ from typing import Callable
 
 import numpy as np
 
+from sweeper import checkpoints
 from sweeper.audit import audited_sha256, labels_of
-from sweeper.datasets import TaggedExample, read_examples
+from sweeper.datasets import FIELDS_EXAMPLES, read_examples
 from sweeper.export import export_sweep, target_problem
 from sweeper.spec import PER_FIELD_GATE, Gate, Promotion, Spec, spec_from_store
 from sweeper.store import TrialStore
@@ -228,22 +229,23 @@ def promote(store: TrialStore, sweep_name: str, model_path: str, export_dir: Pat
     if not examples:
         raise PromotionError(f"data.{split} ({getattr(spec.data, split)}) has no usable rows to check the gates on")
     train = read_examples(spec.data.train, spec.data.format, sha256.get("train"))
-    tagged = isinstance(examples[0], TaggedExample)  # fields to gate one by one (a class label is no field)
-    fields = sorted({f for e in train + examples for f in labels_of(e)}) if tagged else []
+    with_fields = isinstance(examples[0], FIELDS_EXAMPLES)  # fields to gate one by one (a class label is no field)
+    fields = sorted({f for e in train + examples for f in labels_of(e)}) if with_fields else []
     module = task_module(spec.task)
     at_best = store.best_round_metrics(sweep_name)
 
     def evaluate(trial) -> TrialCheck | None:
-        checkpoint = store.best_checkpoint(trial)
-        if not checkpoint or not Path(checkpoint).is_dir():
-            if trial is ranked[0]:
-                raise PromotionError(f"the best trial {trial.trial_key}'s checkpoint is missing "
-                                     f"({checkpoint or 'never recorded'}); it cannot be re-evaluated")
-            return None
-        log(f"promotion: re-evaluating trial {trial.trial_key} (round {trial.best_round}) on the {split} split "
-            f"({len(examples)} rows)")
-        config = _config(sweep, spec, trial.params, model_path, tempfile.gettempdir())
-        records = module.predict(config, checkpoint, examples)
+        recorded = store.best_checkpoint(trial)
+        with checkpoints.local_copy(recorded, sweep.experiment_path or "") as checkpoint:  # s3:// downloaded
+            if checkpoint is None:
+                if trial is ranked[0]:
+                    raise PromotionError(f"the best trial {trial.trial_key}'s checkpoint is missing "
+                                         f"({recorded or 'never recorded'}); it cannot be re-evaluated")
+                return None
+            log(f"promotion: re-evaluating trial {trial.trial_key} (round {trial.best_round}) on the {split} split "
+                f"({len(examples)} rows)")
+            config = _config(sweep, spec, trial.params, model_path, tempfile.gettempdir())
+            records = module.predict(config, str(checkpoint), examples)
         checks = check_gates(records, module.score, settings, fields, spec.seed, at_best.get(trial.trial_key, {}))
         return TrialCheck(trial.trial_key, trial.best_value, len(examples), checks)
 

@@ -125,8 +125,9 @@ def _confinement_errors(raw: dict, settings: ServiceSettings) -> list[dict]:
     errors = [{"path": f"data.{role}", "message": "outside the service's data roots"} for role in ("train", "holdout", "test")
               if isinstance(data.get(role), str) and not _confined(base / data[role], roots)]
     model = raw.get("model")
-    if isinstance(model, str) and model not in NAMED_MODELS and not _confined(Path(model), roots):
-        errors.append({"path": "model", "message": "a model must be a named model or lie under the data roots"})
+    path, where = (model.get("path"), "model.path") if isinstance(model, dict) else (model, "model")
+    if isinstance(path, str) and path not in NAMED_MODELS and not _confined(Path(path), roots):
+        errors.append({"path": where, "message": "a model must be a named model or lie under the data roots"})
     return errors
 
 
@@ -392,7 +393,7 @@ def create_app(settings: ServiceSettings) -> FastAPI:
         if sweep.status != "completed":
             raise _problem(409, f"sweep {name!r} is {sweep.status}; promote it once it has completed")
         try:
-            model_path = resolve_model(spec_from_store(sweep.spec).model)
+            model_path = resolve_model(spec_from_store(sweep.spec).model.path)
             result = promote(store, name, model_path, settings.root / "sweeps" / name / "export",
                              log=lambda line: None)
         except PromotionError as exc:

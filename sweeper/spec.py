@@ -14,21 +14,51 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, field_validator, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    TypeAdapter,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 import search_spaces
 from search_spaces.space import FloatParam, SearchSpace
-from sweeper.datasets import file_problem
+from sweeper.datasets import FORMATS, file_problem
 from sweeper.store import safe_url
 from sweeper.yaml_safe import describe, load_yaml
 from trainers import all_tasks, get_task
-from trainers.base import HYPERPARAMETERS, DataFormatName, HyperParams, Task
-from trainers.models import ModelNotFound, check_model
+from trainers.base import HYPERPARAMETERS, DataFormatName, HyperParams, ModelSettings, Task
+from trainers.models import ModelNotFound, architectures, check_model, generates_text
 
 PER_FIELD_GATE = "per_field_f1"  # a gate on every field's F1 at once
 UNBOUNDED_METRICS = ("eval_loss",)  # every other metric is a rate in [0, 1]
-AuditCode = Literal["small-holdout", "overlap", "near-duplicate", "empty-rows", "unseen-label"]
-AUDIT_CODES: tuple[str, ...] = AuditCode.__args__
+AUDIT_CODES = ("small-holdout", "overlap", "near-duplicate", "empty-rows", "unseen-label")
+PAIRWISE_CODES = ("overlap", "near-duplicate")  # found between two splits: an allowance may name the pair
+SPLITS = ("train", "holdout", "test")
+
+
+def check_allowance(value: str) -> str:
+    """An audit code to let through (`near-duplicate`), or a pairwise one for one pair of splits only
+    (`near-duplicate:train-test`, written in either order); ValueError naming what is wrong otherwise."""
+    code, _, pair = value.partition(":")
+    if code not in AUDIT_CODES:
+        raise ValueError(f"{value!r} is not an audit code; use one of {', '.join(AUDIT_CODES)} ({' and '.join(PAIRWISE_CODES)} "
+                         "may name two splits: near-duplicate:train-test)")
+    if not pair:
+        return code
+    if code not in PAIRWISE_CODES:
+        raise ValueError(f"{code} is not found between two splits: write it without ':{pair}'")
+    splits = pair.split("-")
+    if len(splits) != 2 or splits[0] == splits[1] or not set(splits) <= set(SPLITS):
+        raise ValueError(f"{value!r}: name two different splits of {', '.join(SPLITS)}, e.g. {code}:train-test")
+    return f"{code}:{'-'.join(sorted(splits, key=SPLITS.index))}"
+
+
+AllowCode = Annotated[str, AfterValidator(check_allowance)]
 
 
 class SpecError(ValueError):
@@ -44,12 +74,33 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
+class ModelSpec(ModelSettings):
+    """The `model:` block: the base model and how it is loaded and trained (dtype, quantization, gradient
+    checkpointing, LoRA targets: trainers.base.ModelSettings). `model: NAME` alone is `model: {path: NAME}`."""
+
+    path: str = Field(description="a bundled model name (trainers/models.py) or a local Hugging Face model folder")
+    max_seq_length: int = Field(default=128, ge=8, le=8192, description="tokens per example; longer ones are cut")
+
+    def settings(self) -> ModelSettings:
+        """What a trial's config carries of the block (the path travels resolved, the length on its own)."""
+        return ModelSettings.model_validate(self.model_dump(include=set(ModelSettings.model_fields)))
+
+
 class DataSpec(_Strict):
     format: DataFormatName
     train: str
     holdout: str
     test: str | None = None
-    max_seq_length: int = Field(default=128, ge=8, le=8192)
+    prompt_template: str | None = Field(default=None, description="causal_lm_sft on rows with fields: the request, "
+                                        "with {text} (the row's text) and optionally {fields} (the field names)")
+
+    @field_validator("prompt_template")
+    @classmethod
+    def _has_text(cls, value):
+        if value is not None and "{text}" not in value:
+            raise ValueError("the template must contain {text}, where the row's text goes (and may contain {fields}, "
+                             "the field names)")
+        return value
 
 
 class Objective(_Strict):
@@ -106,7 +157,7 @@ class AuditSettings(_Strict):
     min_holdout_fraction: float = Field(default=0.10, ge=0, lt=1, description="holdout rows / train rows")
     near_duplicate_threshold: float = Field(default=0.92, gt=0, le=1,
                                             description="character 3-gram Jaccard of normalised texts")
-    allow: list[AuditCode] = Field(default_factory=list)
+    allow: list[AllowCode] = Field(default_factory=list)
 
 
 GATE_PATTERN = re.compile(r"^\s*(\w+)\s*(>=|<=)\s*([-+0-9.eE]+)\s*(for every field)?\s*$")
@@ -153,7 +204,7 @@ class Spec(_Strict):
     name: str = Field(pattern=r"^[a-z0-9][a-z0-9_-]{0,62}$")
     description: str = ""
     task: Task
-    model: str
+    model: ModelSpec
     data: DataSpec
     search_space: str | SearchSpace
     fixed: dict[str, Any] = Field(default_factory=dict)
@@ -164,10 +215,17 @@ class Spec(_Strict):
     resources: Resources = Field(default_factory=Resources)
     seed: int = Field(ge=0)
     generation_eval_examples: int = Field(default=32, ge=0)
+    max_new_tokens: int | None = Field(default=None, ge=1, le=8192,
+                                       description="causal LM answers; unset: the longest train answer and a margin")
     storage: Storage = Field(default_factory=Storage)
     tracking: Tracking = Field(default_factory=Tracking)
     audit: AuditSettings = Field(default_factory=AuditSettings)
     promotion: Promotion | None = None
+
+    @field_validator("model", mode="before")
+    @classmethod
+    def _model_path(cls, value):
+        return {"path": value} if isinstance(value, str) else value  # the form before the block
 
     @field_validator("search_space")
     @classmethod
@@ -195,10 +253,18 @@ class Spec(_Strict):
         Gates are part of it: they are fixed before the sweep and cannot be moved after seeing results.
         """
         data = self.model_dump(mode="json")
-        unset = {"audit": AuditSettings().model_dump(mode="json"), "promotion": None}
+        unset = {"audit": AuditSettings().model_dump(mode="json"), "promotion": None, "max_new_tokens": None}
         for section, default in unset.items():  # added later: left unset, older sweeps keep their fingerprint
             if data[section] == default:
                 del data[section]
+        if data["data"]["prompt_template"] is None:
+            del data["data"]["prompt_template"]
+        model = data.pop("model")
+        if {k: v for k, v in model.items() if k not in ("path", "max_seq_length")} == ModelSettings().model_dump():
+            # Default settings: as the spec was written before the block, so its sweeps resume.
+            data["model"], data["data"]["max_seq_length"] = model["path"], model["max_seq_length"]
+        else:
+            data["model"] = model
         return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -211,12 +277,39 @@ def _file_and_model_errors(raw: dict) -> list[tuple[str, str]]:
         problem = file_problem(path) if isinstance(path, str) else None
         if problem:
             errors.append((f"data.{role}", f"{problem}: {path}"))
-    if isinstance(raw.get("model"), str):
+    model = raw.get("model")
+    path, where = (model.get("path"), "model.path") if isinstance(model, dict) else (model, "model")
+    if isinstance(path, str):
         try:
-            check_model(raw["model"])
+            check_model(path)
         except ModelNotFound as exc:
-            errors.append(("model", str(exc)))
+            errors.append((where, str(exc)))
     return errors
+
+
+MOVED = {"model.max_seq_length": "data.max_seq_length"}  # new place -> where specs before the model block had it
+
+
+def _move_legacy_keys(raw: dict) -> tuple[dict, list[tuple[str, str]]]:
+    """A spec written before the `model:` block, brought to its form: `data.max_seq_length` moves into the block.
+    Returns the moved spec and the problems of the move (the length set in both places)."""
+    data, model = raw.get("data"), raw.get("model")
+    if not (isinstance(data, dict) and "max_seq_length" in data):
+        return raw, []
+    data = dict(data)
+    length = data.pop("max_seq_length")
+    if isinstance(model, dict) and "max_seq_length" in model:
+        return {**raw, "data": data}, [("data.max_seq_length", "moved to model.max_seq_length, which this spec sets "
+                                                               "too: remove it here")]
+    if isinstance(model, (str, dict)):
+        model = {"path": model} if isinstance(model, str) else model
+        return {**raw, "data": data, "model": {**model, "max_seq_length": length}}, []
+    return {**raw, "data": data}, []  # no model to move it into: that is the error to report
+
+
+def _as_written(path: str, moved: bool) -> str:
+    """An error's path where the spec wrote the setting."""
+    return MOVED.get(path, path) if moved else path
 
 
 def _hyperparameter_errors(spec: Spec) -> list[tuple[str, str]]:
@@ -235,7 +328,30 @@ def _hyperparameter_errors(spec: Spec) -> list[tuple[str, str]]:
 
 
 def _semantic_errors(spec: Spec) -> list[tuple[str, str]]:
-    return _task_errors(spec) + _hyperparameter_errors(spec) + _value_errors(spec) + _gate_errors(spec)
+    return (_task_errors(spec) + _model_errors(spec) + _hyperparameter_errors(spec) + _value_errors(spec)
+            + _gate_errors(spec))
+
+
+def _model_errors(spec: Spec) -> list[tuple[str, str]]:
+    """Model settings this sweep cannot run, refused here rather than in every trial. What needs the model itself
+    (target modules it lacks, a model_type PEFT has no default for) or the worker's machine (CUDA, bitsandbytes)
+    is checked in the worker (trainers/base_model.py), naming the same fields."""
+    model, task, errors = spec.model, get_task(spec.task), []
+    if not task.lora:
+        defaults = ModelSettings().model_dump()
+        return [(f"model.{k}", f"task {task.name} trains no model, so this has no effect; remove it")
+                for k, v in model.settings().model_dump().items() if v != defaults[k]]
+    if task.prompted and generates_text(model.path) is False:
+        errors.append(("model.path", f"{model.path} is an encoder ({', '.join(architectures(model.path))}); task "
+                       f"{task.name} fine-tunes a causal LM, whose config.json names a *ForCausalLM architecture "
+                       "(smollm2-135m, or a local Llama, Qwen, Mistral, ... folder)"))
+    if spec.resources.gpus == 0 and model.quantization == "4bit":
+        errors.append(("model.quantization", "4bit (NF4 QLoRA through bitsandbytes) needs a CUDA GPU and the trials "
+                       "get none (resources.gpus: 0): give them resources.gpus, or set quantization: none"))
+    if spec.resources.gpus == 0 and model.dtype == "float16":
+        errors.append(("model.dtype", "float16 trains with a loss scaler that needs a CUDA GPU and the trials get "
+                       "none (resources.gpus: 0): give them resources.gpus, or use auto, float32 or bfloat16"))
+    return errors
 
 
 def _task_errors(spec: Spec) -> list[tuple[str, str]]:
@@ -243,6 +359,9 @@ def _task_errors(spec: Spec) -> list[tuple[str, str]]:
     task, errors = get_task(spec.task), []
     if spec.data.format not in task.formats:
         errors.append(("data.format", f"task {task.name} reads {', '.join(task.formats)}, not {spec.data.format}"))
+    elif spec.data.prompt_template and not (task.prompted and FORMATS[spec.data.format].fields):
+        errors.append(("data.prompt_template", "a prompt template asks a language model for fields: it needs task "
+                       "causal_lm_sft and a format with fields (extraction, restaurant8k); remove it"))
     if not task.reports(spec.objective.metric):
         errors.append(("objective.metric", f"{spec.objective.metric!r} is not reported by task {task.name}; "
                        f"choose one of {', '.join(task.metric_names())}"))
@@ -313,10 +432,14 @@ def parse_spec(raw: Any, base: Path = Path("."), source: str = "spec") -> Spec:
         raise SpecError([("", "the spec must be a YAML mapping of settings")], source)
     raw = _resolve_paths(raw, base)
     errors = _file_and_model_errors(raw)
+    moved, problems = _move_legacy_keys(raw)
+    errors += problems
     try:
-        spec = Spec.model_validate(raw)
+        spec = Spec.model_validate(moved)
     except ValidationError as exc:
-        errors += [(_path(e["loc"]), _message(e)) for e in exc.errors() if not _other_union_branch(e, raw)]
+        was_moved = moved is not raw and not problems
+        errors += [(_as_written(_path(e["loc"]), was_moved), _message(e)) for e in exc.errors()
+                   if not _other_union_branch(e, raw)]
         raise SpecError(errors, source) from None
     errors += _semantic_errors(spec)
     if errors:
@@ -364,7 +487,8 @@ def load_spec(path: str | Path) -> Spec:
 
 
 # -- the spec as stored with a sweep: written once, read back typed by export, promotion, the CLI and the service --
-SCHEMA_VERSION = 1  # of the stored form; when it changes, bump it and teach `spec_from_store` the older forms
+SCHEMA_VERSION = 2  # of the stored form; when it changes, bump it and teach `spec_from_store` the older forms
+# 1: `model` a path or name, `data.max_seq_length`; 2: the `model:` block holds both.
 
 
 def stored_spec(spec: Spec) -> dict:
@@ -380,10 +504,14 @@ def spec_from_store(stored: dict) -> Spec:
     """A stored spec (`stored_spec`), typed again. Its database_url is redacted: use the store's own URL."""
     data = dict(stored)
     version = data.pop("schema_version", 1)  # stored before the version was: the same form as version 1
-    if version != SCHEMA_VERSION:
-        raise SpecError([("schema_version", f"{version}: this sweeper reads stored specs of version "
+    if version not in (1, SCHEMA_VERSION):
+        raise SpecError([("schema_version", f"{version}: this sweeper reads stored specs of versions 1 to "
                                             f"{SCHEMA_VERSION}; use the sweeper version that ran the sweep")],
                         "stored spec")
+    if version == 1:
+        data, problems = _move_legacy_keys(data)
+        if problems:
+            raise SpecError(problems, "stored spec")
     try:
         return Spec.model_validate(data)
     except ValidationError as exc:

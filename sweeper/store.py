@@ -311,8 +311,21 @@ def _json_scalar(value: Any) -> bool:
     return isinstance(value, (int, str, bool))
 
 
-def _storable(values: dict) -> dict:
-    return {k: v for k, v in values.items() if _json_scalar(v)}
+def _json_value(value: Any) -> bool:
+    """A scalar `_json_scalar` keeps, or mappings and lists of them with None (a worker's TrainingArguments and
+    LoraConfig, recorded with each round)."""
+    if isinstance(value, dict):
+        return all(isinstance(k, str) and (v is None or _json_value(v)) for k, v in value.items())
+    if isinstance(value, list):
+        return all(v is None or _json_value(v) for v in value)
+    return _json_scalar(value)
+
+
+def _storable(values: dict, nested: bool = True) -> dict:
+    """What of a worker's values the store keeps: JSON only (PostgreSQL's json type refuses NaN); metrics are
+    scalars, bookkeeping may hold mappings and lists (`nested`)."""
+    keep = _json_value if nested else _json_scalar
+    return {k: v for k, v in values.items() if keep(v)}
 
 
 def ranked(trials: list[Trial], mode: str) -> list[Trial]:
@@ -550,7 +563,7 @@ class TrialStore:
             if row is None:
                 row = Round(trial_id=trial.id, round=number, checkpoint="")
                 session.add(row)
-            row.metrics, row.bookkeeping = _storable(metrics), _storable(bookkeeping)
+            row.metrics, row.bookkeeping = _storable(metrics, nested=False), _storable(bookkeeping)
             row.eval_loss = metrics.get("eval_loss")
             row.checkpoint = checkpoint or row.checkpoint
             value = metrics.get(sweep.objective_metric)

@@ -7,7 +7,6 @@ Kept apart from the CLI so that the HTTP service and tests drive sweeps the same
 from __future__ import annotations
 
 import os
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -94,7 +93,7 @@ def _run_claimed(spec: Spec, address: str | None, report, layout: Layout, mode: 
         return RunOutcome("already_completed", False, layout.export_dir if layout.export_dir.exists() else None)
     check_same_data(sweep.audit, report)  # a resume goes on with the data its trials started on, or refuses
     store.update_sweep(spec.name, audit=report.to_dict())  # what this run (or resume) was allowed to run on
-    model_path = resolve_model(spec.model)  # converts a GGUF model once, before trials race for it
+    model_path = resolve_model(spec.model.path)  # converts a GGUF model once, before trials race for it
     store.update_sweep(spec.name, status="running", message="")
     try:
         result = controller.run_sweep(spec, spec.database_url(), layout.tune_path, layout.sweep_dir, model_path,
@@ -136,7 +135,10 @@ def _run_claimed(spec: Spec, address: str | None, report, layout: Layout, mode: 
     promoted = _promote(store, spec, model_path, layout) if on_run else None
     store.update_sweep(spec.name, status="completed")  # last: whoever sees `completed` finds the export there
     summary = promoted.to_dict() if promoted else None
-    wandb_dir = _log_summary(store, spec, mode, layout, summary) if mode != "disabled" else None  # W&B: after the fact
+    if mode != "disabled":  # W&B: after the fact
+        tracking.log_summary(store, spec.name, summary, layout.export_dir, mode=mode, project=spec.tracking.project,
+                             directory=layout.wandb_dir)
+    wandb_dir = layout.wandb_dir if mode != "disabled" else None
     return RunOutcome("completed", result.resumed, export, wandb_dir, promoted)
 
 
@@ -211,13 +213,3 @@ def _promote(store: TrialStore, spec: Spec, model_path: str, layout: Layout) -> 
         store.update_sweep(spec.name, status="completed", message=f"promotion failed: {exc}"[:2000])
         raise
 
-
-def _log_summary(store: TrialStore, spec: Spec, mode: str, layout: Layout, promotion: dict | None = None) -> Path:
-    """The sweep's W&B summary run (a table of all trials); a W&B failure is reported, never fatal."""
-    try:
-        tracking.log_sweep_summary(store, spec.name, promotion, mode=mode, project=spec.tracking.project,
-                                   directory=layout.wandb_dir)
-    except Exception as exc:
-        print(f"sweeper: W&B summary run of {spec.name!r} failed: {type(exc).__name__}: "
-              f"{tracking.redact(str(exc))}", file=sys.stderr)
-    return layout.wandb_dir

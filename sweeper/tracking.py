@@ -1,10 +1,11 @@
 """Weights & Biases tracking: one run per trial, grouped by sweep, and one summary run per sweep.
 
 - Each trial is a run: `group` = the sweep name, `job_type` = "trial", `config` = the sampled parameters
-  (top level) plus the resolved trial config (`training`), one `log` per evaluation round (`step` = the
-  round: its holdout metrics under `metrics/`, its bookkeeping numbers under `bookkeeping/`), and a summary
-  with the holdout metrics of the trial's best round (`best/<metric>`), its status and stop reason, read from
-  the trial store.
+  (top level) plus the resolved trial config (`training`) and, from its first round on, what its worker ran with
+  (`worker`: device, dtype, micro-batch, TrainingArguments, LoraConfig, as the worker recorded them), one `log`
+  per evaluation round (`step` = the round: its holdout metrics under `metrics/`, its bookkeeping numbers under
+  `bookkeeping/`), and a summary with the holdout metrics of the trial's best round (`best/<metric>`), its status
+  and stop reason, read from the trial store.
 - The sweep ends with a run of `job_type` "summary" in the same group: a `wandb.Table` of every trial
   and the promotion result, if any.
 
@@ -30,6 +31,7 @@ from typing import Any
 from sweeper.compare import finite_number, trial_rows
 from sweeper.spec import spec_from_store
 from sweeper.store import TrialStore
+from trainers.base import ran_with
 
 RUNS_FOLDER = "wandb-runs"
 MODES = {"offline": "offline", "dryrun": "offline", "online": "online", "run": "online", "disabled": "disabled"}
@@ -88,6 +90,13 @@ def round_log(record) -> dict[str, float]:
             for k, v in values.items() if finite_number(v)}
 
 
+def worker_config(record) -> dict:
+    """What a round's worker ran with (trainers.base.RAN_WITH: device, dtype, quantization, micro-batch and
+    accumulation after any out-of-memory halving, TrainingArguments, LoraConfig), for the run's config under
+    `worker`: the worker's own record, which the driver's machine cannot know."""
+    return ran_with(record.bookkeeping)
+
+
 def trial_summary(store: TrialStore, sweep_name: str, key: str) -> dict:
     """A trial's W&B summary from the store: status, stop reason, and holdout metrics at its best round."""
     trial = store.trial(sweep_name, key)
@@ -142,6 +151,10 @@ class TrialRuns:
     def log(self, key: str, metrics: dict, step: int | None) -> None:
         self._queue.put(("log", key, (metrics, step)))
 
+    def configure(self, key: str, values: dict) -> None:
+        """Add to (or change in) a started run's config."""
+        self._queue.put(("configure", key, values))
+
     def finish(self, key: str, failed: bool = False) -> None:
         self._queue.put(("finish", key, failed))
 
@@ -192,6 +205,11 @@ class TrialRuns:
             self._steps[key] = step
         run.log(metrics, step=step)
 
+    def _configure(self, key: str, values: dict) -> None:
+        run = self._runs.get(key)
+        if run is not None:
+            run.config.update(redact(_jsonable(values)), allow_val_change=True)  # a halved micro-batch changes it
+
     def _finish(self, key: str, failed: bool) -> None:
         run = self._runs.pop(key, None)
         if run is None:
@@ -204,11 +222,23 @@ class TrialRuns:
             run.finish(exit_code=1 if failed else 0)
 
 
+def winner_artifact(sweep_name: str, export_dir: Path, promotion: dict):
+    """The promoted winner's export as a W&B model artifact: what a deployment pulls by the `promoted` alias."""
+    import wandb
+
+    artifact = wandb.Artifact(f"{sweep_name}-winner", type="model",
+                              metadata=redact({"trial": promotion.get("trial_key"), "status": promotion.get("status"),
+                                               "note": promotion.get("note")}))
+    artifact.add_dir(str(export_dir))  # adapter/, winner.yaml, winner.json: the database URL in them is redacted
+    return artifact
+
+
 def log_sweep_summary(store: TrialStore, sweep_name: str, promotion: dict | None = None, *,
                       mode: str | None = None, project: str | None = None,
-                      directory: str | Path | None = None) -> Path | None:
+                      directory: str | Path | None = None, export_dir: str | Path | None = None) -> Path | None:
     """Log the sweep's summary run (job_type "summary", group = the sweep): a table of every trial, the
-    best trial and the promotion result. Mode, project and folder default to the sweep's stored spec.
+    best trial and the promotion result; a promoted winner's export (adapter, winner.yaml/json) as a model
+    artifact of that run. Mode, project and folder default to the sweep's stored spec.
 
     Returns the run's folder, or None when tracking is off.
     """
@@ -244,7 +274,19 @@ def log_sweep_summary(store: TrialStore, sweep_name: str, promotion: dict | None
     try:
         run.log({"trials": wandb.Table(columns=columns, data=redact(data))})
         run.summary.update(redact(summary))
+        if promotion and promotion.get("promoted") and export_dir and Path(export_dir, "winner.json").is_file():
+            run.log_artifact(winner_artifact(sweep_name, Path(export_dir), promotion), aliases=["promoted"])
         folder = Path(run.dir).parent
     finally:
         run.finish()
     return folder
+
+
+def log_summary(store: TrialStore, name: str, promotion: dict | None, export_dir: Path, **where) -> None:
+    """`log_sweep_summary` at the end of a run or a promotion; `where`: mode, project, directory (default: the
+    stored spec's). A W&B failure is reported, never fatal: the sweep's results are in the store either way."""
+    try:
+        log_sweep_summary(store, name, promotion, export_dir=export_dir, **where)
+    except Exception as exc:
+        print(f"sweeper: W&B summary run of {name!r} failed: {type(exc).__name__}: {redact(str(exc))}",
+              file=sys.stderr)

@@ -1,8 +1,9 @@
 """The one way a spec becomes a trial config: for the sweep's trials, the export, promotion and `sweeper train`.
 
 A trial's config is the spec's settings (task, data, seed, schedule, early stopping, resources), the model
-folder, the SHA-256 of each data file as the sweep's audit read it (every trial checks its files against them),
-and the hyperparameters: the spec's `fixed:` values with the trial's sampled ones over them.
+folder and how to load it (the spec's `model:` block), the SHA-256 of each data file as the sweep's audit read
+it (every trial checks its files against them), and the hyperparameters: the spec's `fixed:` values with the
+trial's sampled ones over them.
 """
 
 from __future__ import annotations
@@ -17,16 +18,18 @@ def template(spec: Spec, model_path: str, sha256: dict[str, str] | None = None, 
     return {
         "task": spec.task,
         "model_path": model_path,
-        "data": {**spec.data.model_dump(exclude={"max_seq_length"}), "sha256": sha256},
+        "model": spec.model.settings().model_dump(),
+        "data": {**spec.data.model_dump(), "sha256": sha256},
         "hparams": dict(spec.fixed),
         "seed": spec.seed,
-        "max_seq_length": spec.data.max_seq_length,
+        "max_seq_length": spec.model.max_seq_length,
         "evals_per_epoch": spec.scheduler.evals_per_epoch,
         "patience": spec.early_stopping.patience,
         "min_delta": spec.early_stopping.min_delta,
         "max_micro_batch": spec.resources.max_micro_batch,
         "torch_threads": spec.resources.torch_threads,
         "generation_eval_examples": spec.generation_eval_examples,
+        "max_new_tokens": spec.max_new_tokens,
         **overrides,
     }
 

@@ -33,8 +33,9 @@ def small_spec(tmp_path: Path, **overrides) -> Path:
     shutil.copytree(EXAMPLES / "data" / "restaurant8k-small", data, dirs_exist_ok=True)
     spec.update(
         name="small-sweep",
+        model={"path": "minilm-l6", "max_seq_length": 40},
         data={"format": "restaurant8k", "train": str(data / "train.json"), "holdout": str(data / "holdout.json"),
-              "test": str(data / "test.json"), "max_seq_length": 40},
+              "test": str(data / "test.json")},
         budget={"trials": 4, "max_concurrent": 2},
         scheduler={"type": "asha", "grace_period": 1, "reduction_factor": 2, "evals_per_epoch": 2},
         storage={"root": str(tmp_path / "state")},

@@ -133,6 +133,17 @@ def test_cli_table(db):
     assert "best per sweep" in result.stdout
 
 
+def test_tables_show_each_fields_f1_at_the_best_round(db):
+    # a1's best round is 2 (f1_micro 0.70): its f1_date there is 0.35, not the last round's 0.325
+    for args in (["compare", "alpha"], ["trials", "alpha"]):
+        result = CliRunner().invoke(app, [*args, "--db", db], terminal_width=250)
+        assert result.exit_code == 0, result.output
+        header = next(line for line in result.stdout.splitlines() if "trial" in line and "status" in line)
+        assert "f1_date" in header and "f1_micro" not in header  # the fields, not the aggregate again
+        a1 = next(line for line in result.stdout.splitlines() if " a1 *" in line)
+        assert "0.350" in a1 and "0.325" not in a1
+
+
 def test_cli_errors(db):
     unknown = _cli("gamma", "--db", db)
     assert unknown.exit_code == 2 and "no sweep named 'gamma'" in unknown.output

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from helpers import small_spec
+from helpers import small_spec, synthetic_spec
 from typer.testing import CliRunner
 
 from sweeper import export
@@ -30,10 +30,19 @@ PARAMS = {"learning_rate": 3e-4, "batch_size": 16, "num_epochs": 2, "lr_schedule
           "weight_decay": 0.0, "lora_r": 8, "lora_alpha": 16.0, "lora_dropout": 0.05}
 
 
+BOOKKEEPING = {"epoch": 0.5, "train_loss": 0.9, "stop_reason": "completed", "device": "cpu", "pid": 42}
+
+
 @pytest.fixture
 def sweep(tmp_path) -> dict:
     """A completed sweep in a SQLite store: its audit as `sweeper run` records it, one trial, one checkpoint."""
-    spec = load_spec(small_spec(tmp_path))
+    return recorded_sweep(tmp_path, small_spec(tmp_path), BOOKKEEPING)
+
+
+def recorded_sweep(tmp_path: Path, spec_path: Path, bookkeeping: dict, metrics: dict = HOLDOUT,
+                   model_files: tuple[str, ...] = ("adapter_config.json", "adapter_model.safetensors")) -> dict:
+    """The sweep of the `sweep` fixture, with its one round recorded with `bookkeeping` as a worker reported it."""
+    spec = load_spec(spec_path)
     url = f"sqlite:///{tmp_path / 'state' / 'sweeper.db'}"
     store = TrialStore(url)
     store.upgrade()
@@ -41,11 +50,10 @@ def sweep(tmp_path) -> dict:
     store.update_sweep(NAME, audit=audit(spec).to_dict(), status="completed")
     checkpoint = tmp_path / "state" / "ray" / NAME / "t1" / "checkpoint_000001"
     checkpoint.mkdir(parents=True)
-    (checkpoint / "adapter_config.json").write_text("{}")
-    (checkpoint / "adapter_model.safetensors").write_bytes(b"weights")
+    for name in model_files:
+        (checkpoint / name).write_text("{}")
     store.trial_started(NAME, "t1", PARAMS)
-    bookkeeping = {"epoch": 0.5, "train_loss": 0.9, "stop_reason": "completed", "device": "cpu", "pid": 42}
-    store.round_reported(NAME, "t1", RoundRecord(1, HOLDOUT, bookkeeping), str(checkpoint))
+    store.round_reported(NAME, "t1", RoundRecord(1, metrics, bookkeeping), str(checkpoint))
     store.trial_finished(NAME, "t1", "completed", "completed")
     store.engine.dispose()
     return {"db": url, "spec": spec, "root": tmp_path}
@@ -196,3 +204,57 @@ def test_a_target_that_is_a_file_is_refused(tmp_path):
     target.write_text("x")
     assert "not a folder" in export.target_problem(target, replace=True)
     assert os.path.isfile(target)
+
+
+# -- what the winner's worker ran with: its own record, not this machine's --------------------------------------
+GPU_WORKER = {
+    **BOOKKEEPING, "device": "NVIDIA H200", "dtype": "bfloat16", "quantization": "none",
+    "gradient_checkpointing": False, "micro_batch": 4, "gradient_accumulation": 4,  # halved twice after OOM errors
+    "peak_memory_mb": 61234.5, "peak_memory_kind": "cuda_max_allocated", "tokens_per_s": 51234.0,
+    "training_arguments": {"per_device_train_batch_size": 4, "gradient_accumulation_steps": 4, "bf16": True,
+                           "fp16": False, "use_cpu": False, "output_dir": "<output_dir>", "warmup_steps": 0.0,
+                           "activation_checkpointing_kwargs": None},
+    "lora_config": {"r": 8, "lora_alpha": 16.0, "lora_dropout": 0.05, "target_modules": ["query", "value"]},
+}
+
+
+def test_the_export_records_what_the_worker_ran_not_what_this_machine_would(tmp_path):
+    import torch
+
+    from sweeper.trial_config import trial_config
+    from trainers import hf_loop
+
+    sweep = recorded_sweep(tmp_path, small_spec(tmp_path), GPU_WORKER)
+    out = tmp_path / "winner"
+    assert cli("export", NAME, "--out", out, "--db", sweep["db"]).exit_code == 0
+    record = load_yaml((out / "winner.yaml").read_text())
+    assert record["training_arguments"] == GPU_WORKER["training_arguments"]
+    assert record["lora_config"] == GPU_WORKER["lora_config"]
+    assert record["worker"] == {k: v for k, v in GPU_WORKER.items() if k in (
+        "device", "dtype", "quantization", "gradient_checkpointing", "micro_batch", "gradient_accumulation",
+        "peak_memory_mb", "peak_memory_kind", "tokens_per_s")}
+    # This machine (no GPU) would have computed a micro-batch of 16 in fp32: not what the trial ran.
+    config = trial_config(sweep["spec"], PARAMS, "/models/x", str(tmp_path / "o"))
+    if not torch.cuda.is_available():
+        assert hf_loop.schedule(config, 100)[0] == 16
+
+
+def test_a_trial_recorded_before_workers_said_what_they_ran_is_exported_saying_so(sweep, tmp_path):
+    out = tmp_path / "winner"
+    assert cli("export", NAME, "--out", out, "--db", sweep["db"]).exit_code == 0
+    record = load_yaml((out / "winner.yaml").read_text())
+    assert (record["training_arguments"], record["lora_config"]) == ({}, {})
+    assert record["worker"]["device"] == "cpu" and "not recorded" in record["worker"]["note"]
+
+
+def test_a_synthetic_trial_exports_without_training_arguments(tmp_path):
+    from trainers.synthetic import STATE_FILE
+
+    sweep = recorded_sweep(tmp_path, synthetic_spec(tmp_path, name=NAME), {**BOOKKEEPING, "device": "synthetic"},
+                           {"eval_loss": 0.5, "accuracy": 0.6}, model_files=(STATE_FILE,))
+    out = tmp_path / "winner"
+    result = cli("export", NAME, "--out", out, "--db", sweep["db"])
+    assert result.exit_code == 0, result.output
+    record = load_yaml((out / "winner.yaml").read_text())
+    assert (record["training_arguments"], record["lora_config"]) == ({}, {})
+    assert record["worker"] == {"device": "synthetic"} and (out / "adapter" / STATE_FILE).is_file()

@@ -57,14 +57,14 @@ def test_a_registered_task_is_all_the_spec_needs(registry):
 
 def test_a_task_given_data_of_a_format_it_does_not_read_is_refused_naming_the_formats_it_reads():
     errors = errors_of({**BANKING, "task": "token_tagging", "objective": {"metric": "f1_micro"}})
-    assert errors == {"data.format": "task token_tagging reads restaurant8k, not csv"}
+    assert errors == {"data.format": "task token_tagging reads restaurant8k, extraction, not csv"}
 
 
 def test_unknown_task_and_format_name_the_registered_ones():
     errors = errors_of({**QUICKSTART, "task": "regression", "data": {**QUICKSTART["data"], "format": "parquet"}})
     assert errors["task"] == ("unknown task 'regression'; use one of causal_lm_sft, sequence_classification, "
                               "synthetic, token_tagging")
-    assert errors["data.format"] == "unknown data format 'parquet'; use one of restaurant8k, csv, jsonl"
+    assert errors["data.format"] == "unknown data format 'parquet'; use one of restaurant8k, csv, jsonl, extraction"
 
 
 def test_reading_the_registry_and_validating_a_spec_load_no_trainer():

@@ -35,8 +35,8 @@ def test_the_stored_spec_is_versioned_redacted_and_reads_back_typed(tmp_path):
 
 
 def test_a_stored_spec_of_another_version_or_shape_is_refused_by_name(spec):
-    with pytest.raises(SpecError, match="schema_version: 2: this sweeper reads stored specs of version 1"):
-        spec_from_store({**stored_spec(spec), "schema_version": 2})
+    with pytest.raises(SpecError, match="schema_version: 3: this sweeper reads stored specs of versions 1 to 2"):
+        spec_from_store({**stored_spec(spec), "schema_version": 3})
     with pytest.raises(SpecError, match="task: unknown task 'retired'"):
         spec_from_store({**stored_spec(spec), "task": "retired"})
 

@@ -2,9 +2,10 @@
 `predict(config, adapter_dir, examples)` and `score(records)` to re-evaluate a trained adapter.
 
 Each task is registered once, below, as a `TaskDefinition`: its module and, as plain data, what the spec and
-the CLI need to know of it (the formats it reads, the metrics it reports, what a checkpoint holds, its LoRA
-targets). Adding a task is its trainer file and one `register_task` call. Reading the registry imports no
-trainer: torch and transformers load only where a trial trains or predicts.
+the CLI need to know of it (the formats it reads, the metrics it reports, what a checkpoint holds). The modules
+LoRA adapts are the spec's `model.target_modules` (PEFT's default for the architecture unless listed). Adding a
+task is its trainer file and one `register_task` call. Reading the registry imports no trainer: torch and
+transformers load only where a trial trains or predicts.
 """
 
 from __future__ import annotations
@@ -27,8 +28,9 @@ class TaskDefinition:
     metrics: tuple[str, ...]  # the holdout metrics it reports: what an objective or a gate may name
     per_field: bool = False  # it also reports `f1_<field>` for each field of the data
     model_files: tuple[str, ...] = LORA_ADAPTER_FILES  # what a checkpoint holds of the model, the first required
-    lora_target_modules: tuple[str, ...] | None = None  # None: PEFT's default for the model's architecture
     lora: bool = True  # it fine-tunes with LoRA through trainers/hf_loop.py (its TrainingArguments are exported)
+    prompted: bool = False  # it asks a language model for fields with a prompt (`data.prompt_template`)
+    spans: bool = False  # it learns fields as spans of the text: extraction values must be found in it
 
     def reports(self, metric: str) -> bool:
         return metric in self.metrics or (self.per_field and metric.startswith("f1_"))
@@ -79,15 +81,15 @@ def trainer_for(task: str) -> Callable:
 
 
 register_task(TaskDefinition(
-    "token_tagging", "trainers.token_tagging", formats=("restaurant8k",),
-    metrics=("eval_loss", "f1_micro", "precision_micro", "recall_micro"), per_field=True))
+    "token_tagging", "trainers.token_tagging", formats=("restaurant8k", "extraction"),
+    metrics=("eval_loss", "f1_micro", "precision_micro", "recall_micro"), per_field=True, spans=True))
 register_task(TaskDefinition(
     "sequence_classification", "trainers.sequence_classification", formats=("csv",),
     metrics=("eval_loss", "accuracy", "f1_macro")))
 register_task(TaskDefinition(
-    "causal_lm_sft", "trainers.causal_lm_sft", formats=("restaurant8k", "jsonl"),
-    metrics=("eval_loss", "f1_micro", "json_valid_rate", "exact_match"), per_field=True,
-    lora_target_modules=("q_proj", "k_proj", "v_proj", "o_proj")))  # Llama-style attention (SmolLM2)
+    "causal_lm_sft", "trainers.causal_lm_sft", formats=("extraction", "restaurant8k", "jsonl"),
+    metrics=("eval_loss", "f1_micro", "precision_micro", "recall_micro", "json_valid_rate", "exact_match"),
+    per_field=True, prompted=True))
 register_task(TaskDefinition(  # deterministic curves, no model: for testing the controller in seconds
-    "synthetic", "trainers.synthetic", formats=("restaurant8k", "csv", "jsonl"),
+    "synthetic", "trainers.synthetic", formats=("restaurant8k", "csv", "jsonl", "extraction"),
     metrics=("eval_loss", "accuracy"), model_files=("synthetic_state.json",), lora=False))

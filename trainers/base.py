@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Annotated, Any, Literal, Protocol
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator
 
 from sweeper.datasets import Example, check_format, read_examples
 from trainers import check_task
@@ -41,6 +41,28 @@ class HyperParams(BaseModel):
 HYPERPARAMETERS: tuple[str, ...] = tuple(HyperParams.model_fields)
 
 
+class ModelSettings(BaseModel):
+    """How the base model is loaded and trained (the spec's `model:` block but its path and sequence length).
+
+    `auto` dtype: bf16 where the CUDA device supports it, else fp16 on CUDA, fp32 on CPU (trainers/base_model.py).
+    `auto` target modules: PEFT's default for the model's architecture (its `model_type`)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    dtype: Literal["auto", "bfloat16", "float16", "float32"] = "auto"
+    quantization: Literal["none", "4bit"] = Field(default="none", description="4bit: NF4 QLoRA (bitsandbytes, CUDA)")
+    gradient_checkpointing: bool = False
+    target_modules: Literal["auto"] | list[str] = "auto"
+
+    @field_validator("target_modules", mode="before")
+    @classmethod
+    def _targets(cls, value):
+        """One clear message instead of pydantic's one per branch of the union."""
+        if value == "auto" or (isinstance(value, list) and value and all(isinstance(v, str) and v for v in value)):
+            return value
+        raise ValueError("write `auto` (PEFT's default for the model's architecture) or a list of module names")
+
+
 class DataFiles(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -48,6 +70,7 @@ class DataFiles(BaseModel):
     train: str
     holdout: str
     test: str | None = None
+    prompt_template: str | None = Field(default=None, description="causal LM: how a row with fields is asked")
     sha256: dict[str, str] | None = Field(default=None, description="role -> SHA-256 the sweep's data audit read")
 
     def read(self, role: str) -> list[Example]:
@@ -62,6 +85,7 @@ class TrialConfig(BaseModel):
 
     task: Task
     model_path: str
+    model: ModelSettings = Field(default_factory=ModelSettings)
     data: DataFiles
     hparams: HyperParams
     seed: int
@@ -74,6 +98,7 @@ class TrialConfig(BaseModel):
     torch_threads: int | None = Field(default=None, ge=1)
     max_rounds: int | None = Field(default=None, ge=1, description="stop after this many rounds (re-runs)")
     generation_eval_examples: int = Field(default=32, ge=0, description="causal LM: holdout rows decoded per round")
+    max_new_tokens: int | None = Field(default=None, ge=1, description="causal LM: None = from the longest answer")
 
 
 @dataclass
@@ -81,7 +106,8 @@ class RoundRecord:
     """One evaluation round as the worker reports it, in two namespaces so that nothing downstream sorts keys
     by name: `metrics` are the holdout metrics only (eval_loss, f1_*, accuracy, ...: what the objective, compare,
     the export and the gates read); `bookkeeping` is everything else known of the round (epoch, train_loss,
-    examples_seen, tokens_seen, stop_reason, device, time_*_s, and the worker's node, pid and memory)."""
+    examples_seen, tokens_seen, stop_reason, device, time_*_s, the worker's node, pid and memory, and for LoRA
+    trainers what ran: `RAN_WITH` and `MEASURED` below)."""
 
     round: int
     metrics: dict[str, float]
@@ -93,6 +119,18 @@ class RoundRecord:
     @classmethod
     def from_dict(cls, data: dict) -> RoundRecord:
         return cls(int(data["round"]), dict(data["metrics"]), dict(data.get("bookkeeping") or {}))
+
+
+# What a LoRA worker really ran with, in every round's bookkeeping (trainers/hf_loop.py), and what it measured. The
+# export and W&B take them from there: recomputed on the exporting machine they would describe that machine instead.
+RAN_WITH = ("device", "dtype", "quantization", "gradient_checkpointing", "micro_batch", "gradient_accumulation",
+            "training_arguments", "lora_config")
+MEASURED = ("peak_memory_mb", "peak_memory_kind", "tokens_per_s")
+
+
+def ran_with(bookkeeping: dict, keys: tuple[str, ...] = RAN_WITH) -> dict:
+    """The `keys` a round's bookkeeping holds (a trial recorded before they were, or a synthetic one: fewer)."""
+    return {k: bookkeeping[k] for k in keys if k in bookkeeping}
 
 
 class Reporter(Protocol):

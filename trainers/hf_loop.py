@@ -5,12 +5,16 @@ and scheduler are saved as an HF checkpoint and handed to the reporter, so a ret
 its last round instead of from zero. Training stops by itself when the holdout loss has not improved by
 `min_delta` for `patience` rounds. The sampled batch size is the effective batch: the micro-batch is what
 fits the device, the rest is gradient accumulation, and a CUDA out-of-memory error halves the micro-batch.
+Each round's record says what really ran (dtype, quantization, micro-batch and accumulation after any halving, the
+TrainingArguments and LoraConfig) and what it cost (peak memory, tokens per second): the export and W&B read them
+there, never recomputed on another machine.
 """
 
 from __future__ import annotations
 
 import math
 import os
+import resource
 import time
 from dataclasses import dataclass
 from typing import Callable
@@ -21,8 +25,9 @@ from transformers import EarlyStoppingCallback, PrinterCallback, Trainer, Traine
 from transformers.trainer_utils import get_last_checkpoint, set_seed
 from transformers.utils import logging as hf_logging
 
-from trainers import get_task
 from trainers.base import Reporter, RoundRecord, TrialConfig, TrialOutcome
+from trainers.base_model import check_target_modules, machine_dtype
+from trainers.base_model import load_base as load_base  # the trainers load their base model through hf_loop
 
 CPU_MICRO_BATCH = 32  # larger micro-batches bring nothing on a CPU but memory
 PREDICT_BATCH = 32  # rows per forward pass when a trained adapter predicts (promotion)
@@ -57,15 +62,29 @@ def split_batch(effective: int, max_micro: int) -> tuple[int, int]:
 
 
 def lora_kwargs(config: TrialConfig) -> dict:
-    """The LoraConfig of a trial but its task type: the sampled rank, alpha, dropout; the task's target modules."""
-    hp, targets = config.hparams, get_task(config.task).lora_target_modules
+    """The LoraConfig of a trial but its task type: the sampled rank, alpha, dropout; the model's target modules
+    (None for `auto`: PEFT picks its default for the architecture)."""
+    hp, targets = config.hparams, config.model.target_modules
     return {"r": hp.lora_r, "lora_alpha": hp.lora_alpha, "lora_dropout": hp.lora_dropout,
-            "target_modules": list(targets) if targets else None}
+            "target_modules": None if targets == "auto" else list(targets)}
 
 
 def lora_model(prepared: Prepared, config: TrialConfig) -> torch.nn.Module:
-    lora = LoraConfig(task_type=prepared.lora_task_type, **lora_kwargs(config))
-    return get_peft_model(prepared.model_factory(), lora)
+    base = prepared.model_factory()
+    check_target_modules(base, config.model)
+    model = get_peft_model(base, LoraConfig(task_type=prepared.lora_task_type, **lora_kwargs(config)))
+    for param in model.parameters():
+        if param.requires_grad and param.dtype != torch.float32:
+            # A head kept trainable beside the adapter (modules_to_save) is in the base's 16-bit dtype: fp16
+            # gradients cannot be unscaled by the loss scaler, and bf16 weights lose small updates.
+            param.data = param.data.float()
+    return model
+
+
+def lora_record(model: torch.nn.Module, config: TrialConfig) -> dict:
+    """The LoraConfig a trial really used: its target modules as PEFT resolved them (`auto` included)."""
+    targets = model.peft_config["default"].target_modules
+    return {**lora_kwargs(config), "target_modules": sorted(targets) if isinstance(targets, (set, list)) else targets}
 
 
 def schedule(config: TrialConfig, n_train: int, max_micro: int | None = None) -> tuple[int, int, int]:
@@ -81,6 +100,7 @@ def training_kwargs(config: TrialConfig, micro: int, accumulation: int, round_st
     """The TrainingArguments of a trial, as plain values (the export records them)."""
     hp = config.hparams
     cuda = torch.cuda.is_available()
+    dtype = machine_dtype(config.model.dtype)
     return dict(
         output_dir=config.output_dir,
         per_device_train_batch_size=micro,
@@ -106,14 +126,24 @@ def training_kwargs(config: TrialConfig, micro: int, accumulation: int, round_st
         seed=config.seed,
         data_seed=config.seed,
         use_cpu=not cuda,
-        bf16=cuda and torch.cuda.is_bf16_supported(),
+        bf16=dtype == "bfloat16",  # mixed precision in the model's dtype
+        fp16=dtype == "float16",
+        activation_checkpointing=config.model.gradient_checkpointing,  # transformers 5's name for it
+        activation_checkpointing_kwargs={"use_reentrant": False} if config.model.gradient_checkpointing else None,
         dataloader_num_workers=0,
         remove_unused_columns=False,
     )
 
 
-def training_arguments(config: TrialConfig, micro: int, accumulation: int, round_steps: int) -> TrainingArguments:
-    return TrainingArguments(**training_kwargs(config, micro, accumulation, round_steps))
+def peak_memory() -> dict:
+    """This process's peak memory so far: on CUDA what the allocator held at most (reset when a trial starts: a
+    fractional GPU's trials are separate processes), else the resident set's peak over the process's life (in a
+    reused Ray actor that includes the trials before)."""
+    if torch.cuda.is_available():
+        return {"peak_memory_mb": round(torch.cuda.max_memory_allocated() / 2**20, 1),
+                "peak_memory_kind": "cuda_max_allocated"}
+    return {"peak_memory_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),  # KiB on Linux
+            "peak_memory_kind": "max_rss"}
 
 
 class RoundReporter(TrainerCallback):
@@ -122,8 +152,10 @@ class RoundReporter(TrainerCallback):
     The round's holdout metrics are the eval loss and what the task computed (`scored` keeps it), not the
     Trainer's evaluation log, which mixes in epoch, token counts and speeds."""
 
-    def __init__(self, config: TrialConfig, reporter: Reporter, prepared: Prepared, round_steps: int):
+    def __init__(self, config: TrialConfig, reporter: Reporter, prepared: Prepared, round_steps: int, ran_with: dict):
         self.config, self.reporter, self.prepared, self.round_steps = config, reporter, prepared, round_steps
+        self.ran_with = ran_with  # what this attempt runs with (trainers.base.RAN_WITH), recorded with every round
+        self.tokens_mark = self.train_s_mark = 0.0  # where the round's tokens per second count from
         self.timings = dict(prepared.timings or {})
         self.timings.update(time_train_s=0.0, time_eval_s=0.0, time_checkpoint_s=0.0, time_report_s=0.0)
         self.pending: dict | None = None
@@ -145,6 +177,7 @@ class RoundReporter(TrainerCallback):
 
     def on_train_begin(self, args, state, control, model=None, **kwargs):
         self.model = model
+        self.tokens_mark = int(getattr(state, "num_input_tokens_seen", 0) or 0)  # a resumed trial's count goes on
 
     def on_step_begin(self, args, state, control, **kwargs):
         self.step_started = time.perf_counter()
@@ -169,20 +202,30 @@ class RoundReporter(TrainerCallback):
             self.best_loss, self.best_round = self.pending["eval_loss"], round_
         if self.config.max_rounds and round_ >= self.config.max_rounds:
             control.should_training_stop = True
+        tokens = int(getattr(state, "num_input_tokens_seen", 0) or 0)
         bookkeeping = {
             "epoch": round(state.epoch or 0.0, 4),
             "train_loss": _last_train_loss(state),
             "examples_seen": state.global_step * self.config.hparams.batch_size,
-            "tokens_seen": int(getattr(state, "num_input_tokens_seen", 0) or 0),
+            "tokens_seen": tokens,
             "stop_reason": _stop_reason(state, self.config, self.round_steps) if control.should_training_stop else "",
-            "device": device_name(),
             **{k: round(v, 4) for k, v in self.timings.items()},
+            **self.ran_with,
+            **peak_memory(),
+            "tokens_per_s": self._tokens_per_s(tokens),
         }
         checkpoint = os.path.join(args.output_dir, f"checkpoint-{state.global_step}")
         started = time.perf_counter()
         self.reporter.report(RoundRecord(round_, self.pending, bookkeeping), checkpoint)
         self.timings["time_report_s"] += time.perf_counter() - started
         self.pending = None
+
+    def _tokens_per_s(self, tokens: int) -> float:
+        """Input tokens (padding included: what the device computes) per second of training steps, this round."""
+        seconds = self.timings["time_train_s"] - self.train_s_mark
+        rate = (tokens - self.tokens_mark) / seconds if seconds > 0 else 0.0
+        self.tokens_mark, self.train_s_mark = tokens, self.timings["time_train_s"]
+        return round(rate, 1)
 
 
 def _last_train_loss(state) -> float:
@@ -197,6 +240,9 @@ def run(config: TrialConfig, reporter: Reporter, prepared: Prepared) -> TrialOut
     hf_logging.set_verbosity_error()  # head-initialisation notices would repeat in every trial's log
     hf_logging.disable_progress_bar()
     cuda = torch.cuda.is_available()
+    if cuda:
+        torch.cuda.reset_peak_memory_stats()  # the peak of this trial, not of one before it in a reused actor
+    dtype = machine_dtype(config.model.dtype)  # a dtype this device cannot run fails here, before any loading
     effective = config.hparams.batch_size
     micro, accumulation, round_steps = schedule(config, len(prepared.train_dataset))
     resume = reporter.resume_from()
@@ -206,10 +252,16 @@ def run(config: TrialConfig, reporter: Reporter, prepared: Prepared) -> TrialOut
         model = lora_model(prepared, config)
         load_s = time.perf_counter() - started
         prepared.timings = {**(prepared.timings or {}), "time_load_s": round(load_s, 4)}
-        callback = RoundReporter(config, reporter, prepared, round_steps)
+        arguments = training_kwargs(config, micro, accumulation, round_steps)
+        ran_with = {"device": device_name(), "dtype": dtype, "quantization": config.model.quantization,
+                    "gradient_checkpointing": config.model.gradient_checkpointing, "micro_batch": micro,
+                    "gradient_accumulation": accumulation,
+                    "training_arguments": {**arguments, "output_dir": "<output_dir>"},  # a worker's temporary folder
+                    "lora_config": lora_record(model, config)}
+        callback = RoundReporter(config, reporter, prepared, round_steps, ran_with)
         trainer = Trainer(
             model=model,
-            args=training_arguments(config, micro, accumulation, round_steps),
+            args=TrainingArguments(**arguments),
             train_dataset=prepared.train_dataset,
             eval_dataset=prepared.eval_dataset,
             data_collator=prepared.collator,
@@ -260,6 +312,8 @@ def load_adapter(model_factory: Callable[[], torch.nn.Module], adapter_dir: str,
     hf_logging.disable_progress_bar()
     model = PeftModel.from_pretrained(model_factory(), adapter_dir)
     model.eval()
+    if config.model.quantization != "none":
+        return model  # loaded onto the GPU already, as bitsandbytes quantized it
     return model.to("cuda" if torch.cuda.is_available() else "cpu")
 
 

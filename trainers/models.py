@@ -6,6 +6,7 @@ A spec's `model:` is either one of these names or a path to a Hugging Face model
 from __future__ import annotations
 
 import importlib.util
+import json
 import os
 import shutil
 from pathlib import Path
@@ -50,6 +51,27 @@ def _smollm2() -> Path:
 
 
 NAMED_MODELS = {"minilm-l6": _minilm, "smollm2-135m": _smollm2}
+NAMED_ARCHITECTURES = {"minilm-l6": ["BertModel"], "smollm2-135m": ["LlamaForCausalLM"]}  # known without converting
+GENERATIVE_HEADS = ("ForCausalLM", "LMHeadModel")  # what a causal LM's config.json names in `architectures`
+
+
+def architectures(name_or_path: str) -> list[str]:
+    """The `architectures` a model's config.json names ([] when it names none or cannot be read): enough to tell an
+    encoder from a causal LM without importing transformers."""
+    if name_or_path in NAMED_ARCHITECTURES:
+        return NAMED_ARCHITECTURES[name_or_path]
+    try:
+        config = json.loads((Path(name_or_path).expanduser() / "config.json").read_text())
+    except (OSError, ValueError):
+        return []
+    names = config.get("architectures") if isinstance(config, dict) else None
+    return [n for n in names if isinstance(n, str)] if isinstance(names, list) else []
+
+
+def generates_text(name_or_path: str) -> bool | None:
+    """Whether the model is a causal LM (None: its config does not say)."""
+    names = architectures(name_or_path)
+    return any(n.endswith(GENERATIVE_HEADS) for n in names) if names else None
 
 
 def check_model(name_or_path: str) -> None:

@@ -42,8 +42,8 @@ class ClassificationData:
 
 
 def base_model(config: TrialConfig, labels: list[str]):
-    return AutoModelForSequenceClassification.from_pretrained(
-        config.model_path, num_labels=len(labels), id2label=dict(enumerate(labels)),
+    return hf_loop.load_base(
+        AutoModelForSequenceClassification, config, num_labels=len(labels), id2label=dict(enumerate(labels)),
         label2id={label: i for i, label in enumerate(labels)},
     )
 

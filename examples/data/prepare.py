@@ -2,6 +2,10 @@
 
     python examples/data/prepare.py /path/to/shared/data
 
+`bookings/` is the extraction format (`{"text", "fields"}`, any schema) made from `restaurant8k/`: the same
+texts and splits under a schema of its own (party_size as a number where the text writes digits, the guest's
+name as one field, null for what a message does not say).
+
 Splits are disjoint after normalisation (case, whitespace, punctuation), so the data audit passes, and
 every class / slot in holdout and test also appears in train. Fixed seed: re-running gives the same files.
 """
@@ -82,7 +86,35 @@ def banking77(src: Path) -> None:
             writer.writerows({"text": r["text"], "category": r["category"]} for r in rows)
 
 
+def booking_fields(record: dict) -> dict:
+    text = record["userInput"]["text"]
+    spans = {}
+    for label in record.get("labels", []):  # the first span of a slot, as sweeper reads restaurant8k
+        span = label["valueSpan"]
+        spans.setdefault(label["slot"], (span.get("startIndex", 0), span["endIndex"]))
+    value = {slot: text[start:end] for slot, (start, end) in spans.items()}
+    people = value.get("people")
+    names = [spans[s] for s in ("first_name", "last_name") if s in spans]
+    return {
+        "party_size": int(people) if people and people.isdigit() else people,
+        "date": value.get("date"),
+        "time": value.get("time"),
+        "guest_name": text[min(s for s, _ in names) : max(e for _, e in names)] if names else None,
+    }
+
+
+def bookings() -> None:
+    folder = OUT / "bookings"
+    folder.mkdir(exist_ok=True)
+    for split in ("train", "holdout", "test"):
+        records = json.loads((OUT / "restaurant8k" / f"{split}.json").read_text())
+        lines = [json.dumps({"text": r["userInput"]["text"], "fields": booking_fields(r)}, ensure_ascii=False)
+                 for r in records]
+        (folder / f"{split}.jsonl").write_text("\n".join(lines) + "\n")
+
+
 if __name__ == "__main__":
     source = Path(sys.argv[1] if len(sys.argv) > 1 else OUT.parents[2] / "shared" / "data")
     restaurant8k(source)
     banking77(source)
+    bookings()

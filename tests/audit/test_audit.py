@@ -24,15 +24,23 @@ from sweeper.spec import load_spec
 
 
 # -- the data, copied and broken on purpose ---------------------------------------------------------
-def banking_spec(tmp_path: Path) -> Path:
-    spec = yaml.safe_load((EXAMPLES / "banking77-minilm.yaml").read_text())
+def copied_spec(tmp_path: Path, example: str, data_folder: str, ext: str) -> Path:
+    spec = yaml.safe_load((EXAMPLES / example).read_text())
     data = tmp_path / "data"
-    shutil.copytree(EXAMPLES / "data" / "banking77", data)
-    spec.update(name="banking-audit", storage={"root": str(tmp_path / "state")}, tracking={"mode": "none"},
-                data={**spec["data"], **{role: str(data / f"{role}.csv") for role in ("train", "holdout", "test")}})
+    shutil.copytree(EXAMPLES / "data" / data_folder, data)
+    spec.update(name=f"{data_folder}-audit", storage={"root": str(tmp_path / "state")}, tracking={"mode": "none"},
+                data={**spec["data"], **{role: str(data / f"{role}.{ext}") for role in ("train", "holdout", "test")}})
     path = tmp_path / "spec.yaml"
     path.write_text(yaml.safe_dump(spec, sort_keys=False))
     return path
+
+
+def banking_spec(tmp_path: Path) -> Path:
+    return copied_spec(tmp_path, "banking77-minilm.yaml", "banking77", "csv")
+
+
+def bookings_spec(tmp_path: Path) -> Path:
+    return copied_spec(tmp_path, "bookings-minilm.yaml", "bookings", "jsonl")
 
 
 class Restaurant8k:
@@ -112,6 +120,42 @@ class Banking77:
         return f"line {i + 2}"  # the header is line 1
 
 
+class Bookings:
+    """Extraction JSON lines of a schema of their own: {"text", "fields": {name: value or null}}."""
+
+    name, spec, ext = "bookings", staticmethod(bookings_spec), "jsonl"
+
+    @staticmethod
+    def load(path):
+        return [json.loads(line) for line in path.read_text().splitlines()]
+
+    @staticmethod
+    def save(path, rows):
+        path.write_text("\n".join(json.dumps(row) for row in rows) + "\n")
+
+    @staticmethod
+    def text(row):
+        return row["text"]
+
+    @staticmethod
+    def with_text(row, text):
+        return {**row, "text": text}
+
+    @staticmethod
+    def with_unseen_label(rows):
+        rows.append({"text": "A table on the terrace please", "fields": {"party_size": None, "table_area": "terrace"}})
+        return "'table_area' (1 row(s))"
+
+    @staticmethod
+    def blank(rows, i):
+        rows[i] = {**rows[i], "text": " "}
+        return f"holdout line {i + 1}: empty text"
+
+    @staticmethod
+    def row_name(i):
+        return f"line {i + 1}"
+
+
 def one_char_changed(text: str) -> str:
     i = len(text) // 2
     return text[:i] + ("x" if text[i] != "x" else "y") + text[i + 1 :]
@@ -150,7 +194,7 @@ def inject(kind, folder: Path, fault: str) -> tuple[str, list[str]]:
 
 
 FAULTS = ["overlap", "overlap-normalised", "near-duplicate", "tiny-holdout", "empty-rows", "unseen-label"]
-KINDS = [Restaurant8k, Banking77]
+KINDS = [Restaurant8k, Banking77, Bookings]
 
 
 def cli(*args):
@@ -203,6 +247,63 @@ def test_allowance_in_the_spec_counts_like_the_flag(tmp_path):
     assert report.passed and report.allowed == ["near-duplicate", "overlap"]
     assert [f.code for f in report.refusals] == ["overlap"]
     assert report.to_dict()["passed"] is True and report.to_dict()["allowed"] == ["near-duplicate", "overlap"]
+
+
+def test_a_pairwise_allowance_lets_through_that_pair_of_splits_only(tmp_path):
+    # an official test set sharing templates with train may be allowed; the same between train and holdout is not
+    spec = bookings_spec(tmp_path)
+    inject(Bookings, tmp_path / "data", "near-duplicate")  # train ~ test
+    holdout = Bookings.load(tmp_path / "data" / "holdout.jsonl")
+    train = Bookings.load(tmp_path / "data" / "train.jsonl")
+    second = sorted(range(len(train)), key=lambda i: -len(train[i]["text"]))[1]
+    holdout.append(Bookings.with_text(train[second], one_char_changed(train[second]["text"])))
+    Bookings.save(tmp_path / "data" / "holdout.jsonl", holdout)
+
+    exit_code, output = cli("audit", spec, "--allow", "near-duplicate:test-train")  # either order
+    assert exit_code == 2
+    assert "allowed [near-duplicate] data.train and data.test: 1 near-duplicate pair(s)" in output
+    assert "refused [near-duplicate] data.train and data.holdout: 1 near-duplicate pair(s)" in output
+    assert "allowed by the user: near-duplicate:train-test" in output
+    assert "--allow near-duplicate:train-holdout" in output  # the narrowest allowance that would let it through
+    report = audit(load_spec(spec), {"near-duplicate:train-test", "near-duplicate:train-holdout"})
+    assert report.passed and report.allowed == ["near-duplicate:train-holdout", "near-duplicate:train-test"]
+
+
+@pytest.mark.parametrize("value, problem", [
+    ("near-duplicate:train-train", "name two different splits of train, holdout, test"),
+    ("overlap:train-dev", "name two different splits"),
+    ("small-holdout:train-test", "small-holdout is not found between two splits"),
+    ("near_duplicate", "not an audit code"),
+])
+def test_a_bad_allowance_is_refused_naming_what_to_write(tmp_path, value, problem):
+    exit_code, output = cli("audit", small_spec(tmp_path), "--allow", value)
+    assert exit_code == 2 and problem in output
+    spec = yaml.safe_load(small_spec(tmp_path).read_text())
+    spec["audit"] = {"allow": [value]}
+    (tmp_path / "bad.yaml").write_text(yaml.safe_dump(spec))
+    exit_code, output = cli("validate", tmp_path / "bad.yaml")
+    assert exit_code == 2 and "audit.allow.0" in output and problem in output
+
+
+def test_values_a_tagger_cannot_find_in_their_text_are_reported_field_by_field(tmp_path):
+    spec = bookings_spec(tmp_path)
+    train = Bookings.load(tmp_path / "data" / "train.jsonl")
+    train[0] = {"text": "A table for four people on Friday", "fields": {"party_size": 4, "date": "friday",
+                                                                         "time": None, "guest_name": None}}
+    train[1] = {"text": "Dinner at 7 for 2 on\nMarch 5", "fields": {"party_size": 2.0, "date": "march 5",
+                                                                    "time": "7", "guest_name": None}}
+    Bookings.save(tmp_path / "data" / "train.jsonl", train)
+    report = audit(load_spec(spec))
+    assert report.passed  # a warning: the rows still train what can be found
+    finding = next(w for w in report.warnings if w.code == "unlocated-values" and "data.train" in w.message)
+    # the shipped train file has 6 (restaurant8k's time spans inside date spans); "four" is not 4 makes a 7th, while
+    # "friday" (case), "march 5" (a line break) and 2.0 (written "2") are found
+    assert "data.train: 7 value(s)" in finding.message and "party_size 1," in finding.message
+    assert finding.rows[0] == "train line 1 'A table for four people on Friday': party_size=4 (not in the text)"
+    causal = yaml.safe_load(spec.read_text())
+    causal.update(task="causal_lm_sft", model={"path": "smollm2-135m", "max_seq_length": 192})
+    spec.write_text(yaml.safe_dump(causal))
+    assert "unlocated-values" not in {w.code for w in audit(load_spec(spec)).warnings}  # a causal LM writes values
 
 
 def test_an_unknown_allow_code_is_refused(tmp_path):

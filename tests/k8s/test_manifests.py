@@ -398,3 +398,20 @@ def test_replicas_outside_their_bounds_are_rejected():
     job = minimal_rayjob()
     job["spec"]["rayClusterSpec"]["workerGroupSpecs"][0]["replicas"] = 3  # maxReplicas is 2
     assert any("replicas" in e for e in controller_errors(job))
+
+
+def test_image_tags_and_the_dockerfile_follow_the_versions_pyproject_pins():
+    """One place for versions: pyproject.toml. Each overlay's tag is `<version>[-<overlay>]-ray<ray pin>-gpu`, and
+    the Dockerfile builds on that Ray and installs that torch; a bump in pyproject.toml alone fails here."""
+    import tomllib
+
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    pins = dict(re.match(r"([A-Za-z_\[\]]+)==(.+)", d).groups() for d in project["dependencies"] if "==" in d)
+    version, ray, torch = project["version"], pins["ray[tune]"], pins["torch"]
+    for overlay in OVERLAYS:
+        kustomization = yaml.safe_load((K8S / "overlays" / overlay / "kustomization.yaml").read_text())
+        (image,) = kustomization["images"]
+        assert re.fullmatch(rf"{re.escape(version)}(-{overlay})?-ray{re.escape(ray)}-gpu", image["newTag"]), image
+    dockerfile = (ROOT / "Dockerfile").read_text()
+    assert f"FROM rayproject/ray:{ray}-" in dockerfile
+    assert f'ARG TORCH_SPEC="torch=={torch}"' in dockerfile

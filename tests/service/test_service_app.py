@@ -157,12 +157,14 @@ def test_paths_outside_the_data_roots_get_one_message_whether_they_exist_or_not(
     missing = tmp_path / "outside" / "no-such-file.json"
     cases = [{**spec, "data": {**spec["data"], "train": "/etc/passwd"}},
              {**spec, "data": {**spec["data"], "train": str(missing)}},
-             {**spec, "model": "/usr/lib"}, {**spec, "model": "/usr/no-such-model-dir"}]
+             {**spec, "model": "/usr/lib"}, {**spec, "model": "/usr/no-such-model-dir"},
+             {**spec, "model": {"path": "/usr/lib", "dtype": "float32"}}]  # the model block
     answers = call(settings_for(tmp_path), [("POST", "/sweeps", {"json": {"spec": c}}) for c in cases])
-    assert [a.status_code for a in answers] == [422] * 4
+    assert [a.status_code for a in answers] == [422] * 5
     details = [a.json()["detail"] for a in answers]
     assert details[0] == details[1] == [{"path": "data.train", "message": "outside the service's data roots"}]
     assert details[2] == details[3] and details[2][0]["path"] == "model"
+    assert details[4] == [{**details[2][0], "path": "model.path"}]
     assert not any("not found" in str(d) or "no-such" in str(d) for d in details)
 
 

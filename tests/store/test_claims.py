@@ -123,27 +123,44 @@ def test_threads_racing_for_one_claim_exactly_one_wins(store, new_store):
 
 RACER = """
 import json, sys, time
+from pathlib import Path
 from sweeper.store import ClaimHeld, TrialStore
-store, start = TrialStore(sys.argv[1]), float(sys.argv[2])
-time.sleep(max(0.0, start - time.time()))
+store, folder = TrialStore(sys.argv[1]), Path(sys.argv[2])
+store.engine.connect().close()  # imported and connected: ready to race
+(folder / f"ready-{sys.argv[3]}").touch()
+while not (folder / "go").exists():
+    time.sleep(0.001)
 try:
     print(json.dumps({"won": store.claim("s1")}))
 except ClaimHeld as exc:
     print(json.dumps({"held": exc.holder}))
 sys.stdout.flush()
-time.sleep(max(0.0, start + 10 - time.time()))  # alive until every racer has tried: a dead holder frees its claim
+sys.stdin.read()  # alive until the test closes stdin, after every racer has tried: a dead holder frees its claim
 """
 
 
-def test_processes_racing_for_one_claim_exactly_one_wins(store, db_url):
-    start = time.time() + 8  # every racer has imported and connected by then, on a busy machine too
-    racers = [subprocess.Popen([sys.executable, "-c", RACER, db_url, str(start)], stdout=subprocess.PIPE,
-                               stderr=subprocess.PIPE, text=True) for _ in range(4)]
-    results = []
-    for racer in racers:
-        out, err = racer.communicate(timeout=120)
-        assert racer.returncode == 0, err
-        results.append(json.loads(out))
+def test_processes_racing_for_one_claim_exactly_one_wins(store, db_url, tmp_path):
+    """Four processes claim at once: each waits, imported and connected, for a `go` file (no wall-clock start
+    time, so a busy machine changes nothing), and stays alive until all have tried."""
+    gate = tmp_path / "gate"
+    gate.mkdir()
+    racers = [subprocess.Popen([sys.executable, "-c", RACER, db_url, str(gate), str(i)], stdin=subprocess.PIPE,
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for i in range(4)]
+    try:
+        deadline = time.monotonic() + 120
+        while len(list(gate.glob("ready-*"))) < len(racers):
+            assert all(r.poll() is None for r in racers), [r.stderr.read() for r in racers if r.poll() is not None]
+            assert time.monotonic() < deadline, "the racers did not get ready"
+            time.sleep(0.05)
+        (gate / "go").touch()
+        results = [json.loads(racer.stdout.readline() or "{}") for racer in racers]  # every racer has tried
+        for racer in racers:
+            _, err = racer.communicate(timeout=120)  # closes its stdin: it exits
+            assert racer.returncode == 0, err
+    finally:
+        for racer in racers:
+            if racer.poll() is None:
+                racer.kill()
     winners = [r for r in results if "won" in r]
     assert len(winners) == 1, results
     holder = store.driver_claim("s1").owner  # the winner exited without releasing: its pid is gone now

@@ -59,6 +59,10 @@ def test_sweep_runs_records_and_exports(tmp_path, ray_cleanup):
     assert (export / ".sweeper-export").is_file()
     assert record["training_arguments"]["learning_rate"] == record["trial"]["hparams"]["learning_rate"]
     assert record["lora_config"]["r"] == record["trial"]["hparams"]["lora_r"]
+    assert record["lora_config"]["target_modules"] == ["query", "value"]  # `auto`: PEFT's default for MiniLM (bert)
+    worker = record["worker"]  # as the winner's worker recorded it at its best round
+    assert (worker["device"], worker["dtype"], worker["quantization"]) == ("cpu", "float32", "none")
+    assert record["training_arguments"]["per_device_train_batch_size"] == worker["micro_batch"]
     assert record["versions"]["torch"].startswith("2.13.0")
     assert record["reproduce"].startswith("sweeper train ") and f"--rounds {best[4]}" in record["reproduce"]
 

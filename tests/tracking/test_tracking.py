@@ -7,7 +7,7 @@ import secrets
 
 import pytest
 from helpers import small_spec
-from wandb_files import read_run
+from wandb_files import finished_records, read_run
 
 from sweeper import tracking
 from sweeper.spec import load_spec, stored_spec
@@ -77,6 +77,26 @@ def test_trial_runs_log_rounds_and_a_summary_from_the_store(store, tmp_path):
     assert {k for k in s if k.startswith("best/")} == {"best/eval_loss", "best/f1_micro"}
 
 
+def test_a_trial_run_config_holds_what_its_worker_ran_with(store, tmp_path):
+    """From the worker's record (a GPU worker's, here), not from the driver's machine."""
+    ran = {"device": "NVIDIA H200", "dtype": "bfloat16", "quantization": "4bit", "gradient_checkpointing": True,
+           "micro_batch": 8, "gradient_accumulation": 2, "training_arguments": {"bf16": True, "fp16": False},
+           "lora_config": {"r": 8, "target_modules": ["q_proj", "v_proj"]}}
+    record = RoundRecord(1, {"eval_loss": 1.0}, {**ran, "epoch": 0.5, "peak_memory_mb": 900.0, "tokens_per_s": 5e4})
+    assert tracking.worker_config(record) == ran
+    runs = tracking.TrialRuns("proj", "sw", "offline", tmp_path / "runs", store.url)
+    runs.start("t1", {"learning_rate": 1e-3})
+    runs.configure("t1", {"worker": tracking.worker_config(record)})
+    runs.log("t1", tracking.round_log(record), 1)
+    runs.configure("t1", {"worker": {**ran, "micro_batch": 4, "gradient_accumulation": 4}})  # after an OOM halving
+    runs.finish("t1")
+    runs.close()
+    (folder,) = tracking.offline_runs(tmp_path / "runs")
+    run = read_run(folder)
+    assert run.config == {"learning_rate": 1e-3, "worker": {**ran, "micro_batch": 4, "gradient_accumulation": 4}}
+    assert (run.history[0]["bookkeeping/micro_batch"], run.history[0]["bookkeeping/tokens_per_s"]) == (8, 5e4)
+
+
 def test_sweep_summary_run_has_a_table_of_all_trials(store, tmp_path, monkeypatch):
     folder = tracking.log_sweep_summary(store, "sw", {"gate": "passed", "ci": [0.41, 0.55]})
     assert folder.parent == tmp_path / "sweeps" / "sw" / "wandb-runs" / "wandb"  # from the stored spec
@@ -96,3 +116,26 @@ def test_sweep_summary_run_has_a_table_of_all_trials(store, tmp_path, monkeypatc
     monkeypatch.setenv("WANDB_MODE", "disabled")  # a sweep whose spec left the mode out follows WANDB_MODE
     assert tracking.log_sweep_summary(store, "sw") is None
     assert len(tracking.offline_runs(folder.parent.parent)) == 1
+
+
+def models(folder) -> list:
+    """The model artifacts a run logged (W&B logs a table as an artifact of its own too)."""
+    return [r.artifact for r in finished_records(folder)
+            if r.WhichOneof("record_type") == "artifact" and r.artifact.type == "model"]
+
+
+def test_a_promoted_winner_is_logged_as_a_model_artifact_of_the_summary_run(store, tmp_path):
+    export = tmp_path / "export"
+    (export / "adapter").mkdir(parents=True)
+    (export / "adapter" / "adapter_config.json").write_text("{}")
+    (export / "winner.json").write_text('{"winner": {"trial_key": "t1"}}')
+    promoted = {"promoted": True, "status": "PROMOTED", "trial_key": "t1", "note": "PROMOTED: trial t1 clears every gate"}
+    folder = tracking.log_sweep_summary(store, "sw", promoted, export_dir=export)
+    (artifact,) = models(folder)
+    assert (artifact.name, artifact.type) == ("sw-winner", "model") and "promoted" in artifact.aliases
+    assert {entry.path for entry in artifact.manifest.contents} == {"adapter/adapter_config.json", "winner.json"}
+    assert json.loads(artifact.metadata)["trial"] == "t1"
+
+    not_promoted = {**promoted, "promoted": False, "status": "NOT PROMOTED"}
+    folder = tracking.log_sweep_summary(store, "sw", not_promoted, export_dir=export, directory=tmp_path / "again")
+    assert not models(folder)

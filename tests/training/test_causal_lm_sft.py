@@ -4,19 +4,21 @@
 import pytest
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from sweeper.datasets import PromptExample, Span, TaggedExample
+from sweeper.datasets import ExtractionExample, PromptExample, Span, TaggedExample
 from trainers.base import ListReporter
 from trainers.causal_lm_sft import (
     IGNORE,
+    Asking,
     SftData,
+    answer_budget,
     as_prompt,
+    conversation,
     encode,
     exact_match,
     extraction_metrics,
     generation_metrics,
     pad_collator,
     parse_fields,
-    prompt_ids,
     train,
 )
 
@@ -26,26 +28,30 @@ def tokenizer(smollm2_path):
     return AutoTokenizer.from_pretrained(smollm2_path)
 
 
-def test_prompt_tokens_are_masked_and_response_tokens_are_not(tokenizer):
+def test_chat_template_prompt_is_masked_and_only_the_answer_turn_is_learned(tokenizer):
     example = PromptExample("Say hello.", "Hello there!")
     row = encode(tokenizer, example, max_length=256)
-    n_prompt = len(prompt_ids(tokenizer, example.prompt))
-    assert tokenizer.decode(row["input_ids"][:n_prompt]).endswith("<|im_start|>assistant\n")  # chat template used
-    assert row["labels"][:n_prompt] == [IGNORE] * n_prompt
-    response = row["labels"][n_prompt:]
-    assert IGNORE not in response and response == row["input_ids"][n_prompt:]
-    assert response[-1] == tokenizer.eos_token_id
-    assert tokenizer.decode(response, skip_special_tokens=True) == "Hello there!"
+    prompt, answer = conversation(tokenizer, example)
+    n_prompt = len(prompt)
+    shown = tokenizer.decode(row["input_ids"][:n_prompt])
+    assert shown.startswith("<|im_start|>system") and shown.endswith("<|im_start|>user\nSay hello.<|im_end|>\n"
+                                                                      "<|im_start|>assistant\n")  # the whole template
+    assert row["labels"][:n_prompt] == [IGNORE] * n_prompt  # system turn, user turn and assistant header: no loss
+    learned = row["labels"][n_prompt:]
+    assert IGNORE not in learned and learned == row["input_ids"][n_prompt:] == answer
+    assert tokenizer.eos_token_id in learned  # the end-of-turn marker: the model learns to stop
+    assert tokenizer.decode(learned, skip_special_tokens=True).strip() == "Hello there!"
 
 
-def test_truncation_keeps_ids_and_labels_aligned(tokenizer):
+def test_a_row_whose_answer_does_not_fit_is_refused_not_cut(tokenizer):
     example = PromptExample("Say hello.", "Hello there, how are you doing today?")
-    n_prompt = len(prompt_ids(tokenizer, example.prompt))
-    row = encode(tokenizer, example, max_length=n_prompt + 2)
-    assert len(row["input_ids"]) == len(row["labels"]) == len(row["attention_mask"]) == n_prompt + 2
-    assert row["labels"][n_prompt:] == row["input_ids"][n_prompt:]
-    with pytest.raises(ValueError, match="no response token"):
-        SftData(tokenizer, [example], n_prompt, "holdout.jsonl")
+    prompt, answer = conversation(tokenizer, example)
+    row = encode(tokenizer, example, max_length=len(prompt) + 2)  # predict's rows may be cut: aligned
+    assert len(row["input_ids"]) == len(row["labels"]) == len(row["attention_mask"]) == len(prompt) + 2
+    assert row["labels"][len(prompt):] == row["input_ids"][len(prompt):]
+    with pytest.raises(ValueError, match=f"1 row\\(s\\) \\(first: row 1\\) do not fit in max_seq_length="
+                                         f"{len(prompt) + 2} .*\\(the longest needs {len(prompt) + len(answer)}\\)"):
+        SftData(tokenizer, [example], len(prompt) + 2, "holdout.jsonl")
 
 
 def test_collator_pads_right_with_ignored_labels():
@@ -59,20 +65,32 @@ def test_collator_pads_right_with_ignored_labels():
     assert batch["labels"].tolist() == [[IGNORE, 6, 7], [8, IGNORE, IGNORE]]
 
 
-def test_tagged_example_becomes_instruction_and_sorted_compact_json():
-    text = "Table for 4 at 7pm"
-    prompt = as_prompt(TaggedExample(text, (Span("time", 15, 18), Span("people", 10, 11))))
-    assert prompt.prompt.endswith("from the message as JSON.\nMessage: Table for 4 at 7pm")
-    assert prompt.response == '{"people":"4","time":"7pm"}'
+def test_rows_with_fields_ask_for_every_schema_field_and_answer_in_json_with_nulls():
+    schema = ["date", "people", "time"]
+    tagged = as_prompt(TaggedExample("Table for 4 at 7pm", (Span("time", 15, 18), Span("people", 10, 11))), schema, None)
+    assert "date, people, time" in tagged.prompt and tagged.prompt.endswith("Text:\nTable for 4 at 7pm")
+    assert tagged.response == '{"date":null,"people":"4","time":"7pm"}'
+    row = ExtractionExample("Ship 12.5 kg to Zoë", (("weight_kg", 12.5), ("consignee", "Zoë"), ("ref", None)))
+    asked = as_prompt(row, ["consignee", "ref", "weight_kg"], "Fields {fields} of:\n{text}")
+    assert asked.prompt == "Fields consignee, ref, weight_kg of:\nShip 12.5 kg to Zoë"
+    assert asked.response == '{"consignee":"Zoë","ref":null,"weight_kg":12.5}'  # JSON types kept, no escapes
+
+
+def test_answer_budget_is_the_longest_train_answer_and_a_margin_unless_set(tokenizer):
+    rows = [PromptExample("q", "short"), PromptExample("q", "a much longer answer " * 8)]
+    longest = len(conversation(tokenizer, rows[1])[1])
+    assert answer_budget(tokenizer, rows, None) == longest + max(8, longest // 4)
+    assert answer_budget(tokenizer, rows, 7) == 7
 
 
 def test_parse_and_score_generated_json():
-    assert parse_fields(' {"people": 4} ') == {"people": "4"}
+    assert parse_fields(' {"people": 4} ') == {"people": 4}
+    assert parse_fields('```json\n{"people": "4", "date": null}\n```') == {"people": "4"}  # first object, no nulls
     assert parse_fields('{"people": "4"') is None and parse_fields("[1, 2]") is None
     gold = [{"people": "4", "time": "7pm"}, {"date": "today"}]
-    answers = ['{"people":"4","time":"8pm"}', "not json"]
+    answers = ['{"people":4,"time":"8pm"}', "not json"]
     scores = extraction_metrics(gold, answers)
-    # tp=1 (people), fp=1 (time 8pm), fn=2 (time 7pm, date) -> F1 = 2/5; 1 of 2 answers is JSON
+    # tp=1 (people, 4 = "4"), fp=1 (time 8pm), fn=2 (time 7pm, date) -> F1 = 2/5; 1 of 2 answers is JSON
     assert scores["f1_micro"] == pytest.approx(2 / 5)
     assert scores["json_valid_rate"] == pytest.approx(1 / 2)
     assert exact_match(["a  b", "c"], [" a b\n", "d"]) == {"exact_match": 1 / 2}
@@ -80,10 +98,11 @@ def test_parse_and_score_generated_json():
 
 def test_generation_hook_restores_train_mode_and_scores_jsonl(tokenizer, smollm2_path):
     holdout = [PromptExample("Reply with the single word: yes", "yes")]
-    assert generation_metrics(tokenizer, holdout, 0) is None  # generation_eval_examples=0 skips decoding
+    asking = Asking([], max_new_tokens=4)
+    assert generation_metrics(tokenizer, asking, holdout, 0) is None  # generation_eval_examples=0 skips decoding
     model = AutoModelForCausalLM.from_pretrained(smollm2_path)
     model.train()
-    scores = generation_metrics(tokenizer, holdout, 1)(model)
+    scores = generation_metrics(tokenizer, asking, holdout, 1)(model)
     assert model.training
     assert set(scores) == {"exact_match"} and scores["exact_match"] in (0.0, 1.0)
     assert all(p.grad is None for p in model.parameters())  # decoding ran without autograd
@@ -93,7 +112,7 @@ def test_generation_hook_restores_train_mode_and_scores_jsonl(tokenizer, smollm2
 def test_short_run_lowers_eval_loss_and_scores_generated_json(make_config, smollm2_path, restaurant8k_tiny):
     config = make_config(
         "causal_lm_sft", smollm2_path, restaurant8k_tiny,
-        batch_size=8, num_epochs=1, evals_per_epoch=2, learning_rate=1e-3, max_seq_length=96,
+        batch_size=8, num_epochs=1, evals_per_epoch=2, learning_rate=1e-3, max_seq_length=160,
         generation_eval_examples=4,
     )  # 32 rows / batch 8 = 4 steps: 2 rounds of 2 steps (SmolLM2 takes ~2-3 s a step on 2 cores)
     reporter = ListReporter()

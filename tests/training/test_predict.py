@@ -49,7 +49,7 @@ def test_causal_lm_predict_reproduces_the_round_metrics(make_config, smollm2_pat
     holdout.write_text(json.dumps(json.loads(Path(restaurant8k_tiny["holdout"]).read_text())[:4]))
     config = make_config(
         "causal_lm_sft", smollm2_path, {**restaurant8k_tiny, "holdout": str(holdout)}, batch_size=8, num_epochs=1,
-        evals_per_epoch=2, max_rounds=1, learning_rate=1e-3, max_seq_length=96, generation_eval_examples=4,
+        evals_per_epoch=2, max_rounds=1, learning_rate=1e-3, max_seq_length=160, generation_eval_examples=4,
     )  # 2 steps, then every holdout row is decoded, as predict decodes them
     reported, checkpoint = trained(causal_lm_sft, config)
     records = causal_lm_sft.predict(config, checkpoint, read_examples(config.data.holdout, "restaurant8k"))

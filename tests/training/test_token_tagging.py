@@ -2,6 +2,7 @@
 
 import math
 import shutil
+from pathlib import Path
 
 import pytest
 from transformers import AutoTokenizer
@@ -79,3 +80,45 @@ def test_resume_continues_from_the_round_1_checkpoint(two_round_run, make_config
     # same data order, optimizer and adapter state: round 2 lands where the uninterrupted run did
     assert resumed.rounds[0].metrics["eval_loss"] == pytest.approx(reporter.rounds[1].metrics["eval_loss"], rel=1e-3)
     assert outcome.stop_reason == "completed"
+
+
+# -- long documents and extraction rows --------------------------------------------------------------------
+RECEIPT = "".join(f"Item {i} widget 3.50\n" for i in range(60)) + "ACME\nSTORES\nTOTAL: 99.10\nDATE: 2024-03-05"
+
+
+def test_a_long_multiline_text_is_read_in_windows_and_decoded_whole(minilm_path):
+    from sweeper.datasets import ExtractionExample
+    from sweeper.locate import as_tagged
+    from trainers.token_tagging import TaggingData, crosses_lines, decode_spans, label_space
+
+    example = ExtractionExample(RECEIPT, (("total", "99.10"), ("date", "2024-03-05"), ("vendor", "ACME STORES")))
+    labels, label_ids = label_space([example])
+    tokenizer = AutoTokenizer.from_pretrained(minilm_path)
+    assert crosses_lines([as_tagged(example)])  # "ACME STORES" is found as "ACME\nSTORES"
+    data = TaggingData(tokenizer, [as_tagged(example)], label_ids, max_length=32, cross_lines=True)
+    assert len(data) > 10 and set(data.example_of) == {0}  # ~300 tokens: many windows of one example
+    last = data.rows[-1]["labels"]
+    assert label_ids["B-total"] in last and label_ids["B-date"] in last  # the end of the document is trained on
+    # the gold tags of every window, decoded and merged, give the values back (overlaps counted once)
+    gold_tags = [[labels[t] if t >= 0 else "O" for t in row["labels"]] for row in data.rows]
+    assert data.fields(gold_tags) == [{"total": "99.10", "date": "2024-03-05", "vendor": "ACME\nSTORES"}]
+    # where no train value runs across a line break, no decoded one does: "TOTAL:" tagged I- after a value on the
+    # line before starts a span of its own
+    start = RECEIPT.index("STORES")
+    offsets, tags = [(start, start + 6), (start + 7, start + 12)], ["B-vendor", "I-vendor"]
+    assert decode_spans(RECEIPT, offsets, tags) == [("vendor", start, start + 6), ("vendor", start + 7, start + 12)]
+    assert decode_spans(RECEIPT, offsets, tags, cross_lines=True) == [("vendor", start, start + 12)]
+
+
+def test_extraction_rows_train_the_tagger_with_no_conversion(make_config, minilm_path, tmp_path):
+    bookings = Path(__file__).resolve().parents[2] / "examples" / "data" / "bookings"
+    files = {}
+    for split, rows in (("train", 96), ("holdout", 24)):
+        files[split] = tmp_path / f"{split}.jsonl"
+        files[split].write_text("".join((bookings / f"{split}.jsonl").read_text().splitlines(True)[:rows]))
+    data = {"format": "extraction", "train": str(files["train"]), "holdout": str(files["holdout"])}
+    reporter = ListReporter()
+    train(make_config("token_tagging", minilm_path, data, num_epochs=1), reporter)
+    metrics = reporter.rounds[-1].metrics
+    assert {"f1_micro", "f1_party_size", "f1_time"} <= set(metrics)  # the data's own field names
+    assert metrics["f1_micro"] > 0  # values found as spans were learned from a single epoch

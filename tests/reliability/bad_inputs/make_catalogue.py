@@ -7,6 +7,7 @@ import yaml
 
 D = Path("tests/reliability/bad_inputs")
 base = yaml.safe_load(open("examples/restaurant8k-minilm.yaml"))
+base["model"] = "minilm-l6"  # the form before the model block: the catalogue keeps checking it is still read
 base["data"] = {"format": "restaurant8k", "train": "good/train.json", "holdout": "good/holdout.json", "max_seq_length": 32}
 base["storage"] = {"root": "state"}
 base["tracking"] = {"mode": "none"}
@@ -18,6 +19,8 @@ recs = json.load(open("examples/data/restaurant8k-small/train.json"))
 (good / "holdout.csv").write_text("text,category\ncard not here yet,card_arrival\n")
 (good / "train.jsonl").write_text('{"instruction": "say hi", "response": "hi"}\n')
 (good / "holdout.jsonl").write_text('{"instruction": "say bye", "response": "bye"}\n')
+(good / "train-fields.jsonl").write_text('{"text": "table for 4 at 7pm", "fields": {"people": "4", "time": "7pm"}}\n')
+(good / "holdout-fields.jsonl").write_text('{"text": "for 2 at noon", "fields": {"people": "2", "time": "noon"}}\n')
 class _D: pass
 DELETE = _D()
 catalogue = []
@@ -41,7 +44,8 @@ def raw_file(name, content, fragment, why, binary=False):
 def data(name, content, fmt, role, fragment, why, binary=False):
     p = D / "data" / name; p.parent.mkdir(exist_ok=True)
     (p.write_bytes if binary else p.write_text)(content)
-    other = {"restaurant8k": "good/{}.json", "csv": "good/{}.csv", "jsonl": "good/{}.jsonl"}[fmt]
+    other = {"restaurant8k": "good/{}.json", "csv": "good/{}.csv", "jsonl": "good/{}.jsonl",
+             "extraction": "good/{}-fields.jsonl"}[fmt]
     edits = {"data__format": fmt, f"data__{role}": f"data/{name}"}
     for r in ("train", "holdout"):
         if r != role: edits[f"data__{r}"] = other.format(r)
@@ -142,6 +146,16 @@ data("deeply-nested.json", "[" * 5000 + "]" * 5000, "restaurant8k", "train", "ne
 data("deeply-nested.jsonl", '{"instruction": "a", "response": "b"}\n' + "[" * 5000 + "]" * 5000 + "\n", "jsonl", "train",
      "line 2: JSON nested too deeply", "a JSONL line of 5,000 nested lists (a RecursionError)")
 data("huge-number.json", "[" + "1" * 5000 + "]", "restaurant8k", "train", "not usable JSON", "a 5,000-digit number (a ValueError)")
+data("fields-not-an-object.jsonl", '{"text": "for 4", "fields": ["people"]}\n', "extraction", "train",
+     'an object "fields"', "extraction fields given as a list of names")
+data("field-name-with-space.jsonl", '{"text": "total 12", "fields": {"total amount": "12"}}\n', "extraction", "holdout",
+     "cannot name a metric", "a field name that cannot become the metric f1_<field>")
+spec("prompt-template-without-text", "data.prompt_template", "must contain {text}", "a prompt that never shows the text",
+     task="causal_lm_sft", model="smollm2-135m", objective={"metric": "eval_loss"},
+     data={"format": "extraction", "train": "good/train-fields.jsonl", "holdout": "good/holdout-fields.jsonl",
+           "prompt_template": "Extract {fields} as JSON"})
+spec("allow-pair-not-two-splits", "audit.allow.0", "two different splits", "an allowance for a pair of one split",
+     audit={"allow": ["near-duplicate:train-train"]})
 (D / "catalogue.yaml").write_text("# Malformed specs and data files: each must be refused before anything is written, with a\n"
                                   "# message that names the field (`field`, empty for a file that is not a spec at all).\n" +
                                   yaml.safe_dump(catalogue, sort_keys=False, width=200))
