@@ -168,6 +168,9 @@ class RecordingReporter:
     def resume_from(self):
         return None
 
+    def stop_requested(self):
+        return False
+
 
 def run_sequential(ctx: dict, configs) -> Recorder:
     """Train the hyperparameters `configs` yields, one after another, until the budget is spent."""
@@ -443,6 +446,9 @@ def _plain_trainable(params: dict, ctx: dict) -> None:
 
         def resume_from(self):
             return None
+
+        def stop_requested(self):
+            return False
 
     out = tempfile.mkdtemp(prefix="bse-trial-", dir=ctx["workdir"])
     try:

@@ -22,6 +22,8 @@ from pathlib import Path
 import psutil
 import ray
 from ray import tune
+from ray.train._internal import session as ray_session
+from ray.tune.logger import TBXLoggerCallback
 from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 from ray.tune.search import ConcurrencyLimiter, Searcher
 
@@ -37,7 +39,11 @@ from trainers import trainer_for
 from trainers.base import RoundRecord
 
 BEST_FILE = "sweeper_best.json"  # the running best objective, kept with each checkpoint for resumes
-WORKER_ENV = {"HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false", "TRANSFORMERS_NO_ADVISORY_WARNINGS": "1"}
+WORKER_ENV = {"HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false", "TRANSFORMERS_NO_ADVISORY_WARNINGS": "1",
+              # A stopped trial ends at its next training step (TuneReporter.stop_requested), then cleans up; Tune's
+              # default 2 s wait for that failed whenever a step took longer ("Could not re-use actor"), and the
+              # trial meant to reuse the worker was lost.
+              "TUNE_FUNCTION_THREAD_TIMEOUT_S": "300"}
 TRIAL = "sweeper_trial"  # reserved config entry: the trial's stable key and the checkpoint it resumes from
 RECORD = "sweeper_round"  # reserved result key: the worker's RoundRecord; Tune's own keys beside it are never read
 ROUND_VALUE = "round_value"  # result key: the objective metric at this round; Tune ranks checkpoints by a top-level key
@@ -84,6 +90,12 @@ class TuneReporter:
 
     def resume_from(self):
         return self.resume_dir
+
+    def stop_requested(self) -> bool:
+        # Tune asks a function trainable to stop through its session's stop event, and checks it only when the
+        # trainable reports; Ray 2.60 offers no public way to ask between reports.
+        session = ray_session.get_session()
+        return bool(session and session.stop_event.is_set())
 
 
 def _rss_mb() -> float:
@@ -376,6 +388,24 @@ def _views(trials) -> list[TrialView]:
     return [_view(t) for t in trials]
 
 
+class NoTensorBoard(TBXLoggerCallback):
+    """Takes the place of the TensorBoard logger Tune adds by default, and writes nothing: rounds are compared in
+    the store and W&B, and Tune's writer warns on the nested values a round records (the worker's
+    TrainingArguments and LoraConfig). Tune's JSON and CSV results per trial are still written."""
+
+    def __init__(self):  # no tensorboardX writer
+        pass
+
+    def log_trial_start(self, trial):
+        pass
+
+    def log_trial_result(self, iteration, trial, result):
+        pass
+
+    def log_trial_end(self, trial, failed=False):
+        pass
+
+
 def tracking_callbacks(spec: Spec, sweep_dir: Path, database_url: str, job: dict, mode: str | None = None) -> list:
     mode = mode or spec_mode(spec)
     if mode == "disabled":
@@ -416,7 +446,7 @@ def run_sweep(spec: Spec, database_url: str, tune_path: str, sweep_dir: Path, mo
         run_config=tune.RunConfig(
             name=spec.name,
             storage_path=tune_path,
-            callbacks=list(callbacks),  # Tune appends its own reporter to the list it is given
+            callbacks=[*callbacks, NoTensorBoard()],  # a new list: Tune appends its own reporter to it
             failure_config=tune.FailureConfig(max_failures=spec.budget.max_failures),
             checkpoint_config=tune.CheckpointConfig(num_to_keep=2, checkpoint_score_attribute=ROUND_VALUE,
                                                     checkpoint_score_order=spec.objective.mode),

@@ -14,6 +14,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))  # `import helpers` fro
 
 from helpers import PostgresUnavailable, fresh_postgres_database, ray_processes, ray_tmp  # noqa: E402
 
+SHARED_RAY_CPUS = 4  # trials of the synthetic task sleep: two sweeps of 2 concurrent trials fit at once
+
 _postgres_down: str | None = None  # the first failure, so later tests fail at once with the same text
 
 
@@ -35,11 +37,45 @@ def postgres_url():
 def ray_cleanup(tmp_path):
     """After the test, stop (by id) any process of the Ray instance the test started, and remove its files."""
     yield
-    procs = ray_processes(tmp_path)
+    _stop_ray(tmp_path)
+
+
+def _stop_ray(marker_folder: Path) -> None:
+    """Stop (by id) every process of the Ray instance whose temp folder is `ray_tmp(marker_folder)`."""
+    procs = ray_processes(marker_folder)
     for proc in procs:
         try:
             proc.send_signal(signal.SIGKILL)
         except psutil.NoSuchProcess:
             pass
     psutil.wait_procs(procs, timeout=10)
-    shutil.rmtree(ray_tmp(tmp_path), ignore_errors=True)
+    shutil.rmtree(ray_tmp(marker_folder), ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def _shared_ray_cluster(tmp_path_factory):
+    from ray.cluster_utils import Cluster
+
+    folder = tmp_path_factory.mktemp("shared-ray")
+    with pytest.MonkeyPatch.context() as env:  # only the cluster's own processes see these
+        env.setenv("RAY_AUTH_MODE", "disabled")
+        env.setenv("RAY_TMPDIR", str(ray_tmp(folder)))
+        cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": SHARED_RAY_CPUS})
+        cluster.wait_for_nodes()
+    try:
+        yield cluster.address
+    finally:
+        cluster.shutdown()
+        _stop_ray(folder)
+
+
+@pytest.fixture
+def shared_ray(_shared_ray_cluster, monkeypatch) -> str:
+    """The address of one local Ray cluster shared by the whole session, for `sweeper run --address`.
+
+    A sweep on it pays for connecting (~1 s), not for starting and stopping a private Ray (~5 s); a killed
+    driver's job ends with it and the cluster stays, as on a real cluster. Tests about a sweep's own Ray (that it
+    goes away with its driver), about what trial workers inherit from the driver's environment (TMPDIR, an API
+    key), or that run the driver in another mount namespace keep a private Ray (`ray_cleanup`)."""
+    monkeypatch.setenv("RAY_AUTH_MODE", "disabled")  # the drivers this test starts: as the cluster (STACK_NOTES)
+    return _shared_ray_cluster

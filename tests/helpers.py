@@ -48,12 +48,15 @@ def small_spec(tmp_path: Path, **overrides) -> Path:
     return path
 
 
-def synthetic_spec(tmp_path: Path, round_seconds: float = 0.05, hold_file: Path | None = None, **overrides) -> Path:
+def synthetic_spec(tmp_path: Path, round_seconds: float = 0.05, hold_file: Path | None = None,
+                   cleanup_seconds: float = 0.0, **overrides) -> Path:
     """small_spec on the synthetic task (trainers/synthetic.py): the real controller, store and study, trials of
-    deterministic curves that take `round_seconds` a round; `hold_file` pauses every trial while it exists."""
+    deterministic curves that take `round_seconds` a round; `hold_file` pauses every trial while it exists;
+    `cleanup_seconds`: each trial's time after its last round."""
     model = tmp_path / "synthetic-model"
     model.mkdir(exist_ok=True)
-    pace = {"model_type": "synthetic", "round_seconds": round_seconds, "hold_file": str(hold_file or "")}
+    pace = {"model_type": "synthetic", "round_seconds": round_seconds, "hold_file": str(hold_file or ""),
+            "cleanup_seconds": cleanup_seconds}
     (model / "config.json").write_text(json.dumps(pace))
     overrides = {"name": "synthetic-sweep", "task": "synthetic", "model": str(model),
                  "objective": {"metric": "accuracy"}, "promotion": None, **overrides}

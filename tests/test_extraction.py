@@ -13,7 +13,8 @@ from helpers import EXAMPLES
 from sweeper.datasets import DataError, ExtractionExample, Span, TaggedExample, field_schema, read_file
 from sweeper.locate import NOT_IN_TEXT, OVERLAPS, as_tagged, locate
 from sweeper.spec import SpecError, load_spec
-from trainers.metrics import field_f1, value_key
+from sweeper.values import same_value
+from trainers.metrics import field_f1
 
 
 def write_rows(path: Path, rows: list) -> Path:
@@ -63,6 +64,15 @@ def test_values_are_found_exactly_then_ignoring_case_and_spacing():
     assert unlocated == []
 
 
+def test_numbers_and_dates_are_found_as_the_text_writes_them():
+    text = "Gross weight: 3,584.00 kg\nDate of dispatch: 12/02/2025\nShipped 5 March 2024, 7:30 pm"
+    tagged, unlocated = locate(ExtractionExample(text, (
+        ("weight_kg", 3584.0), ("dispatched", "2025-02-12"), ("shipped", "2024-03-05"), ("at", "19:30"))))
+    assert {s.field: text[s.start : s.end] for s in tagged.spans} == {
+        "weight_kg": "3,584.00", "dispatched": "12/02/2025", "shipped": "5 March 2024", "at": "7:30 pm"}
+    assert unlocated == []
+
+
 def test_values_that_cannot_be_placed_say_why():
     example = ExtractionExample("Table for four at 7pm", (
         ("time", "7pm"), ("when", "7pm"), ("people", 4), ("tags", ["a"]), ("ok", True)))
@@ -87,16 +97,18 @@ def test_a_field_given_twice_keeps_its_first_value_as_the_tagger_keeps_its_first
 @pytest.mark.parametrize("gold, predicted", [
     ("1,250.00", 1250), ("$12.50", "12.5"), (4, "4"), ("2024-03-05", "March 5, 2024"), ("7pm", "19:00"),
     ("  Acme   Corp. ", "acme corp"), ({"b": 1, "a": 2}, {"a": 2, "b": 1}),
+    ("2024-02-12", "12/02/2024"), ("2024-12-02", "12/02/2024"),  # an ambiguous date equals either reading
 ])
 def test_values_that_name_the_same_thing_compare_equal(gold, predicted):
-    assert value_key(gold) == value_key(predicted)
+    assert same_value(gold, predicted) and same_value(predicted, gold)
 
 
 @pytest.mark.parametrize("gold, predicted", [
     ("12.5 kg", "12.5"), ("-5", "5"), ("March 5", "March 5, 2024"), ("four", 4), ("may", "june"), (True, "yes"),
+    ("2024-02-13", "12/02/2024"), (None, None), ("", ""),
 ])
 def test_values_that_differ_do_not(gold, predicted):
-    assert value_key(gold) != value_key(predicted)
+    assert not same_value(gold, predicted)
 
 
 def test_per_field_f1_counts_misses_and_spurious_values_by_hand():

@@ -142,6 +142,10 @@ class Reporter(Protocol):
     def resume_from(self) -> str | None:
         """A checkpoint directory to continue from (after a retry), or None to start fresh."""
 
+    def stop_requested(self) -> bool:
+        """Whether the controller has stopped this trial (a scheduler's decision): the trainer then ends at its next
+        step instead of training on to its next report, holding the worker the next trial is waiting for."""
+
 
 @dataclass
 class ListReporter:
@@ -157,6 +161,9 @@ class ListReporter:
 
     def resume_from(self):
         return self.checkpoint
+
+    def stop_requested(self):
+        return False
 
 
 @dataclass

@@ -184,6 +184,8 @@ class RoundReporter(TrainerCallback):
 
     def on_step_end(self, args, state, control, **kwargs):
         self.timings["time_train_s"] += time.perf_counter() - self.step_started
+        if self.reporter.stop_requested():
+            control.should_training_stop = True
 
     def on_evaluate(self, args, state, control, metrics=None, **kwargs):
         eval_started = time.perf_counter()

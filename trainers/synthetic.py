@@ -6,8 +6,9 @@ exactly as the real trainers do. The curve peaks at a learning rate of 3e-3 and 
 search has something to find. It reads the train split (so data checks apply) but learns nothing from it.
 
 `model:` is a folder whose `config.json` sets the pace: `{"model_type": "synthetic", "round_seconds": 0.2,
-"hold_file": "/tmp/hold"}`; while `hold_file` exists no trial starts its next round (tests control timing
-with it, never with the machine's speed).
+"hold_file": "/tmp/hold", "cleanup_seconds": 0}`; while `hold_file` exists no trial starts its next round (tests
+control timing with it, never with the machine's speed); `cleanup_seconds` is the time a trial takes after its
+last round, as a real trainer frees its model and memory.
 """
 
 from __future__ import annotations
@@ -48,6 +49,13 @@ def _pace(config: TrialConfig) -> dict:
 
 def train(config: TrialConfig, reporter: Reporter) -> TrialOutcome:
     pace = _pace(config)
+    try:
+        return _rounds(config, reporter, pace)
+    finally:  # however the trial ends (Tune ends a stopped one with SystemExit at its report), as trial_worker does
+        time.sleep(float(pace.get("cleanup_seconds", 0.0)))
+
+
+def _rounds(config: TrialConfig, reporter: Reporter, pace: dict) -> TrialOutcome:
     n_train = len(config.data.read("train"))  # checked against the audit's fingerprint, as every trainer does
     steps_per_round = max(1, math.ceil(n_train / config.hparams.batch_size / config.evals_per_epoch))
     state = {"round": 0, "best_loss": math.inf, "best_round": 0, "stale": 0}
@@ -56,7 +64,9 @@ def train(config: TrialConfig, reporter: Reporter) -> TrialOutcome:
         state = json.loads((Path(resumed) / STATE_FILE).read_text())
     stop_reason = ""
     while not stop_reason:
-        _wait(pace)
+        _wait(pace, reporter)
+        if reporter.stop_requested():
+            break
         state["round"] += 1
         metrics = curve(config, state["round"])
         if metrics["eval_loss"] < state["best_loss"] - config.min_delta:
@@ -84,8 +94,12 @@ def _stop_reason(config: TrialConfig, round_: int, stale: int) -> str:
     return "patience" if stale >= config.patience else ""
 
 
-def _wait(pace: dict) -> None:
+def _wait(pace: dict, reporter: Reporter) -> None:
+    """A round's time, as a real trainer's steps take time: held while the hold file exists, then
+    `round_seconds`; a stopped trial ends at once, as a real trainer does at its next step."""
     hold = pace.get("hold_file")
-    while hold and Path(hold).exists():
+    while hold and Path(hold).exists() and not reporter.stop_requested():
         time.sleep(0.05)
-    time.sleep(float(pace.get("round_seconds", 0.0)))
+    deadline = time.monotonic() + float(pace.get("round_seconds", 0.0))
+    while time.monotonic() < deadline and not reporter.stop_requested():
+        time.sleep(min(0.05, max(0.0, deadline - time.monotonic())))

@@ -1,4 +1,5 @@
-"""Promotion end to end through the CLI: real local Ray, real MiniLM training on restaurant8k-small, SQLite.
+"""Promotion end to end through the CLI: real MiniLM training on restaurant8k-small (on the session's shared local
+Ray cluster, `--address`), SQLite.
 
 - NOT PROMOTED: the test split's `time` values point at the wrong words, so no model can reach the per-field
   gate on `time`, while the average gate passes: `sweeper promote` exits 3, names the field, records the
@@ -41,7 +42,7 @@ def gates_of(check: dict) -> dict[str, dict]:
     return {g["metric"]: g for g in check["gates"]}
 
 
-def test_a_sweep_is_not_promoted_when_a_field_misses_its_gate(tmp_path, ray_cleanup):
+def test_a_sweep_is_not_promoted_when_a_field_misses_its_gate(tmp_path, shared_ray):
     spec = small_spec(tmp_path, **TRAINING, promotion={"gates": ["f1_micro >= 0.05", "per_field_f1 >= 0.05"]})
     test_file = tmp_path / "data" / "test.json"
     records = json.loads(test_file.read_text())
@@ -52,7 +53,7 @@ def test_a_sweep_is_not_promoted_when_a_field_misses_its_gate(tmp_path, ray_clea
     test_file.write_text(json.dumps(records))
     db = tmp_path / "state" / "sweeper.db"
 
-    run_cli(["run", spec], tmp_path, check=True)
+    run_cli(["run", spec, "--address", shared_ray], tmp_path, check=True)
     result = run_cli(["promote", "small-sweep", "--db", f"sqlite:///{db}"], tmp_path)
     output = " ".join(result.stdout.split())
     assert result.returncode == 3, result.stdout + result.stderr
@@ -78,7 +79,7 @@ def test_a_sweep_is_not_promoted_when_a_field_misses_its_gate(tmp_path, ray_clea
     assert yaml.safe_load((tmp_path / "again" / "winner.yaml").read_text())["promotion"]["promoted"] is False
 
 
-def test_a_sweep_that_clears_generous_gates_is_promoted_at_the_end_of_the_run(tmp_path, ray_cleanup):
+def test_a_sweep_that_clears_generous_gates_is_promoted_at_the_end_of_the_run(tmp_path, shared_ray):
     spec = small_spec(tmp_path, **TRAINING, promotion={"gates": ["f1_micro >= 0.05", "eval_loss <= 3"], "seeds": 1,
                                                         "on_run": True})
     train = json.loads((tmp_path / "data" / "train.json").read_text())
@@ -89,11 +90,11 @@ def test_a_sweep_that_clears_generous_gates_is_promoted_at_the_end_of_the_run(tm
     (tmp_path / "data" / "test.json").write_text(json.dumps(test))
     db = tmp_path / "state" / "sweeper.db"
 
-    refused = run_cli(["run", spec], tmp_path)
+    refused = run_cli(["run", spec, "--address", shared_ray], tmp_path)
     assert refused.returncode == 2 and "refused [near-duplicate]" in refused.stderr
     assert not db.exists()
 
-    result = run_cli(["run", spec, "--allow", "near-duplicate"], tmp_path)
+    result = run_cli(["run", spec, "--allow", "near-duplicate", "--address", shared_ray], tmp_path)
     assert result.returncode == 0, result.stdout + result.stderr
     assert "PROMOTED: trial" in " ".join(result.stdout.split())
 

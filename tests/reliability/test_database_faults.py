@@ -129,23 +129,20 @@ def test_database_outage_short_is_ridden_out_long_stops_cleanly_and_resumes(tmp_
     assert PASSWORD not in again.stdout + again.stderr
 
 
-def test_two_sweeps_at_once_on_one_postgres_store(tmp_path, postgres_url, monkeypatch):
+def test_two_sweeps_at_once_on_one_postgres_store(tmp_path, postgres_url, monkeypatch, shared_ray):
     monkeypatch.setenv("SWEEPER_DATABASE_URL", postgres_url)  # a fresh database: both also race to create it
     folders = {name: tmp_path / name for name in ("sweep-a", "sweep-b")}
     drivers = {}
     try:
-        for name, folder in folders.items():  # each its own folder: own local Ray (RAY_TMPDIR), own Tune path
+        for name, folder in folders.items():  # each its own folder and Tune path, one Ray cluster for both
             folder.mkdir()
             spec = db_fault_spec(folder, name=name, trials=2, epochs=1, evals=1)  # one round a trial
-            drivers[name] = start_cli(["run", spec], folder)
+            drivers[name] = start_cli(["run", spec, "--address", shared_ray], folder)
         codes = {name: driver.wait(timeout=300) for name, driver in drivers.items()}
     finally:
         for driver in drivers.values():
             if driver.poll() is None:
                 os.killpg(driver.pid, signal.SIGKILL)
-        for folder in folders.values():  # both sweeps' Ray processes, stopped by id
-            for proc in ray_processes(folder):
-                proc.kill()
     assert codes == {"sweep-a": 0, "sweep-b": 0}, "\n".join(cli_log(f) for f in folders.values())
 
     rows = Rows(postgres_url)

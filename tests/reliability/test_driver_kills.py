@@ -4,6 +4,9 @@ Every run must end `completed` with exactly the budget's trials, each once, in t
 study, no round recorded twice, and the winner exported. Trials are the synthetic task (trainers/synthetic.py):
 the real controller, store and study, with deterministic curves that take a known time a round, so a phase is
 reached by watching the store, never by guessing the machine's speed.
+
+The drivers run on the session's shared Ray cluster (`shared_ray`, as on a real cluster: `--address`), except
+in one phase, which kills a driver that started its own local Ray and checks that Ray goes with it.
 """
 
 from __future__ import annotations
@@ -18,9 +21,9 @@ from pathlib import Path
 from typing import Callable
 
 import optuna
+import psutil
 import pytest
-from helpers import ray_processes, ray_tmp, run_cli, start_cli, synthetic_spec
-from ray.cluster_utils import Cluster
+from helpers import ray_processes, run_cli, start_cli, synthetic_spec
 
 pytestmark = pytest.mark.slow
 
@@ -45,10 +48,12 @@ def spec_for(tmp_path: Path, concurrent: int = 1, round_seconds: float = 0.3) ->
                           scheduler={"type": "asha", "grace_period": 2, "reduction_factor": 2, "evals_per_epoch": 2})
 
 
-def kill_when(tmp_path: Path, spec: Path, ready: Callable[[list], bool], timeout: float = 180) -> None:
-    """Start the driver, SIGKILL it once the store shows `ready`, and wait until its private Ray is gone."""
+def kill_when(tmp_path: Path, spec: Path, ready: Callable[[list], bool], timeout: float = 180,
+              address: str | None = None) -> None:
+    """Start the driver (on the cluster at `address`, else on its own local Ray), SIGKILL it once the store shows
+    `ready`, and wait until its private Ray, or on a cluster its trials' worker processes, are gone."""
     db = tmp_path / "state" / "sweeper.db"
-    driver = start_cli(["run", spec], tmp_path)
+    driver = start_cli(["run", spec, *(["--address", address] if address else [])], tmp_path)
     deadline = time.monotonic() + timeout
     while not ready(trials(db)):
         assert driver.poll() is None, f"the driver ended before the phase was reached: {trials(db)}"
@@ -56,7 +61,10 @@ def kill_when(tmp_path: Path, spec: Path, ready: Callable[[list], bool], timeout
         time.sleep(0.05)
     driver.send_signal(signal.SIGKILL)
     driver.wait(timeout=30)
-    wait_for_ray_to_go(tmp_path)
+    if address:
+        wait_for_workers_to_go(db)
+    else:
+        wait_for_ray_to_go(tmp_path)
 
 
 def wait_for_ray_to_go(tmp_path: Path) -> None:
@@ -64,6 +72,15 @@ def wait_for_ray_to_go(tmp_path: Path) -> None:
     while ray_processes(tmp_path) and time.monotonic() < deadline:
         time.sleep(0.2)
     assert not ray_processes(tmp_path)
+
+
+def wait_for_workers_to_go(db: Path) -> None:
+    """On a cluster, a killed driver's job ends with it: the worker processes its trials reported from exit."""
+    pids = {json.loads(b)["pid"] for (b,) in rows(db, "select bookkeeping from sweeper_rounds")}
+    deadline = time.monotonic() + 60
+    while (alive := [pid for pid in pids if psutil.pid_exists(pid)]) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not alive, f"trial workers of the killed driver still run: {alive}"
 
 
 def assert_completed_once_each(tmp_path: Path, name: str = "synthetic-sweep") -> None:
@@ -95,28 +112,31 @@ PHASES = {
     "after-a-trial-finished-mid-next": (1, lambda s: len(s) >= 3 and len(running(s)) == 1 and running(s)[0][2] >= 1),
     "while-several-run": (2, lambda s: len([t for t in running(s) if t[2] >= 1]) >= 2),
 }
+PRIVATE_RAY_PHASE = "during-the-first-trial"  # its driver starts its own local Ray, which must die with it
 
 
 @pytest.mark.parametrize("phase", PHASES)
-def test_driver_killed_at_a_phase_resumes_to_exactly_the_budget(tmp_path, ray_cleanup, phase):
+def test_driver_killed_at_a_phase_resumes_to_exactly_the_budget(tmp_path, ray_cleanup, phase, request):
     concurrent, ready = PHASES[phase]
+    address = None if phase == PRIVATE_RAY_PHASE else request.getfixturevalue("shared_ray")
+    on_cluster = ["--address", address] if address else []
     spec = spec_for(tmp_path, concurrent)
-    kill_when(tmp_path, spec, ready)
+    kill_when(tmp_path, spec, ready, address=address)
     db = tmp_path / "state" / "sweeper.db"
     left = running(trials(db))
     assert left, "the kill left nothing to resume: the phase was not the one meant"
-    run_cli(["run", spec], tmp_path, check=True)
+    run_cli(["run", spec, *on_cluster], tmp_path, check=True)
     assert_completed_once_each(tmp_path)
     retries = dict(rows(db, "select trial_key, retries from sweeper_trials"))
     for key, _, rounds in left:  # a trial with a checkpointed round continues from it, counted as a retry
         assert retries[key] == (1 if rounds else 0), (key, rounds, retries)
 
 
-def test_driver_killed_while_exporting_finishes_without_running_a_trial(tmp_path, ray_cleanup):
+def test_driver_killed_while_exporting_finishes_without_running_a_trial(tmp_path, shared_ray):
     """Every trial ended, the driver died before the sweep was marked completed (mid-export): the next run
     writes the export and completes, with no trial run again (the store state is exactly what such a kill leaves)."""
     spec = spec_for(tmp_path, concurrent=2, round_seconds=0.05)
-    run_cli(["run", spec], tmp_path, check=True)
+    run_cli(["run", spec, "--address", shared_ray], tmp_path, check=True)
     db = tmp_path / "state" / "sweeper.db"
     export = tmp_path / "state" / "sweeps" / "synthetic-sweep" / "export"
     rounds_before = rows(db, "select count(*) from sweeper_rounds")
@@ -125,21 +145,9 @@ def test_driver_killed_while_exporting_finishes_without_running_a_trial(tmp_path
     for path in sorted(export.rglob("*"), reverse=True):
         path.rmdir() if path.is_dir() else path.unlink()
     export.rmdir()
-    run_cli(["run", spec], tmp_path, check=True)
+    run_cli(["run", spec, "--address", shared_ray], tmp_path, check=True)
     assert rows(db, "select count(*) from sweeper_rounds") == rounds_before  # no trial ran again
     assert_completed_once_each(tmp_path)
-
-
-@pytest.fixture
-def shared_ray(tmp_path, monkeypatch, ray_cleanup):
-    """One local Ray cluster for many drivers (as on a cluster, `--address`): a killed driver's job ends with it,
-    the cluster stays, and no driver pays for starting Ray."""
-    monkeypatch.setenv("RAY_AUTH_MODE", "disabled")  # head, workers and drivers must agree (STACK_NOTES)
-    monkeypatch.setenv("RAY_TMPDIR", str(ray_tmp(tmp_path)))
-    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 4})  # trials sleep: 2 sweeps at once fit
-    cluster.wait_for_nodes()
-    yield cluster.address
-    cluster.shutdown()
 
 
 def test_driver_killed_at_random_moments_always_resumes_to_exactly_the_budget(tmp_path, shared_ray):

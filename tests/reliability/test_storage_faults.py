@@ -34,11 +34,11 @@ def a_file(tmp_path) -> Path:
 
 
 @pytest.mark.parametrize("field", ["tune_path", "root"])
-def test_storage_under_a_file_is_refused_before_anything_is_written(tmp_path, a_file, field, ray_cleanup):
+def test_storage_under_a_file_is_refused_before_anything_is_written(tmp_path, a_file, field, shared_ray):
     storage = {"root": str(tmp_path / "state"), field: str(a_file / "sub")}
     spec = fault_spec(tmp_path, name=NAME, storage=storage)
     started = time.monotonic()
-    result = run_cli(["run", spec], tmp_path, timeout=120)
+    result = run_cli(["run", spec, "--address", shared_ray], tmp_path, timeout=120)
     assert result.returncode == 2, result.stdout + result.stderr
     assert f"storage.{field}: cannot write to {a_file / 'sub'}: Not a directory" in flat(result)
     assert "Traceback" not in result.stderr
@@ -62,20 +62,20 @@ NAMESPACE = _namespace_prefix()
 needs_namespace = pytest.mark.skipif(NAMESPACE is None, reason="no private mount namespace (unshare -m) here")
 
 
-def run_on_tmpfs(tmp_path: Path, spec: Path, mountpoint: Path, options: str, timeout: float = 240):
-    """`sweeper run SPEC` in its own mount namespace with a tmpfs (`options`) on `mountpoint`."""
+def run_on_tmpfs(tmp_path: Path, spec: Path, mountpoint: Path, options: str, *args: str, timeout: float = 240):
+    """`sweeper run SPEC ARGS` in its own mount namespace with a tmpfs (`options`) on `mountpoint`."""
     script = 'mount -t tmpfs -o "$1" sweeper-test "$2" && shift 2 && exec "$@"'
-    command = [*NAMESPACE, "sh", "-c", script, "sh", options, str(mountpoint), *SWEEPER, "run", str(spec)]
+    command = [*NAMESPACE, "sh", "-c", script, "sh", options, str(mountpoint), *SWEEPER, "run", str(spec), *args]
     return subprocess.run(command, cwd=tmp_path, env=cli_env(tmp_path), capture_output=True, text=True,
                           timeout=timeout)
 
 
 @needs_namespace
-def test_read_only_tune_path_is_refused(tmp_path, ray_cleanup):
+def test_read_only_tune_path_is_refused(tmp_path, shared_ray):  # refused by the driver: no trial worker runs
     mountpoint = tmp_path / "read-only"
     mountpoint.mkdir()
     spec = fault_spec(tmp_path, name=NAME, storage={"root": str(tmp_path / "state"), "tune_path": str(mountpoint)})
-    result = run_on_tmpfs(tmp_path, spec, mountpoint, "ro,size=1m", timeout=120)
+    result = run_on_tmpfs(tmp_path, spec, mountpoint, "ro,size=1m", "--address", shared_ray, timeout=120)
     assert result.returncode == 2, result.stdout + result.stderr
     assert f"storage.tune_path: cannot write to {mountpoint}: Read-only file system" in flat(result)
     assert not (tmp_path / "state" / "sweeper.db").exists()
@@ -83,6 +83,7 @@ def test_read_only_tune_path_is_refused(tmp_path, ray_cleanup):
 
 @needs_namespace
 def test_disk_full_mid_sweep_fails_clearly_and_keeps_what_was_written(tmp_path, ray_cleanup):
+    # A private Ray: the trial workers, which write the checkpoints, must see the small disk of the driver's namespace.
     # 3 MiB: the experiment's own files and one checkpoint (~2 MiB: adapter, optimizer, tokenizer) fit, the
     # second round's does not.
     mountpoint = tmp_path / "small-disk"

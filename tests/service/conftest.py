@@ -26,13 +26,16 @@ def free_port() -> int:
 
 
 class Service:
-    """One service process; `restart()` starts a new one on the same root, store and port."""
+    """One service process; `restart()` starts a new one on the same root, store and port. Its drivers start their
+    own local Ray, or join the cluster at `ray_address`."""
 
-    def __init__(self, tmp_path: Path, database_url: str):
+    def __init__(self, tmp_path: Path, database_url: str, ray_address: str | None = None):
         self.tmp_path, self.root, self.port, self.token = tmp_path, tmp_path / "service", free_port(), TOKEN
         self.env = {**cli_env(tmp_path), "SWEEPER_API_TOKENS": TOKEN, "SWEEPER_SERVICE_ROOT": str(self.root),
                     "SWEEPER_DATA_ROOTS": str(tmp_path / "data"), "SWEEPER_DATABASE_URL": database_url,
                     "SWEEPER_MAX_BODY_BYTES": str(64 * 1024)}
+        if ray_address:
+            self.env["SWEEPER_RAY_ADDRESS"] = ray_address
         self.process: subprocess.Popen | None = None
         self.url = f"http://127.0.0.1:{self.port}"
         self.client = httpx.Client(base_url=self.url, headers={"Authorization": f"Bearer {TOKEN}"}, timeout=30)
@@ -87,8 +90,8 @@ class Service:
 def make_service(tmp_path, ray_cleanup):
     services: list[Service] = []
 
-    def make(database_url: str | None = None) -> Service:
-        service = Service(tmp_path, database_url or f"sqlite:///{tmp_path / 'service' / 'sweeper.db'}")
+    def make(database_url: str | None = None, ray_address: str | None = None) -> Service:
+        service = Service(tmp_path, database_url or f"sqlite:///{tmp_path / 'service' / 'sweeper.db'}", ray_address)
         service.start()
         services.append(service)
         return service

@@ -14,14 +14,14 @@ HOLDER = "gpu-node-7:31337"  # a live driver on another machine (its heartbeat i
 
 
 @pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
-def test_sweeper_run_refuses_a_sweep_another_live_driver_holds(tmp_path, backend, request, ray_cleanup):
+def test_sweeper_run_refuses_a_sweep_another_live_driver_holds(tmp_path, backend, request, shared_ray):
     url = request.getfixturevalue("postgres_url") if backend == "postgresql" else \
         f"sqlite:///{tmp_path / 'state' / 'sweeper.db'}"
     spec = small_spec(tmp_path, budget={"trials": 1, "max_concurrent": 1})
     store = TrialStore(url)
     store.upgrade()
     store.claim("small-sweep", owner=HOLDER)
-    result = subprocess.run([sys.executable, "-m", "sweeper", "run", str(spec)], cwd=tmp_path, capture_output=True,
+    result = subprocess.run([sys.executable, "-m", "sweeper", "run", str(spec), "--address", shared_ray], cwd=tmp_path, capture_output=True,
                             text=True, timeout=600, env={**cli_env(tmp_path), "SWEEPER_DATABASE_URL": url})
     assert result.returncode == 2, result.stdout + result.stderr
     assert HOLDER in result.stderr and "small-sweep" in result.stderr, result.stderr

@@ -3,6 +3,8 @@
 One lifecycle trains for real (MiniLM on SQLite: the promotion and the exported adapter); the others run the
 synthetic task (trainers/synthetic.py: the real service, driver, Ray, store and study, deterministic curves at a
 fixed pace), and place cancels and kills with its hold file, never by guessing the machine's speed.
+The service's drivers join the session's shared local Ray cluster (SWEEPER_RAY_ADDRESS), except where the whole
+machine goes away: there the driver's own Ray goes with it.
 """
 
 from __future__ import annotations
@@ -102,13 +104,13 @@ def test_auth_confinement_and_limits(tmp_path, make_service):
 
 
 @pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
-def test_submit_watch_and_download(tmp_path, make_service, backend, request):
+def test_submit_watch_and_download(tmp_path, make_service, backend, request, shared_ray):
     """SQLite: real MiniLM training end to end, promoted on the test split, the LoRA adapter exported.
     PostgreSQL: the same lifecycle on the synthetic task (what differs is the store, not the training; the
     promotion record on PostgreSQL is the store contract suite's). It is watched while held mid-sweep."""
     real = backend == "sqlite"
     url = None if real else request.getfixturevalue("postgres_url")
-    service = make_service(url)
+    service = make_service(url, shared_ray)
     hold = tmp_path / "hold"
     if real:
         spec = submittable_spec(tmp_path)
@@ -177,10 +179,10 @@ def test_submit_watch_and_download(tmp_path, make_service, backend, request):
     assert refused.returncode == 1 and "401" in refused.stderr
 
 
-def test_cancel_stops_the_driver(tmp_path, make_service):
+def test_cancel_stops_the_driver(tmp_path, make_service, shared_ray):
     """Cancelled while both running trials are held after their first round: no trial can finish and no slot
     frees, so the sweep cannot complete, or start more trials, before the cancel lands, on any machine."""
-    service = make_service()
+    service = make_service(ray_address=shared_ray)
     hold = tmp_path / "hold"
     hold.touch()
     spec = synthetic_submittable_spec(tmp_path, hold, trials=6, scheduler={"type": "none", "evals_per_epoch": 2})

@@ -1,4 +1,7 @@
-"""End to end through the CLI: real local Ray, real MiniLM training, SQLite store, export, re-run."""
+"""End to end through the CLI: real MiniLM training, SQLite store, export, re-run.
+
+The sweeps run on the session's shared local Ray cluster (`--address`), except the Ctrl+C of real training,
+whose driver starts its own local Ray and must take it down with it."""
 
 from __future__ import annotations
 
@@ -26,9 +29,9 @@ def study_trials(db: Path, name: str) -> list[optuna.trial.FrozenTrial]:
     return optuna.load_study(study_name=name, storage=f"sqlite:///{db}").get_trials(deepcopy=False)
 
 
-def test_sweep_runs_records_and_exports(tmp_path, ray_cleanup):
+def test_sweep_runs_records_and_exports(tmp_path, shared_ray):
     spec = small_spec(tmp_path)
-    result = run_cli(["run", spec], tmp_path, check=True)
+    result = run_cli(["run", spec, "--address", shared_ray], tmp_path, check=True)
     db = tmp_path / "state" / "sweeper.db"
 
     trials = store_rows(db, "select trial_key, status, stop_reason, rounds, best_round, best_value from sweeper_trials")
@@ -92,7 +95,7 @@ def test_sweep_runs_records_and_exports(tmp_path, ray_cleanup):
     comparison = json.loads(rerun.stdout.strip().splitlines()[-1])
     assert comparison["rerun"] == pytest.approx(comparison["recorded"], abs=1e-6)
 
-    again = run_cli(["run", spec], tmp_path, check=True)
+    again = run_cli(["run", spec, "--address", shared_ray], tmp_path, check=True)
     assert "already completed" in again.stdout
     assert len(store_rows(db, "select id from sweeper_trials")) == 4
 
@@ -138,7 +141,7 @@ def test_interrupted_sweep_resumes_without_duplicates(tmp_path, ray_cleanup, sig
     assert "winner.yaml" in result.stdout
 
 
-def test_ctrl_c_after_the_last_trial_started_leaves_the_sweep_resumable(tmp_path, ray_cleanup):
+def test_ctrl_c_after_the_last_trial_started_leaves_the_sweep_resumable(tmp_path, shared_ray):
     """Every trial of the budget has started when Ctrl+C comes: Tune's clean-up marks them all TERMINATED,
     yet the sweep is interrupted, not completed, and the re-run finishes the same trials.
 
@@ -149,7 +152,7 @@ def test_ctrl_c_after_the_last_trial_started_leaves_the_sweep_resumable(tmp_path
                           scheduler={"type": "none", "evals_per_epoch": 2},
                           early_stopping={"patience": 20, "min_delta": 0.0})  # every round: 2 to 4 epochs of 2
     db = tmp_path / "state" / "sweeper.db"
-    driver = start_cli(["run", spec], tmp_path)
+    driver = start_cli(["run", spec, "--address", shared_ray], tmp_path)
 
     def trials() -> list[tuple]:
         try:
@@ -170,7 +173,7 @@ def test_ctrl_c_after_the_last_trial_started_leaves_the_sweep_resumable(tmp_path
     assert not (tmp_path / "state" / "sweeps" / "synthetic-sweep" / "export").exists()
 
     hold.unlink()
-    run_cli(["run", spec], tmp_path, check=True)
+    run_cli(["run", spec, "--address", shared_ray], tmp_path, check=True)
     assert store_rows(db, "select status from sweeper_sweeps") == [("completed",)]
     after = store_rows(db, "select trial_key, status, retries from sweeper_trials")
     assert len(after) == 2 and all(t[1] in ("completed", "early_stopped") for t in after), after
@@ -185,7 +188,7 @@ def _wait_until(reached, driver, timeout: float = 180, every: float = 0.2) -> No
         time.sleep(every)
 
 
-def test_time_budget_ends_running_trials_and_exports(tmp_path, ray_cleanup):
+def test_time_budget_ends_running_trials_and_exports(tmp_path, shared_ray):
     """The sweep's time budget runs out mid-trial: the trials Tune stops at the deadline end `stopped`
     (time_budget) in the store, none is left `running`, and the winner's checkpoint is there to export.
 
@@ -196,7 +199,7 @@ def test_time_budget_ends_running_trials_and_exports(tmp_path, ray_cleanup):
                           scheduler={"type": "none", "evals_per_epoch": 2},  # no ASHA: trials run to the deadline
                           early_stopping={"patience": 8})
     started = time.monotonic()
-    result = run_cli(["run", spec], tmp_path, check=True)
+    result = run_cli(["run", spec, "--address", shared_ray], tmp_path, check=True)
     assert time.monotonic() - started < 120, "the time budget did not stop the sweep"
     db = tmp_path / "state" / "sweeper.db"
     assert store_rows(db, "select status from sweeper_sweeps") == [("completed",)]
