@@ -13,7 +13,7 @@ from rich.console import Console
 from rich.table import Table
 
 from sweeper.client import ServiceClient
-from sweeper.compare import Comparison
+from sweeper.compare import Comparison, field_columns
 
 
 def run(client: ServiceClient, spec_path: Path, out: Console) -> None:
@@ -34,12 +34,16 @@ def status(client: ServiceClient, name: str | None, out: Console) -> None:
 
 def trials(client: ServiceClient, name: str, out: Console) -> None:
     sweep = client.sweep(name)
-    table = Table("trial", "status", "stop", "rounds", "best", "node", "params",
+    at_best = {r.trial: r.metrics for r in Comparison.from_dict(client.compare([name], None, "objective", None)).trials}
+    fields = field_columns(at_best.values())  # per-field F1 at each trial's best round, as the local table shows
+    table = Table("trial", "status", "stop", "rounds", "best", *fields, "node", "params",
                   title=f"sweep {name} ({sweep['status']}) - objective {sweep['objective_metric']}")
     for t in client.trials(name):
         best = "-" if t["best_value"] is None else f"{t['best_value']:.4f}@{t['best_round']}"
         marker = " *" if t["trial_key"] == sweep["best_trial"] else ""
-        table.add_row(t["trial_key"] + marker, t["status"], t["stop_reason"], str(t["rounds"]), best, t["node"][:8],
+        metrics = at_best.get(t["trial_key"], {})
+        table.add_row(t["trial_key"] + marker, t["status"], t["stop_reason"], str(t["rounds"]), best,
+                      *(f"{metrics[f]:.3f}" if f in metrics else "-" for f in fields), t["node"][:8],
                       json.dumps(t["params"], sort_keys=True))
     out.print(table)
 

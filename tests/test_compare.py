@@ -133,10 +133,13 @@ def test_cli_table(db):
     assert "best per sweep" in result.stdout
 
 
-def test_tables_show_each_fields_f1_at_the_best_round(db):
+def test_tables_show_each_fields_f1_at_the_best_round(db, service):
     # a1's best round is 2 (f1_micro 0.70): its f1_date there is 0.35, not the last round's 0.325
-    for args in (["compare", "alpha"], ["trials", "alpha"]):
-        result = CliRunner().invoke(app, [*args, "--db", db], terminal_width=250)
+    client = ServiceClient("http://testserver", TOKEN)
+    client.http = service  # `sweeper --server URL trials alpha`: the service's trials table
+    for args, obj in ((["compare", "alpha", "--db", db], None), (["trials", "alpha", "--db", db], None),
+                      (["trials", "alpha"], client)):
+        result = CliRunner().invoke(app, args, obj=obj, terminal_width=250)
         assert result.exit_code == 0, result.output
         header = next(line for line in result.stdout.splitlines() if "trial" in line and "status" in line)
         assert "f1_date" in header and "f1_micro" not in header  # the fields, not the aggregate again

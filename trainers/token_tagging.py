@@ -112,12 +112,23 @@ class TaggingData:
         return self.rows[i]
 
     def fields(self, row_tags: list[list[str]]) -> list[dict[str, str]]:
-        """Each example's predicted fields from its rows' tags (windows merged, first span of a field kept)."""
-        spans: list[list] = [[] for _ in self.examples]
+        """Each example's predicted fields from its rows' tags: where windows overlap, a token takes the tag of the
+        window it is most central in (the most context on both sides), then spans are decoded over the whole text
+        and each field keeps its first."""
+        best: list[dict] = [{} for _ in self.examples]  # per example: (start, end) -> (context, tag)
         for i, tags in enumerate(row_tags):
-            example = self.examples[self.example_of[i]]
-            spans[self.example_of[i]] += decode_spans(example.text, self.offsets[i], tags, self.cross_lines)
-        return [first_of_each_field(example.text, found) for example, found in zip(self.examples, spans)]
+            real = [j for j, (start, end) in enumerate(self.offsets[i]) if start != end]
+            for j, tag in zip(real, (tags[j] for j in real)):
+                context = min(j - real[0], real[-1] - j)
+                token = best[self.example_of[i]]
+                if context >= token.get(self.offsets[i][j], (-1, ""))[0]:
+                    token[self.offsets[i][j]] = (context, tag)
+        fields = []
+        for example, token in zip(self.examples, best):
+            offsets = sorted(token)
+            spans = decode_spans(example.text, offsets, [token[o][1] for o in offsets], self.cross_lines)
+            fields.append(first_of_each_field(example.text, spans))
+        return fields
 
 
 def label_space(train_examples: list[FieldsExample]) -> tuple[list[str], dict[str, int]]:

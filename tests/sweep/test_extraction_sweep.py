@@ -27,6 +27,7 @@ def tiny_bookings_spec(tmp_path: Path) -> Path:
         budget={"trials": 1, "max_concurrent": 1},
         scheduler={"type": "none", "evals_per_epoch": 1},
         generation_eval_examples=6,
+        resources={"cpus": 1, "torch_threads": 1},  # 2 threads beside any other busy process: several times slower
         storage={"root": str(tmp_path / "state")},
         tracking={"mode": "none"},
     )
@@ -35,9 +36,9 @@ def tiny_bookings_spec(tmp_path: Path) -> Path:
     return path
 
 
-def test_smollm2_extraction_sweep_runs_promotes_and_exports(tmp_path, ray_cleanup):
+def test_smollm2_extraction_sweep_runs_promotes_and_exports(tmp_path, shared_ray):
     spec = tiny_bookings_spec(tmp_path)
-    run_cli(["run", spec], tmp_path, check=True)
+    run_cli(["run", spec, "--address", shared_ray], tmp_path, check=True)
     db = tmp_path / "state" / "sweeper.db"
     url = f"sqlite:///{db}"
     with sqlite3.connect(db) as con:

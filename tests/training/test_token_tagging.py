@@ -122,3 +122,18 @@ def test_extraction_rows_train_the_tagger_with_no_conversion(make_config, minilm
     metrics = reporter.rounds[-1].metrics
     assert {"f1_micro", "f1_party_size", "f1_time"} <= set(metrics)  # the data's own field names
     assert metrics["f1_micro"] > 0  # values found as spans were learned from a single epoch
+
+
+def test_where_windows_overlap_a_token_takes_the_tag_of_the_window_it_is_most_central_in():
+    from trainers.token_tagging import TaggingData
+
+    text = "Shipper: ACME Corp"  # tokens: Shipper(0-7) :(7-8) ACME(9-13) Corp(14-18)
+    tokens = [(0, 7), (7, 8), (9, 13), (14, 18)]
+    data = TaggingData.__new__(TaggingData)
+    data.examples, data.cross_lines = [TaggedExample(text)], False
+    data.example_of = [0, 0]
+    # window 1 sees everything but ends at "ACME" (no right context); window 2 has "ACME" in its middle
+    data.offsets = [[(0, 0), *tokens[:3], (0, 0)], [(0, 0), *tokens[1:], (18, 18), (0, 0)]]
+    edge_guess = ["O", "O", "O", "B-consignee", "O"]  # ACME at the window's edge: the wrong field
+    central = ["O", "O", "B-shipper", "I-shipper", "O", "O"]
+    assert data.fields([edge_guess, central]) == [{"shipper": "ACME Corp"}]

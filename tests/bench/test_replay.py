@@ -1,0 +1,145 @@
+"""The replay benchmark (bench/replay.py) on small synthetic tables: its compute accounting, its policies' behaviour
+and the shape of what it writes. Seconds, no training."""
+
+from __future__ import annotations
+
+import json
+import os
+import statistics
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT / "bench"))
+
+import replay  # noqa: E402
+
+
+def _table(tmp_path, n_configs, good=None, name="t.jsonl"):
+    return replay.Table.load(replay.write_synthetic_table(tmp_path / name, n_configs, good), evals_per_epoch=2)
+
+
+class Oracle:
+    """Always proposes the table's best configuration."""
+
+    def __init__(self, table):
+        self.params = max(table.configs, key=lambda c: np.nanmax(c.curves[0].holdout)).params
+
+    def ask(self, number):
+        return None, dict(self.params)
+
+    def report(self, *args):
+        return replay.CONTINUE
+
+    def end(self, handle, reason):
+        pass
+
+
+def test_a_policy_that_picks_the_best_configuration_reaches_95_percent_at_that_curves_own_compute(tmp_path):
+    table = _table(tmp_path, 24)
+    best = max(table.configs, key=lambda c: np.nanmax(c.curves[0].holdout)).curves[0]
+    first_at_95 = float(best.epoch[np.argmax(best.holdout >= 0.95 * table.best)])
+    run = replay.simulate(Oracle(table), table, budget=50, concurrency=1, seed=0)
+    assert replay.compute_to(run["events"], 0.95 * table.best) == pytest.approx(first_at_95)
+    # two at a time: both trials' reported epochs count, so the same point costs more compute, never less
+    two = replay.simulate(Oracle(table), table, budget=50, concurrency=2, seed=0)
+    assert replay.compute_to(two["events"], 0.95 * table.best) > first_at_95
+
+
+def test_random_search_needs_more_compute_when_the_one_good_configuration_is_rarer(tmp_path):
+    def median_to_95(table):
+        runs = [replay.simulate(replay.make_policy("random", spec, s), table, 2000, 2, s) for s in range(15)]
+        return statistics.median(replay.compute_to(r["events"], 0.95 * table.best) for r in runs)
+
+    small, large = _table(tmp_path, 8, good=3, name="s.jsonl"), _table(tmp_path, 96, good=3, name="l.jsonl")
+    spec = replay.replay_spec(small, 2000, 2, 2, 0)
+    assert median_to_95(large) > 3 * median_to_95(small)
+
+
+def test_compute_never_exceeds_the_budget_and_every_event_is_a_recorded_round(tmp_path):
+    table = _table(tmp_path, 24)
+    spec = replay.replay_spec(table, 20, 2, 2, 0)
+    run = replay.simulate(replay.make_policy("random", spec, 0), table, 20, 2, 0)
+    computes = [e[0] for e in run["events"]]
+    assert computes == sorted(computes) and computes[-1] <= 20
+    recorded = {round(v, 5) for c in table.configs for cv in c.curves for v in cv.holdout}
+    assert all(round(e[1], 5) in recorded for e in run["events"])
+
+
+def test_sweepers_asha_stops_trials_so_it_runs_more_of_them_than_random_search(tmp_path):
+    table = _table(tmp_path, 48)
+    spec = replay.replay_spec(table, 40, 2, 2, 0)
+    sweeper = [replay.simulate(replay.make_policy("sweeper", spec, s), table, 40, 2, s) for s in range(5)]
+    random_ = [replay.simulate(replay.make_policy("random", spec, s), table, 40, 2, s) for s in range(5)]
+    assert sum(r["stops"].get("asha", 0) for r in sweeper) > 0
+    assert sum(r["trials"] for r in sweeper) > sum(r["trials"] for r in random_)
+
+
+def test_patience_is_transformers_rule_best_loss_before_the_round_and_min_delta():
+    one = replay.Patience(1, 0.005)
+    assert [one.stop(x) for x in (1.0, 0.9, 0.898)] == [False, False, True]  # improved by less than min_delta
+    two = replay.Patience(2, 0.0)
+    # 0.95 is worse than 0.9 (1), 0.91 still is (2): stop; a new best in between would have reset the count
+    assert [two.stop(x) for x in (1.0, 0.9, 0.95, 0.91)] == [False, False, False, True]
+    reset = replay.Patience(2, 0.0)
+    assert [reset.stop(x) for x in (1.0, 1.1, 0.9, 0.95)] == [False, False, False, False]
+
+
+def test_the_pruned_variant_tells_stopped_trials_pruned_with_their_intermediate_values(tmp_path):
+    import optuna
+
+    table = _table(tmp_path, 48)
+    spec = replay.replay_spec(table, 40, 2, 2, 0)
+    default, pruned = replay.make_policy("sweeper", spec, 1), replay.make_policy("sweeper_pruned", spec, 1)
+    stopped = replay.simulate(default, table, 40, 2, 1)["stops"].get("asha", 0)
+    replay.simulate(pruned, table, 40, 2, 1)
+    states = [t.state for t in pruned.study.get_trials(deepcopy=False)]
+    assert stopped > 0 and optuna.trial.TrialState.PRUNED in states
+    assert all(t.intermediate_values for t in pruned.study.get_trials(deepcopy=False)
+               if t.state == optuna.trial.TrialState.PRUNED)
+    assert optuna.trial.TrialState.PRUNED not in [t.state for t in default.study.get_trials(deepcopy=False)]
+
+
+def test_the_table_keeps_only_epoch_end_rounds_for_one_evaluation_an_epoch(tmp_path):
+    path = replay.write_synthetic_table(tmp_path / "t.jsonl", 6)
+    two, one = replay.Table.load(path, 2), replay.Table.load(path, 1)
+    for a, b in zip(two.configs, one.configs):
+        assert list(b.curves[0].epoch) == list(a.curves[0].epoch[1::2]) == list(range(1, a.params["num_epochs"] + 1))
+
+
+def test_smoke_writes_the_issue_shape_and_a_regret_plot(tmp_path):
+    out = tmp_path / "replay.json"
+    assert replay.main(["--smoke", "--json", str(out)]) == 0
+    report = json.loads(out.read_text())
+    (task,) = report["tasks"].values()
+    assert set(task["policies"]) == set(replay.POLICIES)
+    for policy in task["policies"].values():
+        assert {"compute_to_95", "compute_to_95_iqr", "compute_to_99", "compute_to_99_iqr", "seeds"} <= set(policy)
+        assert policy["seeds"] == 3 and len(policy["compute_to_95_iqr"]) == 2
+    assert (tmp_path / "replay_regret_synthetic.png").stat().st_size > 1000
+
+
+@pytest.mark.slow
+def test_record_curves_smoke_records_every_round_and_resumes_without_repeating(tmp_path):
+    """Real training (2 one-epoch configurations, one of them with a second seed): each job is one line with both
+    rounds of its curve, and a second run finds every job recorded and trains nothing."""
+    import subprocess
+
+    out = tmp_path / "curves.jsonl"
+    command = [sys.executable, str(ROOT / "bench" / "record_curves.py"), "--task", "restaurant8k-small", "--smoke",
+               "--out", str(out)]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    subprocess.run(command, check=True, env=env, capture_output=True, timeout=600)
+    lines = [json.loads(line) for line in out.read_text().splitlines()]
+    assert lines[0]["kind"] == "header" and lines[0]["versions"]["torch"]
+    curves = lines[1:]
+    assert sorted((c["id"], c["seed"]) for c in curves) == sorted({(c["id"], c["seed"]) for c in curves})
+    assert len(curves) == 3 and all(len(c["rounds"]) == 2 for c in curves)  # 1 epoch, 2 evaluations
+    assert all(r[lines[0]["columns"].index("test")] is not None for c in curves for r in c["rounds"])
+    table = replay.Table.load(out)
+    assert [len(c.curves) for c in table.configs] == [2, 1]
+    again = subprocess.run(command, check=True, env=env, capture_output=True, text=True, timeout=600)
+    assert "seed=" not in again.stdout and out.read_text().count("\n") == 4
