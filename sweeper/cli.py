@@ -30,7 +30,7 @@ app = typer.Typer(help="Hyperparameter sweeps for LoRA fine-tuning.", no_args_is
 db_app = typer.Typer(help="Trial store schema.", no_args_is_help=True)
 app.add_typer(db_app, name="db")
 out = Console(width=None if sys.stdout.isatty() else 200)  # logs and pipes get the whole table
-err = Console(stderr=True)
+err = Console(stderr=True, width=None if sys.stderr.isatty() else 200)  # a long path in a log stays whole
 
 ServerOption = Annotated[Optional[str], typer.Option(
     "--server", envvar="SWEEPER_SERVER", help="talk to a sweep service at this URL (token: SWEEPER_API_TOKEN) for "
