@@ -192,11 +192,12 @@ def test_time_budget_ends_running_trials_and_exports(tmp_path, shared_ray):
     """The sweep's time budget runs out mid-trial: the trials Tune stops at the deadline end `stopped`
     (time_budget) in the store, none is left `running`, and the winner's checkpoint is there to export.
 
-    Synthetic trials of 2 s a round and at least 4 rounds: 12 of them need at least 48 s at 2 at a time, so a
-    30 s budget runs out mid-trial on any machine (the pace is a sleep, not the machine's speed), and leaves
-    a loaded machine time to start the first two."""
-    spec = synthetic_spec(tmp_path, round_seconds=2.0, budget={"trials": 12, "max_concurrent": 2, "time_budget_s": 30},
-                          scheduler={"type": "none", "evals_per_epoch": 2},  # no ASHA: trials run to the deadline
+    Synthetic trials of 2 s a round and at least 8 rounds (2-4 epochs x 4): the first two need at least 16 s, so
+    a 14 s budget runs out while they run, on any machine (the pace is a sleep, not the machine's speed), and
+    leaves a loaded machine time for their first rounds. (With 30 s and 4-round trials, a fast start let the first
+    trials finish and the deadline fall between trials: nothing was running to stop.)"""
+    spec = synthetic_spec(tmp_path, round_seconds=2.0, budget={"trials": 12, "max_concurrent": 2, "time_budget_s": 14},
+                          scheduler={"type": "none", "evals_per_epoch": 4},  # no ASHA: trials run to the deadline
                           early_stopping={"patience": 8})
     started = time.monotonic()
     result = run_cli(["run", spec, "--address", shared_ray], tmp_path, check=True)

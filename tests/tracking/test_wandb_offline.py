@@ -22,7 +22,7 @@ from sweeper.compare import trial_rows
 from sweeper.store import TrialStore
 from sweeper.tracking import offline_runs
 
-pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("wandb-sweep")]  # one process: one sweep
+pytestmark = pytest.mark.slow
 KEY = f"sk-test-{secrets.token_hex(20)}"
 # What Ray Tune adds to every result: none of it may reach the store, W&B or the export.
 RAY_RESULT_KEYS = {"training_iteration", "hostname", "node_ip", "date", "timestamp", "trial_id", "done",

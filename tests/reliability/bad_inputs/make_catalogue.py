@@ -52,7 +52,7 @@ def data(name, content, fmt, role, fragment, why, binary=False):
     if fmt == "csv":
         edits.update(task="sequence_classification", objective={"metric": "accuracy"})
     if fmt == "jsonl":
-        edits.update(task="causal_lm_sft", objective={"metric": "eval_loss"})
+        edits.update(task="causal_lm_sft", model="smollm2-135m", objective={"metric": "eval_loss"})
     spec(f"data-{Path(name).stem}-{fmt}", f"data.{role}", fragment, why, **edits)
 
 spec("trials-wrong-type", "budget.trials", "valid integer", "a count given as a word", budget__trials="eight")
