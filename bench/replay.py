@@ -295,28 +295,11 @@ class TuneOptunaPolicy:
 
 class GridPolicy:
     def __init__(self, space, seed):
-        from search_spaces.space import CategoricalParam, IntParam
+        from search_efficiency import grid_points
 
-        axes: dict[str, list] = {}
-        # bench/search_efficiency.py's grid_points rule, except that the other categoricals take their middle choice
-        # (lora_r 16, lora_alpha 32), not the first (4, 8): lora-default's smallest adapter is not a fair fixed pick.
-        for name, p in space.params.items():
-            if name == "learning_rate":
-                lo, hi = math.log(p.low), math.log(p.high)
-                axes[name] = [float(f"{math.exp(lo + (hi - lo) * i / 3):.3g}") for i in range(4)]
-            elif name in ("batch_size", "lr_scheduler_type"):
-                axes[name] = list(p.choices)
-            elif name == "num_epochs":
-                axes[name] = [p.low, p.high]
-            elif isinstance(p, CategoricalParam):
-                axes[name] = [p.choices[len(p.choices) // 2]]
-            else:
-                mid = (p.low + p.high) / 2
-                axes[name] = [int(round(mid)) if isinstance(p, IntParam) else mid]
-        import itertools
-
-        self.points = [dict(zip(axes, values)) for values in itertools.product(*axes.values())]
-        random.Random(seed).shuffle(self.points)
+        # search_efficiency's grid rule, except that the other categoricals take their middle choice (lora_r 16,
+        # lora_alpha 32), not the first (4, 8): lora-default's smallest adapter is not a fair fixed pick.
+        self.points = grid_points(seed, space, middle_choice=True)
 
     def ask(self, number):
         return None, dict(self.points[number % len(self.points)])

@@ -216,13 +216,14 @@ def method_random(ctx: dict) -> dict:
 
 
 # -- (c) grid -------------------------------------------------------------------------------------------
-def grid_points(seed: int) -> list[dict]:
+def grid_points(seed: int, space=None, middle_choice: bool = False) -> list[dict]:
     """Learning rate at 4 log-spaced levels x batch sizes x epochs {low, high} x LR schedules; the rest at
-    the middle of its range (first choice for categoricals), in a seeded random order."""
+    the middle of its range (for categoricals the first choice, or the middle one with `middle_choice`), in a
+    seeded random order. `space`: default the benchmark's."""
     from search_spaces import get_search_space
     from search_spaces.space import CategoricalParam, IntParam
 
-    space = get_search_space(SPACE)
+    space = space or get_search_space(SPACE)
     axes: dict[str, list] = {}
     for name, p in space.params.items():
         if name == "learning_rate":
@@ -233,7 +234,7 @@ def grid_points(seed: int) -> list[dict]:
         elif name == "num_epochs":
             axes[name] = [p.low, p.high]
         elif isinstance(p, CategoricalParam):
-            axes[name] = [p.choices[0]]
+            axes[name] = [p.choices[len(p.choices) // 2 if middle_choice else 0]]
         else:
             mid = (p.low + p.high) / 2
             axes[name] = [int(round(mid)) if isinstance(p, IntParam) else mid]
