@@ -317,7 +317,8 @@ class SweeperPolicy:
     `pruned`: close a trial that ASHA or patience stopped as PRUNED (its intermediate values stay in the study)
     instead of COMPLETE; `startup`, `multivariate`: sampler settings to try (part 2 of issue 13)."""
 
-    def __init__(self, spec, seed, pruned=False, startup=None, multivariate=False, patience=True, scheduler=None):
+    def __init__(self, spec, seed, pruned=False, startup=None, multivariate=False, patience=True, scheduler=None,
+                 gp=False, brackets=1):
         import optuna
 
         from sweeper import search
@@ -332,9 +333,19 @@ class SweeperPolicy:
             sampler = optuna.samplers.TPESampler(
                 seed=seed, constant_liar=True, multivariate=multivariate, group=multivariate,
                 n_startup_trials=startup if startup is not None else sampler._n_startup_trials)
+        if gp:  # Optuna's Gaussian-process sampler (needs scipy), the same number of random start-up trials
+            sampler = optuna.samplers.GPSampler(seed=seed, n_startup_trials=sampler._n_startup_trials,
+                                                warn_independent_sampling=False)
         self.study = optuna.create_study(direction="minimize" if spec.objective.mode == "min" else "maximize",
                                          sampler=sampler)
         self.scheduler = _scheduler(spec)
+        if brackets > 1:  # Hyperband-style: the same ASHA settings over several brackets (first rungs 1, 2, 4 ...)
+            from ray.tune.schedulers import AsyncHyperBandScheduler
+
+            s = spec.scheduler
+            self.scheduler = AsyncHyperBandScheduler(time_attr="round", metric="objective", mode=spec.objective.mode,
+                                                     max_t=spec.max_rounds(), grace_period=s.grace_period,
+                                                     reduction_factor=s.reduction_factor, brackets=brackets)
         self.patience = patience
         np.random.seed(seed)
 
@@ -418,7 +429,7 @@ def check_against_product(table: Table, seeds: int, budget: float, concurrency: 
     return out
 
 
-VARIANTS = {  # part 2 of issue 13: candidate changes to sweeper's default, measured here
+ROUND1_VARIANTS = {  # part 2 of issue 13, first pass (bench/RESULTS.md): runnable by name with --policies
     "sweeper_pruned": dict(pruned=True),
     "sweeper_startup5": dict(startup=5),
     "sweeper_startup20": dict(startup=20),
@@ -428,6 +439,17 @@ VARIANTS = {  # part 2 of issue 13: candidate changes to sweeper's default, meas
     "sweeper_no_asha": dict(scheduler={"type": "none"}),
     "sweeper_no_asha_startup5": dict(scheduler={"type": "none"}, startup=5),
 }
+VARIANTS = {  # part 2 of issue 13, second pass: what --with-variants adds
+    "sweeper_brackets3": dict(brackets=3),
+    "sweeper_brackets3_startup5": dict(brackets=3, startup=5),
+    "sweeper_rf3": dict(scheduler={"reduction_factor": 3}),
+    "sweeper_grace2_startup5": dict(scheduler={"grace_period": 2}, startup=5),
+    "sweeper_pruned_startup5": dict(pruned=True, startup=5),
+    "sweeper_multivariate_startup5": dict(multivariate=True, startup=5),
+}
+# Optuna's GPSampler refits its Gaussian process at every ask: ~1-2 minutes a run here, too slow for 100 seeds
+# (`--policies sweeper_gp` runs it on a few).
+SLOW_VARIANTS = {"sweeper_gp": dict(gp=True)}
 POLICIES = ["random", "grid", "tune_optuna", "hf_median", "asha_random", "hyperband", "bohb", "sweeper"]
 
 
@@ -477,8 +499,9 @@ def make_policy(name: str, spec, seed: int):
                             scheduler=AsyncHyperBandScheduler(**asha, brackets=3), seed=seed)
     if name == "sweeper":
         return SweeperPolicy(spec, seed)
-    if name in VARIANTS:
-        return SweeperPolicy(spec, seed, **VARIANTS[name])
+    every = {**ROUND1_VARIANTS, **VARIANTS, **SLOW_VARIANTS}
+    if name in every:
+        return SweeperPolicy(spec, seed, **every[name])
     raise ValueError(f"unknown policy {name!r}")
 
 
@@ -623,7 +646,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--budget", type=float, default=100.0, help="trial-epochs per run")
     parser.add_argument("--concurrency", type=int, default=2, help="trials at once (the spec's max_concurrent)")
     parser.add_argument("--evals-per-epoch", type=int, default=1, choices=(1, 2))
-    parser.add_argument("--policies", default=",".join(POLICIES), help=f"comma-separated; also {', '.join(VARIANTS)}")
+    parser.add_argument("--policies", default=",".join(POLICIES), help=f"comma-separated; also {', '.join([*ROUND1_VARIANTS, *VARIANTS, *SLOW_VARIANTS])}")
     parser.add_argument("--with-variants", action="store_true", help="add every sweeper_* variant to --policies")
     parser.add_argument("--jobs", type=int, default=2, help="processes")
     parser.add_argument("--json", type=Path, default=ROOT / "bench" / "results" / "replay.json")

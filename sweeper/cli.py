@@ -76,14 +76,40 @@ def _store(url: str | None) -> TrialStore:
 
 
 @app.command()
-def validate(spec_path: Annotated[Path, typer.Argument(help="the sweep spec (YAML)")]) -> None:
-    """Check a spec without running anything."""
+def validate(
+    spec_path: Annotated[Path, typer.Argument(help="the sweep spec (YAML)")],
+    probe: Annotated[bool, typer.Option("--probe", help="also time a few training steps of the real trainer here "
+                                                        "(seconds to a minute) and say what the budget buys")] = False,
+) -> None:
+    """Check a spec without running anything (with --probe: but a few timed training steps)."""
     try:
         spec = load_spec(spec_path)
     except SpecError as exc:
         _fail(exc)
     out.print(f"spec {spec.name!r} is valid: task {spec.task}, {spec.budget.trials} trials, "
               f"objective {spec.objective.metric} ({spec.objective.mode}), store {safe_url(spec.database_url())}")
+    if probe:
+        _print_plan(spec)
+    elif spec.budget.time_budget_s:
+        out.print("what budget.time_budget_s buys: `sweeper validate --probe` (`sweeper run` probes it first)")
+
+
+def _print_plan(spec) -> None:
+    """Probe the spec's trainer in this process and print what its budget buys (sweeper.budget)."""
+    from sweeper.budget import CostModel, Plan, probe_shapes, run_probe
+    from sweeper.trial_config import template
+    from trainers.models import resolve_model
+
+    try:
+        job = template(spec, resolve_model(spec.model.path),
+                       torch_threads=spec.resources.torch_threads or max(1, int(spec.resources.cpus)))
+        plan = Plan.make(spec, CostModel.fit(run_probe(job, probe_shapes(spec)), spec.scheduler.evals_per_epoch))
+    except KNOWN_ERRORS as exc:
+        _fail(exc)
+    except Exception as exc:  # noqa: BLE001 - the trainer failed: say how, as a trial would
+        _fail(RuntimeError(f"the probe's training failed: {type(exc).__name__}: {exc}"), 1)
+    for line in plan.lines():
+        out.print(line, markup=False, highlight=False, soft_wrap=True)
 
 
 @app.command()
@@ -196,9 +222,14 @@ def _print_trials(store: TrialStore, name: str) -> None:
     fields = field_columns(at_best.values())  # per-field F1 at each trial's best round
     table = Table(title=f"sweep {name} ({sweep.status}) - objective {sweep.objective_metric} ({sweep.objective_mode})")
     for column in ("trial", "status", "stop", "rounds", "best", *fields, "holdout loss per round", "lr", "batch",
-                   "epochs", "r", "time s"):
+                   "epochs", "r", "time s", "ep/tokens"):
         table.add_column(column)
-    for t in store.trials(name):
+    per_epoch = int(((sweep.spec or {}).get("scheduler") or {}).get("evals_per_epoch") or 1)
+    rows = store.trials(name)
+    # The compute each trial spent (what budget.max_compute counts): epochs (its rounds) and input tokens.
+    table.caption = (f"compute: {sum(t.rounds for t in rows) / per_epoch:g} trial-epochs, "
+                     f"{sum(t.tokens_seen for t in rows):,} training tokens")
+    for t in rows:
         losses = " ".join(f"{r.eval_loss:.3f}" for r in rounds.get(t.trial_key, []) if r.eval_loss is not None)
         best_cell = "-" if t.best_value is None else f"{t.best_value:.4f}@{t.best_round}"
         marker = " *" if best and t.id == best.id else ""
@@ -206,8 +237,14 @@ def _print_trials(store: TrialStore, name: str) -> None:
         table.add_row(t.trial_key + marker, t.status, t.stop_reason, str(t.rounds), best_cell,
                       *(f"{metrics[f]:.3f}" if f in metrics else "-" for f in fields), losses,
                       f"{p.get('learning_rate', float('nan')):.2e}", str(p.get("batch_size", "")),
-                      str(p.get("num_epochs", "")), str(p.get("lora_r", "")), f"{t.wall_time_s:.1f}")
+                      str(p.get("num_epochs", "")), str(p.get("lora_r", "")), f"{t.wall_time_s:.1f}",
+                      f"{t.rounds / per_epoch:g}/{_short(t.tokens_seen)}")
     out.print(table)
+
+
+def _short(count: int) -> str:
+    return next((f"{count / 10 ** p:.3g}{unit}" for p, unit in ((9, "G"), (6, "M"), (3, "k")) if count >= 10 ** p),
+                str(count))
 
 
 @app.command()
@@ -390,9 +427,13 @@ def promote(
     out_dir: Annotated[Optional[Path], typer.Option("--out", help="folder for the export [default: the sweep's "
                                                     "export folder under storage.root]")] = None,
     db: DbOption = None,
+    address: Annotated[Optional[str], typer.Option(help="Ray cluster the re-evaluation and seed re-training run on "
+                                                   "(as trials do): 'auto' or ray://HOST:10001; default: "
+                                                   "$SWEEPER_RAY_ADDRESS, $RAY_ADDRESS, else a local Ray")] = None,
 ) -> None:
     """Check the spec's gates on the best trial, re-evaluated on the test split; record and export the outcome.
 
+    The re-evaluation and seed re-training run as Ray tasks with a trial's resources (`resources.cpus/gpus`).
     Exit 0: PROMOTED. Exit 3: NOT PROMOTED (the table says which gate failed). Exit 2: promotion could not run.
     """
     from sweeper import remote, tracking
@@ -413,10 +454,21 @@ def promote(
                              "(`sweeper run SPEC` resumes it)")
         spec = spec_from_store(sweep.spec)
         target = out_dir.resolve() if out_dir else Path(spec.storage.root).resolve() / "sweeps" / name / "export"
-        result = promote_sweep(store, name, resolve_model(spec.model.path), target,
+        model_path = resolve_model(spec.model.path)
+    except KNOWN_ERRORS as exc:
+        _fail(exc)
+    from sweeper import controller  # Ray loads only when a promotion really runs here
+
+    try:
+        # Inside a Ray job (the service's promotion on a cluster) Ray sets RAY_ADDRESS: join that cluster.
+        address = address or os.environ.get("SWEEPER_RAY_ADDRESS") or os.environ.get("RAY_ADDRESS")
+        workers = controller.Workers(spec, address)
+        result = promote_sweep(store, name, model_path, target, workers,
                                log=lambda line: err.print(line, markup=False, highlight=False))
     except KNOWN_ERRORS as exc:
         _fail(exc)
+    finally:
+        controller.shutdown()
     tracking.log_summary(store, name, result.to_dict(), target)  # the outcome (and a promoted winner) in W&B
     _print_promotion(result)
     if not result.promoted:

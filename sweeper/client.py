@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import time
 import zipfile
 from pathlib import Path
 from typing import Any
@@ -55,8 +56,20 @@ class ServiceClient:
     def cancel(self, name: str) -> dict:
         return self._call("POST", f"/sweeps/{name}/cancel").json()
 
-    def promote(self, name: str) -> dict:
-        return self._call("POST", f"/sweeps/{name}/promote").json()
+    def promote(self, name: str, every_s: float = 2.0, timeout_s: float = 6 * 3600) -> dict:
+        """Start the promotion where the sweeps run, wait for it, and return its outcome (`sweeper promote`'s)."""
+        self._call("POST", f"/sweeps/{name}/promote")
+        deadline = time.monotonic() + timeout_s
+        while True:
+            state = self._call("GET", f"/sweeps/{name}/promotion").json()
+            if state["state"] == "finished":
+                return state["result"]
+            if state["state"] == "failed":
+                raise ServiceError(f"the promotion of {name!r} failed: {state['message']}")
+            if time.monotonic() > deadline:
+                raise ServiceError(f"the promotion of {name!r} is still running after {timeout_s:.0f} s; "
+                                   f"watch GET /sweeps/{name}/promotion")
+            time.sleep(every_s)
 
     def download_export(self, name: str, out_dir: Path) -> Path:
         archive = self._call("GET", f"/sweeps/{name}/export").content

@@ -14,6 +14,7 @@ import json
 import math
 import os
 import shutil
+import socket
 import tempfile
 import time
 from dataclasses import dataclass, replace
@@ -28,6 +29,7 @@ from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 from ray.tune.search import ConcurrencyLimiter, Searcher
 
 from sweeper import checkpoints
+from sweeper.budget import CostModel, Plan, probe_shapes, run_probe
 from sweeper.progress import LiveProgress, TrialView
 from sweeper.search import SweepSearch, close_stopped_trials
 from sweeper.spec import Spec, SpecError
@@ -47,6 +49,7 @@ WORKER_ENV = {"HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false", "TRANSFO
 TRIAL = "sweeper_trial"  # reserved config entry: the trial's stable key and the checkpoint it resumes from
 RECORD = "sweeper_round"  # reserved result key: the worker's RoundRecord; Tune's own keys beside it are never read
 ROUND_VALUE = "round_value"  # result key: the objective metric at this round; Tune ranks checkpoints by a top-level key
+MAX_STEPS = 10**9  # ASHA's max_t when its rungs count optimizer steps (`scheduler.rung_unit: steps`)
 
 
 # -- the worker side ---------------------------------------------------------------------------------
@@ -58,8 +61,9 @@ class TuneReporter:
     its last round, which early stopping and overfitting make worse by design.
     """
 
-    def __init__(self, metric: str, mode: str, workdir: str | None = None, resume: tune.Checkpoint | None = None):
-        self.metric, self.mode = metric, mode
+    def __init__(self, metric: str, mode: str, workdir: str | None = None, resume: tune.Checkpoint | None = None,
+                 batch_size: int = 1):
+        self.metric, self.mode, self.batch_size = metric, mode, batch_size
         self.best = math.inf if mode == "min" else -math.inf
         self.rss_start_mb = _rss_mb()  # what the worker holds before this trial: growth here is a leak
         # Tune's own checkpoint (a retry in this run) first, else the one an earlier driver run recorded.
@@ -85,8 +89,14 @@ class TuneReporter:
         if checkpoint_dir:
             (Path(checkpoint_dir) / BEST_FILE).write_text(json.dumps({"objective": self.best}))
             checkpoint = tune.Checkpoint.from_directory(checkpoint_dir)
-        tune.report({"objective": self.best, "round": record.round, ROUND_VALUE: value, RECORD: record.to_dict()},
-                    checkpoint=checkpoint)
+        tune.report({"objective": self.best, "round": record.round, "steps": self._steps(record), ROUND_VALUE: value,
+                     RECORD: record.to_dict()}, checkpoint=checkpoint)
+
+    def _steps(self, record: RoundRecord) -> int:
+        """Optimizer steps so far (what ASHA counts with `scheduler.rung_unit: steps`): the trainer's own count, or
+        from the examples it has seen (a trainer that does not count steps)."""
+        book = record.bookkeeping
+        return int(book.get("steps") or book.get("examples_seen", 0) // self.batch_size or record.round)
 
     def resume_from(self):
         return self.resume_dir
@@ -125,7 +135,8 @@ def trial_worker(params: dict, job: dict) -> None:
     output_dir = tempfile.mkdtemp(prefix=f"sweeper-{trial_id}-")
     try:
         config = complete(job["trial"], params, output_dir)
-        trainer_for(config.task)(config, TuneReporter(job["metric"], job["mode"], output_dir, resume))
+        reporter = TuneReporter(job["metric"], job["mode"], output_dir, resume, config.hparams.batch_size)
+        trainer_for(config.task)(config, reporter)
     finally:
         shutil.rmtree(output_dir, ignore_errors=True)  # Tune has copied every reported checkpoint
         release_memory()
@@ -245,8 +256,8 @@ class StudySearcher(Searcher):
 
     def suggest(self, trial_id: str):
         suggestion = self.search.suggest()
-        if suggestion is None:
-            return Searcher.FINISHED
+        if suggestion is None:  # None: ask again later (running trials hold the compute budget until they end)
+            return None if self.search.waiting_for_compute else Searcher.FINISHED
         self.keys[trial_id] = suggestion.key
         return {**suggestion.params, TRIAL: {"key": suggestion.key, "resume_from": suggestion.resume_from}}
 
@@ -268,7 +279,11 @@ class StudySearcher(Searcher):
 def _scheduler(spec: Spec):
     if spec.scheduler.type == "none":
         return FIFOScheduler()
-    return ASHAScheduler(time_attr="round", metric="objective", mode=spec.objective.mode, max_t=spec.max_rounds(), grace_period=spec.scheduler.grace_period,
+    steps = spec.scheduler.rung_unit == "steps"
+    # In steps, max_t only bounds the rungs: ASHA stops a trial at max_t, which none reaches (trials end by
+    # themselves); rungs past a trial's last step are never reached, and cost nothing.
+    return ASHAScheduler(time_attr="steps" if steps else "round", metric="objective", mode=spec.objective.mode,
+                         max_t=MAX_STEPS if steps else spec.max_rounds(), grace_period=spec.scheduler.grace_period,
                          reduction_factor=spec.scheduler.reduction_factor)
 
 
@@ -426,8 +441,12 @@ def run_sweep(spec: Spec, database_url: str, tune_path: str, sweep_dir: Path, mo
     if search.done():  # every trial ended before the driver stopped (e.g. killed while exporting)
         return SweepResult(finished=True, experiment_path=experiment_path, resumed=True)
     start_ray(address, env or {})
-    threads = spec.resources.torch_threads or max(1, int(spec.resources.cpus))
+    threads = trial_threads(spec)
     job = {**_job(spec, model_path, threads), "storage": tune_path}
+    if spec.budget.time_budget_s:  # what the budget buys, and trials admitted by it; the deadline starts after
+        plan = budget_plan(spec, job)
+        if plan is not None:
+            search.admit_by(plan.first_round_s)
     callbacks = [StoreCallback(database_url, spec.name, spec.budget.time_budget_s),  # first: the W&B summary
                  *tracking_callbacks(spec, sweep_dir, database_url, job, tracking_mode),  # reads it
                  ProgressCallback(spec)]
@@ -466,6 +485,34 @@ def run_sweep(spec: Spec, database_url: str, tune_path: str, sweep_dir: Path, mo
     spent = over_time or search.done()
     finished = ended and spent and not unfinished and not search.running()  # the store and the study both agree
     return SweepResult(finished=finished, experiment_path=experiment_path, resumed=search.resumed)
+
+
+def budget_plan(spec: Spec, job: dict, show=print) -> Plan | None:
+    """Probe a round's cost where trials run (a Ray task with a trial's resources) and `show` what the budget buys;
+    None, said, when the probe fails: the sweep then runs as without it (a broken trainer fails its trials)."""
+    task = _probe_task.options(num_cpus=spec.resources.cpus, num_gpus=spec.resources.gpus, name="sweeper-probe")
+    started = time.monotonic()
+    try:
+        measured, task_s = ray.get(task.remote(job["trial"], probe_shapes(spec)))
+    except ray.exceptions.RayError as exc:
+        cause = exc.cause if isinstance(exc, ray.exceptions.RayTaskError) else exc
+        show(f"budget: the probe failed ({type(cause).__name__}: {(str(cause).strip().splitlines() or [''])[-1]}); "
+             "no plan, trials are admitted by the rounds they report")
+        return None
+    overhead_s = max(0.0, time.monotonic() - started - task_s)  # a fresh worker process, as a trial's first start
+    plan = Plan.make(spec, CostModel.fit(measured, spec.scheduler.evals_per_epoch, overhead_s))
+    for line in plan.lines():
+        show(line)
+    return plan
+
+
+@ray.remote(max_calls=1)  # a fresh process, gone with its memory afterwards
+def _probe_task(template: dict, shapes: list[dict]) -> tuple[list[dict], float]:
+    started = time.monotonic()
+    try:
+        return run_probe(template, shapes), time.monotonic() - started
+    finally:
+        release_memory()
 
 
 def connect(spec: Spec, address: str | None, env: dict[str, str]) -> None:
@@ -517,3 +564,64 @@ def _settle_unfinished_trials(sweep_name: str, database_url: str, over_time: boo
 def shutdown() -> None:
     if ray.is_initialized():
         ray.shutdown()
+
+
+# -- promotion's heavy steps on the workers ------------------------------------------------------------
+def trial_threads(spec: Spec) -> int:
+    """Torch threads of one trial, or of one promotion step in its place: the spec's, else one per CPU it holds."""
+    return spec.resources.torch_threads or max(1, int(spec.resources.cpus))
+
+
+class Workers:
+    """Runs promotion's heavy steps (a re-evaluation, a seed's re-training) as Ray tasks that hold one trial's
+    resources (`resources.cpus`, `resources.gpus`), on the cluster's workers like the trials did: the process that
+    asked (a sweep driver on a CPU-only head, the API) only coordinates. A step is a plain function of one job
+    (picklable, Ray-free); its result comes back with where it ran."""
+
+    def __init__(self, spec: Spec, address: str | None = None, env: dict[str, str] | None = None):
+        start_ray(address, env or {})  # a sweep driver's own Ray is reused as is
+        check_schedulable(spec, address)  # a step no node can hold would wait forever
+        self.resources = {"num_cpus": spec.resources.cpus, "num_gpus": spec.resources.gpus}
+        self.threads = trial_threads(spec)
+
+    def run(self, step, jobs: list[dict]) -> list[tuple[object, dict]]:
+        """step(job) for every job, side by side as far as the cluster has room; (result, where) per job.
+        A job's `label` names it in an error."""
+        task = _step_task.options(**self.resources, name=f"sweeper-{step.__name__}")
+        refs = [task.remote(step, job) for job in jobs]
+        results = []
+        for ref, job in zip(refs, jobs):
+            try:
+                results.append(ray.get(ref))
+            except ray.exceptions.RayError as exc:
+                for other in refs:  # the others' results are of no use now
+                    ray.cancel(other, force=True)
+                raise _step_failure(job.get("label") or step.__name__, exc) from None
+        return results
+
+
+# A fresh worker process per step (max_calls=1): its GPU memory and RSS go with it. Ray retries a step whose
+# worker or node died (idempotent: it writes only its own temporary folder), never one that raised.
+@ray.remote(max_calls=1, max_retries=1)
+def _step_task(step, job: dict) -> tuple[object, dict]:
+    try:
+        result = step(job)
+    finally:
+        release_memory()
+    return result, {"node": ray.get_runtime_context().get_node_id(), "pid": os.getpid(), "host": socket.gethostname()}
+
+
+def _step_failure(label: str, exc: Exception):
+    """A PromotionError saying which step failed, why and what to change: not a Ray traceback."""
+    from sweeper.promotion import PromotionError
+
+    cause = exc.cause if isinstance(exc, ray.exceptions.RayTaskError) else exc
+    if isinstance(cause, PromotionError):  # the step's own message (a missing checkpoint, ...)
+        return PromotionError(str(cause))
+    lines = [line for line in str(cause).strip().splitlines() if line.strip()]
+    text = f"{type(cause).__name__}: {lines[0] if lines else ''}".strip()[:600]
+    hint = ""
+    if "OutOfMemory" in type(cause).__name__ or "out of memory" in str(cause).lower():
+        hint = ("; it ran out of memory: lower resources.max_micro_batch, or give each trial more memory "
+                "(resources.cpus, a larger GPU)")
+    return PromotionError(f"{label} failed on a Ray worker: {text}{hint}")

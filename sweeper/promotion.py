@@ -11,6 +11,9 @@
   hold for the mean over all seeds.
 - A best trial that fails is not replaced: the next trials (up to `candidates`) are checked and the first that
   clears every gate is named runner-up. Promoting it would select on the test split.
+- The heavy steps (a checkpoint's predictions, a seed's re-training) are plain functions of one job, run on
+  `Workers` (sweeper.controller: Ray tasks holding one trial's resources); this module stays free of Ray and
+  coordinates: the gates, the bootstrap, the record and the export.
 """
 
 from __future__ import annotations
@@ -19,7 +22,7 @@ import math
 import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Protocol
 
 import numpy as np
 
@@ -101,6 +104,7 @@ class PromotionResult:
     seeds: list[int] = field(default_factory=list)
     runner_up: str | None = None
     export: str | None = None
+    workers: list[dict] = field(default_factory=list)  # where each prediction and re-training ran (Ray node, pid)
 
     @property
     def promoted(self) -> bool:
@@ -209,8 +213,20 @@ def settings_of(spec: Spec) -> Promotion:
     return spec.promotion
 
 
-def promote(store: TrialStore, sweep_name: str, model_path: str, export_dir: Path, log=print) -> PromotionResult:
-    """Check the gates, record the outcome, and write the export (which says whether it was promoted)."""
+class Workers(Protocol):
+    """Where promotion's heavy steps run: `sweeper.controller.Workers` (Ray tasks holding one trial's resources)."""
+
+    threads: int  # torch threads per step, as a trial has
+
+    def run(self, step: Callable[[dict], object], jobs: list[dict]) -> list[tuple[object, dict]]:
+        """step(job) for each job, side by side where there is room; (result, where it ran) per job."""
+
+
+def promote(store: TrialStore, sweep_name: str, model_path: str, export_dir: Path, workers: Workers,
+            log=print) -> PromotionResult:
+    """Check the gates, record the outcome, and write the export (which says whether it was promoted).
+
+    Predictions and seed re-trainings run on `workers`; the gates, the bootstrap, the record and the export here."""
     from trainers import task_module  # torch loads only when a promotion really runs
 
     sweep = store.get_sweep(sweep_name)
@@ -233,19 +249,22 @@ def promote(store: TrialStore, sweep_name: str, model_path: str, export_dir: Pat
     fields = sorted({f for e in train + examples for f in labels_of(e)}) if with_fields else []
     module = task_module(spec.task)
     at_best = store.best_round_metrics(sweep_name)
+    ran: list[dict] = []  # where each step ran, for the record
 
     def evaluate(trial) -> TrialCheck | None:
         recorded = store.best_checkpoint(trial)
-        with checkpoints.local_copy(recorded, sweep.experiment_path or "") as checkpoint:  # s3:// downloaded
-            if checkpoint is None:
-                if trial is ranked[0]:
-                    raise PromotionError(f"the best trial {trial.trial_key}'s checkpoint is missing "
-                                         f"({recorded or 'never recorded'}); it cannot be re-evaluated")
-                return None
-            log(f"promotion: re-evaluating trial {trial.trial_key} (round {trial.best_round}) on the {split} split "
-                f"({len(examples)} rows)")
-            config = _config(sweep, spec, trial.params, model_path, tempfile.gettempdir())
-            records = module.predict(config, str(checkpoint), examples)
+        log(f"promotion: re-evaluating trial {trial.trial_key} (round {trial.best_round}) on the {split} split "
+            f"({len(examples)} rows)")
+        config = _config(sweep, spec, trial.params, model_path, "", torch_threads=workers.threads)
+        job = {"config": config, "checkpoint": recorded, "storage": sweep.experiment_path or "", "examples": examples,
+               "label": f"re-evaluating trial {trial.trial_key}"}
+        [(records, where)] = workers.run(predict_checkpoint, [job])
+        if records is None:  # the checkpoint is gone (looked for where the step ran, where the trials wrote it)
+            if trial is ranked[0]:
+                raise PromotionError(f"the best trial {trial.trial_key}'s checkpoint is missing "
+                                     f"({recorded or 'never recorded'}); it cannot be re-evaluated")
+            return None
+        ran.append(_ran("predict", trial.trial_key, where, log))
         checks = check_gates(records, module.score, settings, fields, spec.seed, at_best.get(trial.trial_key, {}))
         return TrialCheck(trial.trial_key, trial.best_value, len(examples), checks)
 
@@ -254,7 +273,7 @@ def promote(store: TrialStore, sweep_name: str, model_path: str, export_dir: Pat
                              [best])
     if best.passed and settings.seeds:
         result.seeds = [spec.seed + k for k in range(1, settings.seeds + 1)]
-        _add_seed_values(best, module, sweep, spec, ranked[0], model_path, examples, result.seeds, log)
+        ran += _add_seed_values(best, workers, sweep, spec, ranked[0], model_path, examples, result.seeds, log)
     if not result.promoted:
         for trial in ranked[1 : settings.candidates]:
             check = evaluate(trial)
@@ -263,10 +282,18 @@ def promote(store: TrialStore, sweep_name: str, model_path: str, export_dir: Pat
                 if check.passed:
                     result.runner_up = trial.trial_key
                     break
+    result.workers = ran
     result.export = str(export_sweep(store, sweep_name, export_dir, model_path, promotion=result.to_dict()))
     store.record_promotion(sweep_name, result.trial_key, result.promoted, split, result.to_dict(),
                            runner_up=result.runner_up or "", export_path=result.export)
     return result
+
+
+def _ran(step: str, trial_key: str, where: dict, log, seed: int | None = None) -> dict:
+    """One step's record: which, for what, and where it ran (Ray node id, host, pid)."""
+    what = f"trial {trial_key}" + (f" seed {seed}" if seed is not None else "")
+    log(f"promotion: {step} of {what} ran on node {where['node'][:12]} ({where['host']}, pid {where['pid']})")
+    return {"step": step, "trial": trial_key, **({"seed": seed} if seed is not None else {}), **where}
 
 
 def _config(sweep, spec: Spec, params: dict, model_path: str, output_dir: str, **overrides):
@@ -274,26 +301,56 @@ def _config(sweep, spec: Spec, params: dict, model_path: str, output_dir: str, *
     return trial_config(spec, params, model_path, output_dir, audited_sha256(sweep.audit), **overrides)
 
 
-def _add_seed_values(check: TrialCheck, module, sweep, spec: Spec, trial, model_path: str, examples,
-                     seeds: list[int], log) -> None:
-    """Re-train the winner with other seeds for its best-round count and score each on the same split."""
-    from trainers.base import ListReporter
-
-    for seed in seeds:
-        log(f"promotion: re-training trial {trial.trial_key} with seed {seed} for {trial.best_round} round(s)")
-        with tempfile.TemporaryDirectory(prefix="sweeper-seed-") as out:
-            config = _config(sweep, spec, trial.params, model_path, out, seed=seed, max_rounds=trial.best_round)
-            reporter = ListReporter()
-            module.train(config, reporter)
-            checkpoint = _best_saved_round(reporter, sweep.objective_metric, sweep.objective_mode)
-            scores = module.score(module.predict(config, checkpoint, examples))
+def _add_seed_values(check: TrialCheck, workers: Workers, sweep, spec: Spec, trial, model_path: str, examples,
+                     seeds: list[int], log) -> list[dict]:
+    """Re-train the winner with other seeds for its best-round count, side by side on the workers, and score each
+    on the same split. Returns where each ran."""
+    log(f"promotion: re-training trial {trial.trial_key} with seed(s) {', '.join(map(str, seeds))} for "
+        f"{trial.best_round} round(s)")
+    jobs = [{"config": _config(sweep, spec, trial.params, model_path, "", seed=seed, max_rounds=trial.best_round,
+                               torch_threads=workers.threads),
+             "metric": sweep.objective_metric, "mode": sweep.objective_mode, "examples": examples,
+             "label": f"re-training trial {trial.trial_key} with seed {seed}"} for seed in seeds]
+    ran = []
+    for seed, (scores, where) in zip(seeds, workers.run(retrain_seed, jobs)):
         for gate in check.gates:
             gate.seed_values.append(float(scores.get(gate.metric, math.nan)))
+        ran.append(_ran("seed", trial.trial_key, where, log, seed))
+    return ran
+
+
+# -- the steps that run on a worker (plain functions of one job: no Ray here) ---------------------------
+def predict_checkpoint(job: dict) -> Records | None:
+    """The trial's predictions on the split, from its checkpoint as the worker sees it (a shared volume, or a
+    download from object storage); None when the checkpoint is gone."""
+    from trainers import task_module
+
+    with checkpoints.local_copy(job["checkpoint"], job["storage"]) as checkpoint:
+        if checkpoint is None:
+            return None
+        config = job["config"].model_copy(update={"output_dir": tempfile.gettempdir()})  # the worker's
+        return task_module(config.task).predict(config, str(checkpoint), job["examples"])
+
+
+def retrain_seed(job: dict) -> dict[str, float]:
+    """One seed's re-training (in a temporary folder of the worker), scored on the split at its best holdout round."""
+    from trainers import task_module
+    from trainers.base import ListReporter
+
+    module = task_module(job["config"].task)
+    with tempfile.TemporaryDirectory(prefix="sweeper-seed-") as out:
+        config = job["config"].model_copy(update={"output_dir": out})
+        reporter = ListReporter()
+        module.train(config, reporter)
+        checkpoint = _best_saved_round(reporter, job["metric"], job["mode"])
+        return module.score(module.predict(config, checkpoint, job["examples"]))
 
 
 def _best_saved_round(reporter, metric: str, mode: str) -> str:
     """The checkpoint of the re-trained seed's best holdout round that is still on disk (selection on holdout)."""
     saved = [(r.metrics.get(metric, math.nan), c) for r, c in zip(reporter.rounds, reporter.checkpoints)
              if c and Path(c).is_dir()]
+    if not saved:
+        raise PromotionError("the seed's re-training kept no checkpoint to score")
     ranked = sorted(saved, key=lambda vc: (math.isnan(vc[0]), vc[0] if mode == "min" else -vc[0]))
     return ranked[0][1]

@@ -2,12 +2,18 @@
 
 Submitted specs are validated exactly as the CLI validates them, then confined: data and model paths
 must lie under the configured data roots, storage is the service's own, and only registered trainers
-and search spaces can be named (the spec has no field that imports code). Sweeps run as supervised
-driver processes (`sweeper.supervisor`). Every endpoint but /health needs a bearer token.
+and search spaces can be named (the spec has no field that imports code). Every endpoint but /health needs a
+bearer token.
+
+The service holds no state of its own: sweeps, their drivers (Ray jobs on the cluster, or local processes) and
+cancel requests live in the store database, submitted specs and exports under the shared storage root
+(`sweeper.supervisor`). Any number of replicas can serve the same store: any of them lists, watches, cancels,
+promotes and exports any sweep, and each restarts a driver that died mid-sweep. Promotion runs as its own driver
+(`sweeper promote`), never in a request.
 """
 
-
 import io
+import logging
 import os
 import secrets
 import shutil
@@ -27,13 +33,14 @@ from sweeper.audit import audit
 from sweeper.compare import CompareError, Comparison, TrialStatus, compare
 from sweeper.datasets import DataError
 from sweeper.settings import ServiceSettings
-from sweeper.spec import Spec, SpecError, parse_spec, spec_from_store, stored_spec
+from sweeper.spec import Spec, SpecError, parse_spec, stored_spec
 from sweeper.store import ClaimHeld, StoreError, TrialStore
-from sweeper.supervisor import Supervisor
+from sweeper.supervisor import LaunchError, Supervisor, drivers_for
 from sweeper.yaml_safe import describe, load_yaml
 from trainers.models import NAMED_MODELS
 
 RECONCILE_EVERY_S = 2.0
+log = logging.getLogger(__name__)
 MAX_COMPARED = 20  # sweeps one comparison may name
 MAX_OFFSET = 10**9  # far beyond any sweep's trials; larger numbers overflow the database's integers
 
@@ -92,6 +99,12 @@ class RoundPublic(BaseModel):
     eval_loss: float | None
     metrics: dict[str, Any]  # holdout metrics
     bookkeeping: dict[str, Any]  # the rest of the worker's record: epoch, train loss, counts, timings, ...
+
+
+class PromotionPublic(BaseModel):
+    state: str  # running | finished | failed
+    message: str
+    result: dict[str, Any] | None  # the latest promotion's outcome and table (`sweeper promote --format json`)
 
 
 class ErrorItem(BaseModel):
@@ -233,10 +246,10 @@ class BodyLimit:
 
 # -- the app -------------------------------------------------------------------------------------------
 def create_app(settings: ServiceSettings) -> FastAPI:
-    store = TrialStore(settings.database_url.get_secret_value())
-    env = {**os.environ, "SWEEPER_DATABASE_URL": settings.database_url.get_secret_value(),
-           "HF_HUB_OFFLINE": "1"}
-    supervisor = Supervisor(settings.root, store, env, settings.ray_address)
+    url = settings.database_url.get_secret_value()
+    store = TrialStore(url)
+    env = {**os.environ, "SWEEPER_DATABASE_URL": url, "HF_HUB_OFFLINE": "1"}
+    supervisor = Supervisor(store, drivers_for(settings.root, env, settings.ray_address, url))
     stop = threading.Event()
 
     def watch():
@@ -244,19 +257,20 @@ def create_app(settings: ServiceSettings) -> FastAPI:
             try:
                 supervisor.reconcile()
             except StoreError:
-                pass  # the database is away for a moment; the next pass settles it
+                pass  # the database or the Ray cluster is away for a moment; the next pass settles it
+            except Exception:  # noqa: BLE001 - a reconciler that died would leave every sweep unwatched
+                log.exception("sweeper: a reconcile pass failed; the next one tries again")
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
         settings.root.mkdir(parents=True, exist_ok=True)
         store.upgrade()  # once, here (under the schema lock): Alembic's context is module-global, not for requests
-        supervisor.reconcile()  # adopt or resume what the last service instance left running
+        supervisor.reconcile()  # resume what a replica that went away left running
         watcher = threading.Thread(target=watch, name="sweeper-supervisor", daemon=True)
         watcher.start()
         yield
         stop.set()
-        watcher.join(timeout=5)
-        supervisor.stop_all()
+        watcher.join(timeout=5)  # drivers are not stopped: sweeps outlive a replica by design
         store.engine.dispose()
 
     open_docs = not settings.tokens  # with tokens, the schema needs one too and the browser docs (which cannot send it) are off
@@ -308,12 +322,15 @@ def create_app(settings: ServiceSettings) -> FastAPI:
         with launching:
             if supervisor.active_count() >= settings.max_active_sweeps:
                 raise _problem(503, f"the service already runs {settings.max_active_sweeps} sweep(s); try again later")
-            try:
-                token = store.claim(spec.name)  # a live driver (ours or a `sweeper run` elsewhere) refuses it here
+            try:  # a live driver (any replica's, or a `sweeper run` elsewhere) refuses it here
+                token = store.claim(spec.name, owner=supervisor.owner)
             except ClaimHeld as exc:
                 raise _problem(409, str(exc)) from None
             try:
                 queue(spec, token)
+            except LaunchError as exc:
+                store.release(spec.name, token)
+                raise _problem(503, str(exc)) from None
             except BaseException:
                 store.release(spec.name, token)
                 raise
@@ -379,26 +396,31 @@ def create_app(settings: ServiceSettings) -> FastAPI:
         if sweep.status not in ("queued", "running", "interrupted"):
             raise _problem(409, f"sweep {name!r} is {sweep.status}; nothing to cancel")
         if not supervisor.cancel(name):
-            raise _problem(409, f"sweep {name!r} was not started by this service")
+            raise _problem(409, f"sweep {name!r} was not started by a sweep service")
         return Accepted(name=name, status="cancelling")
 
-    @api.post("/sweeps/{name}/promote", responses={404: {}, 409: {}, 422: {}})
-    def promote_sweep(name: str) -> dict[str, Any]:
-        """Check the spec's gates on the best trial, re-evaluated on the test split (200 either way: read
-        `promoted`); the export is rewritten to say the outcome."""
-        from sweeper.promotion import PromotionError, promote
-        from trainers.models import resolve_model
-
+    @api.post("/sweeps/{name}/promote", status_code=202, response_model=Accepted, responses={404: {}, 409: {},
+                                                                                              503: {}})
+    def promote_sweep(name: str) -> Accepted:
+        """Start checking the spec's gates on the best trial, re-evaluated on the test split, where the sweeps run
+        (`sweeper promote`); the export is rewritten to say the outcome. Watch it at GET /sweeps/{name}/promotion."""
         sweep = _existing_sweep(store, name)
         if sweep.status != "completed":
             raise _problem(409, f"sweep {name!r} is {sweep.status}; promote it once it has completed")
-        try:
-            model_path = resolve_model(spec_from_store(sweep.spec).model.path)
-            result = promote(store, name, model_path, settings.root / "sweeps" / name / "export",
-                             log=lambda line: None)
-        except PromotionError as exc:
-            raise _problem(422, str(exc)) from None
-        return result.to_dict()
+        with launching:
+            if supervisor.promoting(name):
+                raise _problem(409, f"sweep {name!r} is being promoted; watch GET /sweeps/{name}/promotion")
+            try:
+                supervisor.promote(name)
+            except LaunchError as exc:
+                raise _problem(503, str(exc)) from None
+        return Accepted(name=name, status="promoting")
+
+    @api.get("/sweeps/{name}/promotion", response_model=PromotionPublic, responses={404: {}})
+    def promotion(name: str) -> PromotionPublic:
+        """The promotion started last: `running`, `finished` (with its outcome) or `failed` (it could not run)."""
+        _existing_sweep(store, name)
+        return _promotion_state(store, supervisor, name)
 
     @api.get("/sweeps/{name}/export", responses={200: {"content": {"application/zip": {}}}, 404: {}})
     def download_export(name: str) -> StreamingResponse:
@@ -415,6 +437,22 @@ def create_app(settings: ServiceSettings) -> FastAPI:
     app.include_router(api)
     app.add_middleware(BodyLimit, limit=settings.max_body_bytes)
     return app
+
+
+def _promotion_state(store: TrialStore, supervisor: Supervisor, name: str) -> PromotionPublic:
+    row, latest = store.driver(name, role="promote"), store.latest_promotion(name)
+    result = latest.result if latest else None
+    if row is None:
+        if latest is None:
+            raise _problem(404, f"sweep {name!r} has not been promoted; POST /sweeps/{name}/promote")
+        return PromotionPublic(state="finished", message="", result=result)
+    if supervisor.promoting(name):
+        return PromotionPublic(state="running", message=f"started {row.launched_at:%Y-%m-%d %H:%M:%S} UTC",
+                               result=None)
+    if latest is not None and latest.created_at >= row.launched_at:  # one database: both naive (SQLite) or aware
+        return PromotionPublic(state="finished", message="", result=result)
+    return PromotionPublic(state="failed", result=None,
+                           message=f"the promotion ended without a result; {supervisor.drivers.where_logs(row)}")
 
 
 def app_from_env() -> FastAPI:

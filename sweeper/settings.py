@@ -2,9 +2,12 @@
 
 SWEEPER_API_TOKENS        comma-separated bearer tokens (required unless the service binds to loopback)
 SWEEPER_DATABASE_URL      the trial store (default: SQLite under SWEEPER_SERVICE_ROOT)
-SWEEPER_SERVICE_ROOT      folder for stores, Tune experiments, submitted specs and driver logs
+SWEEPER_SERVICE_ROOT      folder for stores, Tune experiments, submitted specs, exports and driver logs: with
+                          several replicas or Ray jobs, a shared volume mounted at the same path everywhere
 SWEEPER_DATA_ROOTS        os.pathsep-separated folders a submitted spec may read data or models from
-SWEEPER_RAY_ADDRESS       Ray cluster the sweeps run on (default: a local Ray per sweep)
+SWEEPER_RAY_ADDRESS       where sweeps run: a Ray dashboard (http://HEAD:8265: each sweep is a Ray job on that
+                          cluster), or a cluster address (HOST:6379, ray://HOST:10001: local driver processes
+                          join it); default: a local driver process with its own Ray per sweep
 SWEEPER_MAX_BODY_BYTES    largest accepted request body (default 1 MiB)
 SWEEPER_MAX_ACTIVE_SWEEPS sweeps running at once (default 2); further submissions get 503
 """

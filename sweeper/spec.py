@@ -26,7 +26,7 @@ from pydantic import (
 )
 
 import search_spaces
-from search_spaces.space import FloatParam, SearchSpace
+from search_spaces.space import CategoricalParam, FloatParam, IntParam, SearchSpace
 from sweeper.datasets import FORMATS, file_problem
 from sweeper.store import safe_url
 from sweeper.yaml_safe import describe, load_yaml
@@ -119,11 +119,33 @@ class Budget(_Strict):
     max_concurrent: int = Field(default=1, ge=1)
     time_budget_s: float | None = Field(default=None, gt=0)
     max_failures: int = Field(default=2, ge=0, description="retries of a failed trial, from its last checkpoint")
+    max_compute: float | None = Field(default=None, gt=0, description="stop starting trials once the compute spent "
+                                      "and committed by running trials reaches this, in `compute_unit`s")
+    compute_unit: Literal["epochs", "tokens"] = Field(default="epochs", description="of max_compute: trial-epochs "
+                                                      "(every trial's epochs, summed) or training input tokens")
+
+
+GROWABLE_BUDGET = ("trials", "max_compute", "time_budget_s")  # a finished sweep may be given more of these
+
+
+class SearchSettings(_Strict):
+    """The `search:` block: how the sweep picks its trials (defaults: what bench/replay.py chose)."""
+
+    sampler: Literal["tpe", "gp", "random", "grid"] = Field(default="tpe", description="tpe: Optuna's TPE; gp: its "
+                                                            "Gaussian process (small budgets); random; grid")
+    startup_trials: int | None = Field(default=None, ge=0, description="random trials before TPE or GP model the "
+                                       "results; unset: a third of budget.trials, at least 2 and at most 10")
+    seed: int | None = Field(default=None, ge=0, description="the sampler's seed; unset: the spec's `seed`")
+    enqueue: list[dict[str, Any]] = Field(default_factory=list, description="known configurations tried first, "
+                                          "in order (e.g. last quarter's winner); parameters left out are sampled")
 
 
 class Scheduler(_Strict):
     type: Literal["asha", "none"] = "asha"
-    grace_period: int = Field(default=1, ge=1, description="rounds every trial gets before ASHA may stop it")
+    grace_period: int = Field(default=1, ge=1, description="rounds (or training steps, with rung_unit: steps) every "
+                                                           "trial gets before ASHA may stop it")
+    rung_unit: Literal["rounds", "steps"] = Field(default="rounds", description="what ASHA's rungs count: evaluation "
+                                                  "rounds, or optimizer steps (a slow task's first rung stays cheap)")
     reduction_factor: float = Field(default=2.0, gt=1)
     evals_per_epoch: int = Field(default=1, ge=1, le=100)
 
@@ -210,6 +232,7 @@ class Spec(_Strict):
     fixed: dict[str, Any] = Field(default_factory=dict)
     objective: Objective = Field(default_factory=Objective)
     budget: Budget
+    search: SearchSettings = Field(default_factory=SearchSettings)
     scheduler: Scheduler = Field(default_factory=Scheduler)
     early_stopping: EarlyStopping
     resources: Resources = Field(default_factory=Resources)
@@ -257,8 +280,15 @@ class Spec(_Strict):
         for section, default in unset.items():  # added later: left unset, older sweeps keep their fingerprint
             if data[section] == default:
                 del data[section]
+        if data["scheduler"].get("rung_unit") == "rounds":  # added later: the default keeps older fingerprints
+            del data["scheduler"]["rung_unit"]
         if data["data"]["prompt_template"] is None:
             del data["data"]["prompt_template"]
+        if data["search"] == SearchSettings().model_dump(mode="json"):
+            del data["search"]
+        for key in ("max_compute", "compute_unit"):
+            if data["budget"][key] == Budget.model_fields[key].default:
+                del data["budget"][key]
         model = data.pop("model")
         if {k: v for k, v in model.items() if k not in ("path", "max_seq_length")} == ModelSettings().model_dump():
             # Default settings: as the spec was written before the block, so its sweeps resume.
@@ -329,7 +359,57 @@ def _hyperparameter_errors(spec: Spec) -> list[tuple[str, str]]:
 
 def _semantic_errors(spec: Spec) -> list[tuple[str, str]]:
     return (_task_errors(spec) + _model_errors(spec) + _hyperparameter_errors(spec) + _value_errors(spec)
-            + _gate_errors(spec))
+            + _gate_errors(spec) + _enqueue_errors(spec))
+
+
+def _enqueue_errors(spec: Spec) -> list[tuple[str, str]]:
+    """Each known configuration names searched parameters only, with values the search space can produce."""
+    params, errors = spec.space().params, []
+    if len(spec.search.enqueue) > spec.budget.trials:
+        errors.append(("search.enqueue", f"{len(spec.search.enqueue)} configurations, but budget.trials is "
+                       f"{spec.budget.trials}: raise the budget or enqueue fewer"))
+    for i, config in enumerate(spec.search.enqueue):
+        for name, value in config.items():
+            where = f"search.enqueue[{i}].{name}"
+            if name not in params:
+                fixed = " (it is fixed: remove it here)" if name in spec.fixed else ""
+                errors.append((where, f"not a searched parameter{fixed}; searched: {', '.join(params)}"))
+            elif problem := outside(params[name], value):
+                errors.append((where, problem))
+    return errors
+
+
+def outside(param, value: Any) -> str | None:
+    """Why `value` is not one the parameter can take in the search space, or None."""
+    if isinstance(param, CategoricalParam):
+        same = any(c == value and isinstance(c, bool) == isinstance(value, bool) for c in param.choices)
+        return None if same else f"{value!r} is not one of the choices {param.choices}"
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return f"{value!r} is not a number"
+    if isinstance(param, IntParam) and value != int(value):
+        return f"{value!r} is not a whole number"
+    if not param.low <= value <= param.high:
+        return f"{value!r} is outside the range [{param.low:g}, {param.high:g}]"
+    return None
+
+
+def budget_extension_errors(old: Spec, new: Spec, trials_started: int, compute_spent: float) -> list[tuple[str, str]]:
+    """Why `new` cannot continue the sweep recorded with `old`: only the budget may change (trials, max_compute,
+    time_budget_s), and never below what the sweep has spent; [] when it may continue."""
+    update = {"budget": old.budget.model_copy(update={k: getattr(new.budget, k) for k in GROWABLE_BUDGET})}
+    if new.storage.database_url and safe_url(new.storage.database_url) == old.storage.database_url:
+        update["storage"] = new.storage  # the stored spec has the URL without its password
+    if old.model_copy(update=update).fingerprint() != new.fingerprint():
+        return [("", "only budget.trials, budget.max_compute and budget.time_budget_s may change when a sweep "
+                     "continues; give a spec with other changes another `name:`")]
+    errors = []
+    if new.budget.trials < trials_started:
+        errors.append(("budget.trials", f"{new.budget.trials} is below the {trials_started} trials the sweep has "
+                       f"already started: give at least {trials_started}"))
+    if new.budget.max_compute is not None and new.budget.max_compute < compute_spent:
+        errors.append(("budget.max_compute", f"{new.budget.max_compute:g} is below the {compute_spent:g} "
+                       f"{new.budget.compute_unit} the sweep has already spent"))
+    return errors
 
 
 def _model_errors(spec: Spec) -> list[tuple[str, str]]:
@@ -422,8 +502,9 @@ def _resolve_paths(raw: dict, base: Path) -> dict:
     data = raw.get("data")
     if isinstance(data, dict):
         for role in ("train", "holdout", "test"):
-            if isinstance(data.get(role), str) and not os.path.isabs(data[role]):
-                data[role] = str((base / data[role]).resolve())
+            value = data.get(role)
+            if isinstance(value, str) and "\0" not in value and not os.path.isabs(value):  # a NUL: reported later
+                data[role] = str((base / value).resolve())
     return raw
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+import signal
 import socket
 import threading
 import time
@@ -175,7 +176,25 @@ class Claim(Base):
     heartbeat_at: Mapped[datetime]
 
 
+class Driver(Base):
+    """The driver a sweep service last started for a sweep (`role`: run | promote), and whether a cancel was asked
+    (`sweeper.supervisor`). The service keeps no state of its own: any replica watches, cancels and restarts
+    drivers through these rows."""
+
+    __tablename__ = "sweeper_drivers"
+
+    sweep: Mapped[str] = mapped_column(String(64), primary_key=True)
+    role: Mapped[str] = mapped_column(String(16), primary_key=True)
+    spec_path: Mapped[str] = mapped_column(Text)
+    kind: Mapped[str] = mapped_column(String(16))  # ray_job | process
+    driver_id: Mapped[str] = mapped_column(String(300))  # the Ray job's submission id | host:pid
+    restarts: Mapped[int] = mapped_column(Integer, default=0)
+    cancel_requested: Mapped[bool] = mapped_column(Boolean, default=False)
+    launched_at: Mapped[datetime] = mapped_column(default=now)
+
+
 HEARTBEAT_S = 10.0  # a driver refreshes its claim this often
+CANCEL_POLL_S = 1.0  # a driver looks for a cancel request this often
 STALE_AFTER_S = 60.0  # a claim not refreshed for this long is free (its holder hung, or died on another host)
 CLAIM_TOKEN_ENV = "SWEEPER_CLAIM_TOKEN"  # the service hands its claim to the driver it starts through this
 EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
@@ -191,9 +210,12 @@ class ClaimHeld(StoreError):
                          f"claim frees itself once the process is gone or silent for {STALE_AFTER_S:.0f} s")
 
 
-def process_owner() -> str:
-    """This process as a claim owner."""
-    return f"{socket.gethostname()}:{os.getpid()}"
+SERVICE_OWNER = "/service"  # suffix of a claim a sweep service holds until the driver it started takes it over
+
+
+def process_owner(role: str = "") -> str:
+    """This process as a claim owner (`role`: SERVICE_OWNER for a service holding a claim for its driver)."""
+    return f"{socket.gethostname()}:{os.getpid()}{role}"
 
 
 def _utc(moment: datetime) -> datetime:
@@ -208,7 +230,7 @@ def claim_alive(claim: Claim) -> bool:
     """Held, with a fresh heartbeat, and (when its owner is on this host) its process still runs."""
     if not claim.token or _age_s(claim.heartbeat_at) > STALE_AFTER_S:
         return False
-    host, _, pid = claim.owner.rpartition(":")
+    host, _, pid = claim.owner.removesuffix(SERVICE_OWNER).rpartition(":")
     if host != socket.gethostname() or not pid.isdigit():
         return True  # another machine: the heartbeat is all there is to go by
     try:  # a pid reused by another process keeps the claim only until the heartbeat ages out
@@ -222,7 +244,7 @@ def _insert_missing(session: Session, model: type[Base], **values) -> None:
     insert = {"postgresql": postgresql.insert, "sqlite": sqlite.insert}.get(session.get_bind().dialect.name)
     if insert is not None:
         session.execute(insert(model).values(**values).on_conflict_do_nothing())
-    elif session.get(model, values[model.__mapper__.primary_key[0].name]) is None:
+    elif session.get(model, tuple(values[column.name] for column in model.__mapper__.primary_key)) is None:
         session.add(model(**values))
 
 
@@ -452,6 +474,7 @@ class TrialStore:
                       "trials": gone(delete(Trial).where(Trial.sweep_id == sweep_id)),
                       "promotions": gone(delete(PromotionRecord).where(PromotionRecord.sweep_id == sweep_id))}
             gone(delete(Sweep).where(Sweep.id == sweep_id))
+            gone(delete(Driver).where(Driver.sweep == name))  # the service's record of its driver goes with it
             return counts
 
         return self._write(work)
@@ -501,17 +524,33 @@ class TrialStore:
 
     @contextmanager
     def driving(self, sweep: str, token: str | None = None) -> Iterator[str]:
-        """Hold the sweep's claim for the block (ClaimHeld if another live driver has it), with heartbeats."""
+        """Hold the sweep's claim for the block (ClaimHeld if another live driver has it), with heartbeats.
+
+        A cancel asked through the store (`request_cancel`, by any service replica) stops the block the way Ctrl+C
+        does (SIGINT: Tune saves its state); the sweep then ends `cancelled`."""
         token = self.claim(sweep, token=token or None)
-        stop = threading.Event()
+        stop, cancelled = threading.Event(), threading.Event()
         beat = threading.Thread(target=self._beat, args=(sweep, token, stop), name="sweeper-claim", daemon=True)
+        watch = threading.Thread(target=self._watch_cancel, args=(sweep, stop, cancelled), name="sweeper-cancel",
+                                 daemon=True)
         beat.start()
+        watch.start()
         try:
             yield token
         finally:
             stop.set()
             beat.join(timeout=5)
+            watch.join(timeout=5)
+            if cancelled.is_set():
+                self.settle_cancel(sweep)
             self.release(sweep, token)
+
+    def _watch_cancel(self, sweep: str, stop: threading.Event, cancelled: threading.Event) -> None:
+        while not stop.wait(CANCEL_POLL_S):
+            if self.cancel_requested(sweep):
+                cancelled.set()
+                os.kill(os.getpid(), signal.SIGINT)  # in the main thread, Tune stops as on Ctrl+C
+                return
 
     def _beat(self, sweep: str, token: str, stop: threading.Event) -> None:
         while not stop.wait(HEARTBEAT_S):
@@ -519,6 +558,53 @@ class TrialStore:
                 log.warning("sweeper: sweep %r: another driver took this driver's claim over (no heartbeat reached "
                             "the database for %.0f s)", sweep, STALE_AFTER_S)
                 return
+
+    # -- sweep drivers (the service's) ---------------------------------------------------------------
+    def record_driver(self, sweep: str, spec_path: str, kind: str, driver_id: str, restarts: int = 0,
+                      role: str = "run") -> None:
+        """The driver just started for `sweep`; a new start clears an earlier cancel request."""
+
+        def work(session: Session) -> None:
+            _insert_missing(session, Driver, sweep=sweep, role=role, spec_path="", kind=kind, driver_id="",
+                            restarts=0, cancel_requested=False, launched_at=now())
+            session.execute(update(Driver).where(Driver.sweep == sweep, Driver.role == role).values(
+                spec_path=spec_path, kind=kind, driver_id=driver_id, restarts=restarts, cancel_requested=False,
+                launched_at=now()))
+
+        self._write(work)
+
+    def driver(self, sweep: str, role: str = "run") -> Driver | None:
+        return self._read(lambda s: s.get(Driver, (sweep, role)))
+
+    def drivers(self, role: str = "run") -> list[Driver]:
+        return self._read(lambda s: list(s.scalars(select(Driver).where(Driver.role == role).order_by(Driver.sweep))))
+
+    def request_cancel(self, sweep: str) -> bool:
+        """Ask the sweep's driver to stop; False when no service started one for it."""
+        return self._write(lambda s: s.execute(update(Driver).where(Driver.sweep == sweep, Driver.role == "run")
+                                               .values(cancel_requested=True)).rowcount == 1)
+
+    def cancel_requested(self, sweep: str) -> bool:
+        """One attempt: a driver asks again in a moment, and an outage is its own story."""
+        try:
+            with self._sessions() as session:
+                return bool(session.scalar(select(Driver.cancel_requested)
+                                           .where(Driver.sweep == sweep, Driver.role == "run")))
+        except SQLAlchemyError:
+            return False
+
+    def settle_cancel(self, sweep: str, message: str = "cancelled through the API") -> None:
+        """The cancelled sweep's driver is gone: record the sweep `cancelled` (unless it completed first) and clear
+        the request, so a later run of the sweep is not stopped by it."""
+
+        def work(session: Session) -> None:
+            row = session.scalar(select(Sweep).where(Sweep.name == sweep))
+            if row is not None and row.status != "completed":
+                row.status, row.message = "cancelled", message
+            session.execute(update(Driver).where(Driver.sweep == sweep, Driver.role == "run")
+                            .values(cancel_requested=False))
+
+        self._write(work)
 
     def shown_status(self, sweep: Sweep) -> tuple[str, str]:
         """Status and message as users should read them: `queued` or `running` with no live driver behind it is

@@ -79,9 +79,15 @@ def run(spec: Spec, address: str | None = None, allow: frozenset[str] = frozense
     if problems:
         raise StorageError(problems, source="storage")
     store = open_store(spec)
+    from sweeper.search import extend_budget  # Optuna loads only when a sweep really runs
+
+    extend_budget(store, spec, os.environ.get(CLAIM_TOKEN_ENV))  # more budget continues the study; else refused
     sweep = store.open_sweep(spec.name, stored_spec(spec), spec.fingerprint(), spec.objective.metric, spec.objective.mode)
-    with store.driving(spec.name, os.environ.get(CLAIM_TOKEN_ENV)):  # one live driver per sweep, or ClaimHeld
-        return _run_claimed(spec, address, report, layout, mode, env, store, sweep)
+    try:
+        with store.driving(spec.name, os.environ.get(CLAIM_TOKEN_ENV)):  # one live driver per sweep, or ClaimHeld
+            return _run_claimed(spec, address, report, layout, mode, env, store, sweep)
+    finally:
+        controller.shutdown()  # after the promotion, whose steps ran on this Ray
 
 
 def _run_claimed(spec: Spec, address: str | None, report, layout: Layout, mode: str, env: dict[str, str],
@@ -118,8 +124,6 @@ def _run_claimed(spec: Spec, address: str | None, report, layout: Layout, mode: 
         except StoreUnavailable:
             pass  # still down: the message above is all there is to say
         raise stopped from None
-    finally:
-        controller.shutdown()
     store.update_sweep(spec.name, experiment_path=result.experiment_path)
     if not result.finished:
         store.update_sweep(spec.name, status="interrupted", message="run `sweeper run` again to resume")
@@ -132,7 +136,7 @@ def _run_claimed(spec: Spec, address: str | None, report, layout: Layout, mode: 
         return RunOutcome("failed", result.resumed, None)
     export = _export(store, spec, layout, model_path) if store.best_trial(spec.name) else None
     on_run = export and spec.promotion and spec.promotion.on_run
-    promoted = _promote(store, spec, model_path, layout) if on_run else None
+    promoted = _promote(store, spec, model_path, layout, address, env) if on_run else None
     store.update_sweep(spec.name, status="completed")  # last: whoever sees `completed` finds the export there
     summary = promoted.to_dict() if promoted else None
     if mode != "disabled":  # W&B: after the fact
@@ -205,11 +209,15 @@ def _export(store: TrialStore, spec: Spec, layout: Layout, model_path: str) -> P
         raise
 
 
-def _promote(store: TrialStore, spec: Spec, model_path: str, layout: Layout) -> PromotionResult:
-    """The spec's gates (fixed before the sweep) on the test split; the export is rewritten to say the outcome."""
+def _promote(store: TrialStore, spec: Spec, model_path: str, layout: Layout, address: str | None,
+             env: dict[str, str]) -> PromotionResult:
+    """The spec's gates (fixed before the sweep) on the test split; the export is rewritten to say the outcome.
+    The re-evaluations and seed re-trainings run on the driver's Ray, on workers like the trials'."""
+    from sweeper import controller
+
     try:
-        return promote(store, spec.name, model_path, layout.export_dir)
-    except PromotionError as exc:  # the trials are done and kept; only the promotion could not run
+        return promote(store, spec.name, model_path, layout.export_dir, controller.Workers(spec, address, env))
+    except (PromotionError, SpecError) as exc:  # the trials are done and kept; only the promotion could not run
         store.update_sweep(spec.name, status="completed", message=f"promotion failed: {exc}"[:2000])
         raise
 

@@ -8,15 +8,17 @@ kills real drivers.
 from __future__ import annotations
 
 import json
+from types import SimpleNamespace
 
 import optuna
 import pytest
+import yaml
 from helpers import synthetic_spec
 from optuna.trial import TrialState
 
-from sweeper.search import SweepSearch, close_stopped_trials, load_study, trial_key
-from sweeper.spec import load_spec
-from sweeper.store import TrialStore
+from sweeper.search import SweepSearch, close_stopped_trials, compute_used, extend_budget, grid, load_study, trial_key
+from sweeper.spec import SpecError, load_spec, outside, parse_spec
+from sweeper.store import ClaimHeld, TrialStore
 from sweeper.sweeps import stored_spec
 from trainers.base import HYPERPARAMETERS, RoundRecord
 
@@ -153,3 +155,110 @@ def test_trials_stopped_at_the_time_budget_are_closed_with_what_they_reached(swe
     close_stopped_trials(spec.name, url)
     trials = optuna.load_study(study_name=spec.name, storage=url).trials
     assert [(t.state.name, t.value) for t in trials] == [("COMPLETE", 0.4), ("PRUNED", None)]
+
+
+def opened(tmp_path, **overrides):
+    spec = load_spec(synthetic_spec(tmp_path, **overrides))
+    store = TrialStore(spec.database_url())
+    store.upgrade()
+    store.open_sweep(spec.name, stored_spec(spec), spec.fingerprint(), spec.objective.metric, spec.objective.mode)
+    return spec, spec.database_url(), store
+
+
+def test_known_configurations_are_tried_first_and_enqueued_once_across_driver_kills(tmp_path):
+    known = [{"learning_rate": 0.001, "batch_size": 32, "num_epochs": 2}, {"learning_rate": 0.005}]
+    spec, url, store = opened(tmp_path, budget={"trials": 4, "max_concurrent": 2}, search={"enqueue": known})
+    SweepSearch(spec, url)  # killed before it asked for anything: the two wait in the study
+    first = SweepSearch(spec, url)
+    a = run_trial(store, spec, first)
+    b = first.suggest()  # asked, then the driver dies
+    assert {k: a.params[k] for k in known[0]} == known[0] and b.params["learning_rate"] == 0.005
+    resumed = SweepSearch(spec, url)
+    assert [s.key for s in resumed.pending] == [b.key]
+    later = [resumed.suggest() for _ in range(3)]
+    assert [s.key for s in later] == [b.key, "t0002", "t0003"] and resumed.suggest() is None
+    assert all(s.params["learning_rate"] not in (0.001, 0.005) for s in later[1:])
+    trials = optuna.load_study(study_name=spec.name, storage=url).trials
+    assert len(trials) == 4 and [t.user_attrs.get("sweeper_enqueued") for t in trials] == [0, 1, None, None]
+    store.engine.dispose()
+
+
+def report_rounds(store, spec, search, s, rounds, finish=True):
+    for n in range(1, rounds + 1):
+        store.round_reported(spec.name, s.key, RoundRecord(n, {"accuracy": 0.1, "eval_loss": 1.0}, {}))
+        search.round_reported(s.key, n, 0.1)
+    if finish:
+        store.trial_finished(spec.name, s.key, "stopped", "asha")
+        search.finished(s.key, 0.1, error=False)
+
+
+def test_max_compute_counts_what_trials_spent_and_what_running_ones_are_started_for(tmp_path):
+    known = [{"num_epochs": 2}, {"num_epochs": 3}, {"num_epochs": 4}]  # 2 rounds an epoch (small_spec)
+    spec, url, store = opened(tmp_path, budget={"trials": 10, "max_concurrent": 2, "max_compute": 5},
+                              search={"enqueue": known})
+    search = SweepSearch(spec, url)
+    s1, s2 = search.suggest(), search.suggest()
+    for s in (s1, s2):
+        store.trial_started(spec.name, s.key, s.params)
+    assert search.suggest() is None and search.waiting_for_compute and not search.done()  # 2 + 3 committed
+    report_rounds(store, spec, search, s1, rounds=2)  # ASHA stopped it after 1 epoch: 1 + 3 committed
+    s3 = search.suggest()
+    assert s3.params["num_epochs"] == 4 and search.suggest() is None
+    store.trial_started(spec.name, s3.key, s3.params)
+    report_rounds(store, spec, search, s2, rounds=6)
+    report_rounds(store, spec, search, s3, rounds=2)  # 1 + 3 + 1 epochs spent: the budget is
+    assert search.suggest() is None and not search.waiting_for_compute and search.done()
+    store.engine.dispose()
+
+
+def test_compute_in_tokens_extrapolates_a_running_trial_at_its_own_rate_or_the_others():
+    row = lambda key, rounds, tokens: SimpleNamespace(trial_key=key, rounds=rounds, tokens_seen=tokens)  # noqa: E731
+    rows = [row("t0000", 4, 4000), row("t0001", 2, 3000)]  # 2 and 1 epochs (2 rounds an epoch)
+    assert compute_used(rows, {}, 2, "tokens") == 7000
+    assert compute_used(rows, {}, 2, "epochs") == 3
+    # t0001 runs for 3 epochs at 3000 a epoch; t0002, not yet reported, at the mean rate (2000 and 3000)
+    assert compute_used(rows, {"t0001": 3, "t0002": 2}, 2, "tokens") == 7000 + 6000 + 5000
+
+
+@pytest.mark.parametrize("kind", ["random", "grid", "gp"])
+def test_each_sampler_proposes_complete_configs_from_the_space(tmp_path, kind):
+    spec, url, store = opened(tmp_path, budget={"trials": 4, "max_concurrent": 1},
+                              search={"sampler": kind, "startup_trials": 2, "seed": 3})
+    search = SweepSearch(spec, url)
+    assert type(search.study.sampler).__name__ == {"random": "RandomSampler", "grid": "GridSampler",
+                                                   "gp": "GPSampler"}[kind]
+    made = [run_trial(store, spec, search) for _ in range(4)]  # GP models the results after 2
+    for s in made:
+        assert set(HYPERPARAMETERS) <= set(s.params) | set(spec.fixed)
+        for name, value in s.params.items():
+            assert outside(spec.space().params[name], value) is None, (name, value)
+    if kind == "grid":
+        assert all(s.params["num_epochs"] in (2, 3, 4) and s.params["warmup_ratio"] in grid(spec.space())["warmup_ratio"]
+                   for s in made)
+    store.engine.dispose()
+
+
+def test_a_finished_sweep_given_more_trials_continues_its_study_and_nothing_else_may_change(tmp_path):
+    spec, url, store = opened(tmp_path, budget={"trials": 2, "max_concurrent": 1})
+    search = SweepSearch(spec, url)
+    done = [run_trial(store, spec, search) for _ in range(2)]
+    store.update_sweep(spec.name, status="completed")
+    raw = yaml.safe_load(synthetic_spec(tmp_path, budget={"trials": 1, "max_concurrent": 1}).read_text())
+    with pytest.raises(SpecError, match="1 is below the 2 trials the sweep has already started"):
+        extend_budget(store, parse_spec(raw))
+    with pytest.raises(SpecError, match="only budget.trials, budget.max_compute and budget.time_budget_s may change"):
+        extend_budget(store, parse_spec({**raw, "budget": {"trials": 4, "max_concurrent": 1}, "seed": 99}))
+    more = parse_spec({**raw, "budget": {"trials": 4, "max_concurrent": 1, "max_compute": 100}})
+    other = store.claim(spec.name, owner="another-host:1")  # a driver elsewhere still runs it with the old budget
+    with pytest.raises(ClaimHeld):
+        extend_budget(store, more)
+    store.release(spec.name, other)
+    assert extend_budget(store, more) and not extend_budget(store, more)
+    sweep = store.get_sweep(spec.name)
+    assert (sweep.status, sweep.spec_fingerprint, sweep.spec["budget"]["trials"]) == ("interrupted", more.fingerprint(), 4)
+    store.open_sweep(more.name, stored_spec(more), more.fingerprint(), "accuracy", "max")  # no longer refused
+    again = SweepSearch(more, url)
+    later = [again.suggest() for _ in range(2)]
+    assert [s.key for s in later] == ["t0002", "t0003"] and again.suggest() is None
+    assert all(s.params != d.params for s in later for d in done)
+    store.engine.dispose()

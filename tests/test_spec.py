@@ -11,7 +11,7 @@ import pytest
 import yaml
 from helpers import EXAMPLES
 
-from sweeper.spec import SpecError, load_spec, parse_spec
+from sweeper.spec import SpecError, budget_extension_errors, load_spec, parse_spec
 
 QUICKSTART = yaml.safe_load((EXAMPLES / "restaurant8k-minilm.yaml").read_text())
 
@@ -279,7 +279,9 @@ def test_unknown_audit_codes_are_refused_with_the_known_ones():
 def test_gates_are_part_of_the_fingerprint_and_unset_sections_change_nothing():
     plain = parse_spec(mutated(), EXAMPLES)
     legacy = {k: v for k, v in plain.model_dump(mode="json").items()
-              if k not in ("audit", "promotion", "max_new_tokens")}  # sections added later, left unset
+              if k not in ("audit", "promotion", "max_new_tokens", "search")}  # sections added later, left unset
+    legacy["budget"] = {k: v for k, v in legacy["budget"].items() if k not in ("max_compute", "compute_unit")}
+    legacy["scheduler"] = {k: v for k, v in legacy["scheduler"].items() if k != "rung_unit"}
     legacy["data"] = {k: v for k, v in legacy["data"].items() if k != "prompt_template"}
     # A model block of default settings is fingerprinted as specs before the block wrote it.
     legacy["model"], legacy["data"]["max_seq_length"] = plain.model.path, plain.model.max_seq_length
@@ -287,3 +289,50 @@ def test_gates_are_part_of_the_fingerprint_and_unset_sections_change_nothing():
     gated = parse_spec(mutated(promotion={"gates": ["f1_micro >= 0.9"]}), EXAMPLES)
     moved = parse_spec(mutated(promotion={"gates": ["f1_micro >= 0.8"]}), EXAMPLES)
     assert len({plain.fingerprint(), gated.fingerprint(), moved.fingerprint()}) == 3
+
+
+def test_the_search_block_and_max_compute_left_at_their_defaults_keep_the_fingerprint():
+    plain = parse_spec(mutated(), EXAMPLES)
+    spelled = mutated(search={"sampler": "tpe", "enqueue": []}, budget={**QUICKSTART["budget"], "compute_unit": "epochs"})
+    assert parse_spec(spelled, EXAMPLES).fingerprint() == plain.fingerprint()
+    for search in ({"sampler": "random"}, {"startup_trials": 5}, {"seed": 3}, {"enqueue": [{"batch_size": 16}]}):
+        assert parse_spec(mutated(search=search), EXAMPLES).fingerprint() != plain.fingerprint(), search
+    capped = mutated(budget={**QUICKSTART["budget"], "max_compute": 20})
+    assert parse_spec(capped, EXAMPLES).fingerprint() != plain.fingerprint()
+
+
+def test_enqueued_configurations_are_checked_against_the_search_space():
+    errors = errors_of(mutated(search={"sampler": "annealing", "startup_trials": -1},
+                               budget={"trials": 2, "max_compute": 0}))
+    assert "'tpe', 'gp', 'random' or 'grid'" in errors["search.sampler"], errors
+    assert "greater than or equal to 0" in errors["search.startup_trials"]
+    assert "greater than 0" in errors["budget.max_compute"]
+    errors = errors_of(mutated(search={"enqueue": [
+        {"learning_rate": 1e-3, "batch_size": 16},
+        {"learning_rate": 0.5, "batch_size": 24, "num_epochs": 2.5, "lr_scheduler_type": True},
+        {"lora_rank": 8, "warmup_ratio": "high"}]}, budget={"trials": 2}))
+    assert "3 configurations, but budget.trials is 2" in errors["search.enqueue"], errors
+    assert "0.5 is outside the range [0.0001, 0.02]" in errors["search.enqueue[1].learning_rate"]
+    assert "24 is not one of the choices [16, 32]" in errors["search.enqueue[1].batch_size"]
+    assert "2.5 is not a whole number" in errors["search.enqueue[1].num_epochs"]
+    assert "True is not one of the choices" in errors["search.enqueue[1].lr_scheduler_type"]
+    assert "not a searched parameter; searched: learning_rate" in errors["search.enqueue[2].lora_rank"]
+    assert "'high' is not a number" in errors["search.enqueue[2].warmup_ratio"]
+    assert not any(k.startswith("search.enqueue[0]") for k in errors)
+
+
+def test_a_sweep_may_continue_with_a_larger_budget_and_nothing_else_changed():
+    old = parse_spec(mutated(), EXAMPLES)
+    more = parse_spec(mutated(budget={**QUICKSTART["budget"], "trials": 20, "max_compute": 50,
+                                      "time_budget_s": 3600}), EXAMPLES)
+    assert more.fingerprint() != old.fingerprint()
+    assert budget_extension_errors(old, more, trials_started=8, compute_spent=24.0) == []
+    fewer = parse_spec(mutated(budget={**QUICKSTART["budget"], "trials": 5, "max_compute": 10}), EXAMPLES)
+    errors = dict(budget_extension_errors(old, fewer, trials_started=8, compute_spent=24.0))
+    assert "5 is below the 8 trials the sweep has already started" in errors["budget.trials"]
+    assert "10 is below the 24 epochs the sweep has already spent" in errors["budget.max_compute"]
+    other = parse_spec(mutated(budget={**QUICKSTART["budget"], "trials": 20}, seed=8), EXAMPLES)
+    assert "only budget.trials, budget.max_compute and budget.time_budget_s may change" in \
+        budget_extension_errors(old, other, 8, 24.0)[0][1]
+    wider = parse_spec(mutated(budget={**QUICKSTART["budget"], "max_concurrent": 4}), EXAMPLES)
+    assert budget_extension_errors(old, wider, 8, 24.0)[0][0] == ""

@@ -27,6 +27,7 @@ from trainers.base import Reporter, TrialConfig, TrialOutcome
 from trainers.metrics import field_f1, pooled_loss
 
 IGNORE = hf_loop.IGNORE
+Pair = tuple[list[int], list[int]]  # a row's (prompt tokens, answer tokens)
 DEFAULT_PROMPT = ("Extract these fields from the text: {fields}. Answer with one JSON object with exactly these keys; "
                   "use null for a field the text does not give.\n\nText:\n{text}")
 GENERATION_BATCH = 16  # bounds memory of the decoding cache
@@ -46,7 +47,7 @@ def as_prompt(example, schema: list[str], template: str | None) -> PromptExample
     return PromptExample(request, answer, example.text)
 
 
-def conversation(tokenizer, example: PromptExample) -> tuple[list[int], list[int]]:
+def conversation(tokenizer, example: PromptExample) -> Pair:
     """(prompt tokens, answer tokens): what the model reads, and what it must write up to its end of turn.
 
     With a chat template the answer is the assistant turn as the template renders it (its end-of-turn marker
@@ -70,11 +71,7 @@ def as_row(prompt: list[int], answer: list[int], max_length: int) -> dict[str, l
     return {"input_ids": input_ids, "attention_mask": [1] * len(input_ids), "labels": labels}
 
 
-def encode(tokenizer, example: PromptExample, max_length: int) -> dict[str, list[int]]:
-    return as_row(*conversation(tokenizer, example), max_length)
-
-
-def misfit(pairs: list[tuple[list[int], list[int]]], max_length: int, rows: list[str], where: str) -> str | None:
+def misfit(pairs: list[Pair], max_length: int, rows: list[str], where: str) -> str | None:
     """Why some (prompt, answer) rows cannot be trained on in `max_length` tokens, or None: a cut answer teaches the
     model to stop mid-JSON, and no answer at all makes the loss NaN."""
     needed = [len(prompt) + len(answer) for prompt, answer in pairs]
@@ -89,8 +86,7 @@ def misfit(pairs: list[tuple[list[int], list[int]]], max_length: int, rows: list
 class SftData:
     """Encoded rows; a row whose answer does not fit in `max_length` tokens is refused, not trained on cut."""
 
-    def __init__(self, tokenizer, examples: list[PromptExample], max_length: int, path: str):
-        pairs = [conversation(tokenizer, e) for e in examples]
+    def __init__(self, pairs: list[Pair], max_length: int, path: str):
         problem = misfit(pairs, max_length, [f"row {i + 1}" for i in range(len(pairs))], path)
         if problem:
             raise ValueError(problem)
@@ -103,11 +99,11 @@ class SftData:
         return self.rows[i]
 
 
-def answer_budget(tokenizer, examples: list[PromptExample], setting: int | None) -> int:
+def answer_budget(pairs: list[Pair], setting: int | None) -> int:
     """Tokens a generated answer may take: the spec's `max_new_tokens`, else the longest train answer + a quarter."""
     if setting:
         return setting
-    longest = max(len(conversation(tokenizer, e)[1]) for e in examples)
+    longest = max(len(answer) for _, answer in pairs)
     return longest + max(8, longest // 4)
 
 
@@ -175,13 +171,18 @@ class Asking:
     max_new_tokens: int = 64
 
     @classmethod
-    def for_trial(cls, config: TrialConfig, tokenizer, train_examples: list) -> Asking:
+    def for_trial(cls, config: TrialConfig, tokenizer, train_examples: list) -> tuple[Asking, list[Pair]]:
+        """The trial's way of asking, and the train rows encoded with it (the answer budget is read from them)."""
         asking = cls(field_schema(train_examples) if has_fields(train_examples) else [], config.data.prompt_template)
-        asking.max_new_tokens = answer_budget(tokenizer, asking.prompts(train_examples), config.max_new_tokens)
-        return asking
+        train = asking.encode(tokenizer, train_examples)
+        asking.max_new_tokens = answer_budget(train, config.max_new_tokens)
+        return asking, train
 
     def prompts(self, examples: list) -> list[PromptExample]:
         return [as_prompt(e, self.schema, self.template) for e in examples]
+
+    def encode(self, tokenizer, examples: list) -> list[Pair]:
+        return [conversation(tokenizer, p) for p in self.prompts(examples)]
 
 
 def gold(example):
@@ -217,10 +218,8 @@ def data_problems(model_path: str, max_seq_length: int, prompt_template: str | N
     tokenizer = AutoTokenizer.from_pretrained(model_path)
     asking = Asking(field_schema(splits["train"].examples) if has_fields(splits["train"].examples) else [],
                     prompt_template)
-    problems = []
-    for role, data in splits.items():
-        pairs = [conversation(tokenizer, p) for p in asking.prompts(data.examples)]
-        problems.append(misfit(pairs, max_seq_length, data.rows, f"data.{role}"))
+    problems = [misfit(asking.encode(tokenizer, data.examples), max_seq_length, data.rows, f"data.{role}")
+                for role, data in splits.items()]
     return [p for p in problems if p]
 
 
@@ -236,9 +235,9 @@ def train(config: TrialConfig, reporter: Reporter) -> TrialOutcome:
     train_examples = config.data.read("train")
     holdout_examples = config.data.read("holdout")
     tokenizer = load_tokenizer(config)
-    asking = Asking.for_trial(config, tokenizer, train_examples)
-    train_data = SftData(tokenizer, asking.prompts(train_examples), config.max_seq_length, config.data.train)
-    holdout_data = SftData(tokenizer, asking.prompts(holdout_examples), config.max_seq_length, config.data.holdout)
+    asking, train_pairs = Asking.for_trial(config, tokenizer, train_examples)
+    train_data = SftData(train_pairs, config.max_seq_length, config.data.train)
+    holdout_data = SftData(asking.encode(tokenizer, holdout_examples), config.max_seq_length, config.data.holdout)
     tokenize_s = time.perf_counter() - started
 
     prepared = hf_loop.Prepared(
@@ -257,9 +256,9 @@ def train(config: TrialConfig, reporter: Reporter) -> TrialOutcome:
 def predict(config: TrialConfig, adapter_dir: str, examples: list) -> list[dict]:
     """Per example: the gold answer, the greedy answer, and the summed loss of the gold answer's tokens."""
     tokenizer = load_tokenizer(config)
-    asking = Asking.for_trial(config, tokenizer, config.data.read("train"))
-    prompts = asking.prompts(examples)
-    rows = [encode(tokenizer, p, config.max_seq_length) for p in prompts]
+    asking, _ = Asking.for_trial(config, tokenizer, config.data.read("train"))
+    pairs = asking.encode(tokenizer, examples)
+    rows = [as_row(prompt, answer, config.max_seq_length) for prompt, answer in pairs]
     model = hf_loop.load_adapter(lambda: hf_loop.load_base(AutoModelForCausalLM, config), adapter_dir, config)
     collate = pad_collator(tokenizer.pad_token_id)
     device = next(model.parameters()).device
@@ -270,7 +269,7 @@ def predict(config: TrialConfig, adapter_dir: str, examples: list) -> list[dict]
             logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
         losses += hf_loop.example_losses(logits, batch["labels"], shift=True)
     with torch.no_grad():
-        answers = generate(model, tokenizer, [conversation(tokenizer, p)[0] for p in prompts], asking.max_new_tokens)
+        answers = generate(model, tokenizer, [prompt for prompt, _ in pairs], asking.max_new_tokens)
     return [{"gold": gold(e), "answer": answer, "loss": loss, "tokens": tokens}
             for e, answer, (loss, tokens) in zip(examples, answers, losses)]
 

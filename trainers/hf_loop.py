@@ -183,7 +183,9 @@ class RoundReporter(TrainerCallback):
         self.step_started = time.perf_counter()
 
     def on_step_end(self, args, state, control, **kwargs):
-        self.timings["time_train_s"] += time.perf_counter() - self.step_started
+        seconds = time.perf_counter() - self.step_started
+        self.timings["time_train_s"] += seconds
+        self.timings.setdefault("time_first_step_s", seconds)  # warm-up included: the budget probe sets it apart
         if self.reporter.stop_requested():
             control.should_training_stop = True
 
@@ -209,6 +211,8 @@ class RoundReporter(TrainerCallback):
             "epoch": round(state.epoch or 0.0, 4),
             "train_loss": _last_train_loss(state),
             "examples_seen": state.global_step * self.config.hparams.batch_size,
+            "steps": state.global_step,  # optimizer steps so far: what ASHA counts with `scheduler.rung_unit: steps`
+            "train_rows": len(self.prepared.train_dataset),  # after windowing: what a round's steps are counted on
             "tokens_seen": tokens,
             "stop_reason": _stop_reason(state, self.config, self.round_steps) if control.should_training_stop else "",
             **{k: round(v, 4) for k, v in self.timings.items()},

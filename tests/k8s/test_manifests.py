@@ -328,10 +328,15 @@ def test_service_reaches_the_api_and_the_api_reaches_the_raycluster():
         assert probe["httpGet"]["path"] == "/health" and probe["httpGet"]["port"] in ("http", 8000)
     assert api["resources"]["requests"] and api["resources"]["limits"]
     assert deployment["spec"]["template"]["spec"]["securityContext"]["runAsNonRoot"] is True
-    # KubeRay names the head Service <RayCluster name>-head-svc; 10001 is the Ray Client port.
-    assert env(api)[RAY_ADDRESS]["value"] == f"ray://{cluster['metadata']['name']}-head-svc:10001"
+    # KubeRay names the head Service <RayCluster name>-head-svc; 8265 is the dashboard, where Ray jobs are submitted.
+    assert env(api)[RAY_ADDRESS]["value"] == f"http://{cluster['metadata']['name']}-head-svc:8265"
     head = ray_pod_specs(cluster)["head"]["containers"][0]
-    assert 10001 in {p["containerPort"] for p in head["ports"]}
+    assert 8265 in {p["containerPort"] for p in head["ports"]}
+    # What the service writes (specs, exports, logs) is on the volume the Ray head mounts at the same path.
+    root = env(api)["SWEEPER_SERVICE_ROOT"]["value"]
+    mounts = [m["mountPath"] for m in head.get("volumeMounts", [])]
+    assert any(root.startswith(m + "/") for m in mounts) and any(root.startswith(m["mountPath"] + "/")
+                                                                  for m in api["volumeMounts"])
 
 
 # --- the validators catch mistakes (each must fail on a broken object) ----------------------
@@ -406,8 +411,9 @@ def test_image_tags_and_the_dockerfile_follow_the_versions_pyproject_pins():
     import tomllib
 
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
-    pins = dict(re.match(r"([A-Za-z_\[\]]+)==(.+)", d).groups() for d in project["dependencies"] if "==" in d)
-    version, ray, torch = project["version"], pins["ray[tune]"], pins["torch"]
+    pins = dict(re.match(r"([A-Za-z0-9_.-]+)(?:\[[^\]]*\])?==(.+)", d).groups() for d in project["dependencies"]
+                if "==" in d)  # name (extras dropped) -> pinned version
+    version, ray, torch = project["version"], pins["ray"], pins["torch"]
     for overlay in OVERLAYS:
         kustomization = yaml.safe_load((K8S / "overlays" / overlay / "kustomization.yaml").read_text())
         (image,) = kustomization["images"]

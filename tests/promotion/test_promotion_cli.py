@@ -54,7 +54,7 @@ def test_a_sweep_is_not_promoted_when_a_field_misses_its_gate(tmp_path, shared_r
     db = tmp_path / "state" / "sweeper.db"
 
     run_cli(["run", spec, "--address", shared_ray], tmp_path, check=True)
-    result = run_cli(["promote", "small-sweep", "--db", f"sqlite:///{db}"], tmp_path)
+    result = run_cli(["promote", "small-sweep", "--db", f"sqlite:///{db}", "--address", shared_ray], tmp_path)
     output = " ".join(result.stdout.split())
     assert result.returncode == 3, result.stdout + result.stderr
     assert "NOT PROMOTED" in output and "f1_time >= 0.05 (lower bound" in output

@@ -55,7 +55,8 @@ def test_every_operation_is_fuzzed(operations):
     assert {op.label for op in operations} >= {"GET /health", "POST /sweeps", "GET /sweeps", "GET /sweeps/{name}",
                                                "GET /sweeps/{name}/trials", "POST /sweeps/{name}/cancel",
                                                "GET /sweeps/{name}/export", "GET /sweeps/{name}/trials/{trial_key}/rounds",
-                                               "GET /compare", "POST /sweeps/{name}/promote"}
+                                               "GET /compare", "POST /sweeps/{name}/promote",
+                                               "GET /sweeps/{name}/promotion"}
 
 
 def test_no_server_errors_with_a_token(operations):

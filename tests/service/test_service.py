@@ -71,7 +71,7 @@ def test_auth_confinement_and_limits(tmp_path, make_service):
     spec = submittable_spec(tmp_path)
     for method, path in [("get", "/sweeps"), ("get", "/sweeps/x"), ("get", "/sweeps/x/trials"),
                          ("get", "/sweeps/x/trials/t/rounds"), ("post", "/sweeps/x/cancel"),
-                         ("get", "/sweeps/x/export")]:
+                         ("get", "/sweeps/x/export"), ("post", "/sweeps/x/promote"), ("get", "/sweeps/x/promotion")]:
         for headers in (anonymous, {"Authorization": "Bearer wrong-token-0123456789"}):
             response = service.client.request(method, path, headers=headers)
             assert response.status_code == 401, (method, path, response.text)
@@ -99,7 +99,7 @@ def test_auth_confinement_and_limits(tmp_path, make_service):
                                   headers={"Content-Type": "application/json"})
     assert chunked.status_code == 413
     assert service.client.get("/sweeps").json() == []
-    log = (tmp_path / "service.log").read_text()
+    log = service.log.read_text()
     assert "test-token-0123456789abcdef" not in log
 
 
@@ -138,10 +138,15 @@ def test_submit_watch_and_download(tmp_path, make_service, backend, request, sha
     assert done["trials"] == 3 and done["best_trial"]
     page = service.client.get("/sweeps/svc-sweep/trials", params={"limit": 2, "offset": 1}).json()
     assert page["total"] == 3 and len(page["items"]) == 2
-    if real:
-        promotion = service.client.post("/sweeps/svc-sweep/promote")
-        assert promotion.status_code == 200, promotion.text
-        assert promotion.json()["status"] == "PROMOTED" and promotion.json()["split"] == "test"
+    if real:  # started where the sweeps run (here: a local `sweeper promote`), never in the request
+        started = service.client.post("/sweeps/svc-sweep/promote")
+        assert started.status_code == 202 and started.json()["status"] == "promoting", started.text
+        assert service.client.post("/sweeps/svc-sweep/promote").status_code == 409  # one at a time
+        state = service.wait_for(lambda: (p := service.client.get("/sweeps/svc-sweep/promotion").json())["state"]
+                                 != "running" and p, every=0.5)
+        assert state["state"] == "finished", state
+        promotion = state["result"]
+        assert promotion["status"] == "PROMOTED" and promotion["split"] == "test"
     export = service.client.get("/sweeps/svc-sweep/export")
     assert export.status_code == 200 and export.headers["content-type"] == "application/zip"
     model_file = "adapter/adapter_config.json" if real else "adapter/synthetic_state.json"
@@ -150,7 +155,7 @@ def test_submit_watch_and_download(tmp_path, make_service, backend, request, sha
         record = json.loads(archive.read("winner.json"))
     assert record["winner"]["trial_key"] == done["best_trial"]
     if real:
-        assert record["promotion"]["promoted"] == promotion.json()["promoted"]  # the export says the outcome
+        assert record["promotion"]["promoted"] == promotion["promoted"]  # the export says the outcome
 
     # The CLI's remote mode drives the same service.
     env = {**service.env, "SWEEPER_API_TOKEN": service.token}

@@ -12,8 +12,8 @@ from trainers.causal_lm_sft import (
     SftData,
     answer_budget,
     as_prompt,
+    as_row,
     conversation,
-    encode,
     exact_match,
     extraction_metrics,
     generation_metrics,
@@ -30,7 +30,7 @@ def tokenizer(smollm2_path):
 
 def test_chat_template_prompt_is_masked_and_only_the_answer_turn_is_learned(tokenizer):
     example = PromptExample("Say hello.", "Hello there!")
-    row = encode(tokenizer, example, max_length=256)
+    row = as_row(*conversation(tokenizer, example), max_length=256)
     prompt, answer = conversation(tokenizer, example)
     n_prompt = len(prompt)
     shown = tokenizer.decode(row["input_ids"][:n_prompt])
@@ -46,12 +46,12 @@ def test_chat_template_prompt_is_masked_and_only_the_answer_turn_is_learned(toke
 def test_a_row_whose_answer_does_not_fit_is_refused_not_cut(tokenizer):
     example = PromptExample("Say hello.", "Hello there, how are you doing today?")
     prompt, answer = conversation(tokenizer, example)
-    row = encode(tokenizer, example, max_length=len(prompt) + 2)  # predict's rows may be cut: aligned
+    row = as_row(prompt, answer, max_length=len(prompt) + 2)  # predict's rows may be cut: aligned
     assert len(row["input_ids"]) == len(row["labels"]) == len(row["attention_mask"]) == len(prompt) + 2
     assert row["labels"][len(prompt):] == row["input_ids"][len(prompt):]
     with pytest.raises(ValueError, match=f"1 row\\(s\\) \\(first: row 1\\) do not fit in max_seq_length="
                                          f"{len(prompt) + 2} .*\\(the longest needs {len(prompt) + len(answer)}\\)"):
-        SftData(tokenizer, [example], len(prompt) + 2, "holdout.jsonl")
+        SftData([(prompt, answer)], len(prompt) + 2, "holdout.jsonl")
 
 
 def test_collator_pads_right_with_ignored_labels():
@@ -78,9 +78,10 @@ def test_rows_with_fields_ask_for_every_schema_field_and_answer_in_json_with_nul
 
 def test_answer_budget_is_the_longest_train_answer_and_a_margin_unless_set(tokenizer):
     rows = [PromptExample("q", "short"), PromptExample("q", "a much longer answer " * 8)]
-    longest = len(conversation(tokenizer, rows[1])[1])
-    assert answer_budget(tokenizer, rows, None) == longest + max(8, longest // 4)
-    assert answer_budget(tokenizer, rows, 7) == 7
+    pairs = [conversation(tokenizer, row) for row in rows]
+    longest = len(pairs[1][1])
+    assert answer_budget(pairs, None) == longest + max(8, longest // 4)
+    assert answer_budget(pairs, 7) == 7
 
 
 def test_parse_and_score_generated_json():
