@@ -32,6 +32,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from sweeper.audit import audit
 from sweeper.compare import CompareError, Comparison, TrialStatus, compare
 from sweeper.datasets import DataError
+from sweeper.search import extend_budget
 from sweeper.settings import ServiceSettings
 from sweeper.spec import Spec, SpecError, parse_spec, stored_spec
 from sweeper.store import ClaimHeld, StoreError, TrialStore
@@ -314,11 +315,6 @@ def create_app(settings: ServiceSettings) -> FastAPI:
               responses={409: {}, 413: {}, 422: {"model": list[ErrorItem]}, 503: {}})
     def submit(body: SweepCreate) -> Accepted:
         spec = _service_spec(_raw_spec(body), settings)
-        existing = store.get_sweep(spec.name)
-        if existing is not None and existing.spec_fingerprint != spec.fingerprint():
-            raise _problem(409, f"sweep {spec.name!r} exists with a different spec; give the new one another name")
-        if existing is not None and existing.status == "completed":
-            raise _problem(409, f"sweep {spec.name!r} is already completed")
         with launching:
             if supervisor.active_count() >= settings.max_active_sweeps:
                 raise _problem(503, f"the service already runs {settings.max_active_sweeps} sweep(s); try again later")
@@ -327,6 +323,7 @@ def create_app(settings: ServiceSettings) -> FastAPI:
             except ClaimHeld as exc:
                 raise _problem(409, str(exc)) from None
             try:
+                check_resubmission(spec, token)
                 queue(spec, token)
             except LaunchError as exc:
                 store.release(spec.name, token)
@@ -335,6 +332,19 @@ def create_app(settings: ServiceSettings) -> FastAPI:
                 store.release(spec.name, token)
                 raise
         return Accepted(name=spec.name, status="queued")
+
+    def check_resubmission(spec: Spec, token: str) -> None:
+        """A sweep of that name may come again with more budget (it continues its study), never changed otherwise."""
+        try:
+            if extend_budget(store, spec, token):
+                return
+        except SpecError as exc:
+            raise _problem(409, [{"path": p, "message": m} for p, m in exc.errors]) from None
+        existing = store.get_sweep(spec.name)
+        if existing is not None and existing.spec_fingerprint != spec.fingerprint():
+            raise _problem(409, f"sweep {spec.name!r} exists with a different spec; give the new one another name")
+        if existing is not None and existing.status == "completed":
+            raise _problem(409, f"sweep {spec.name!r} is already completed; raise its budget to continue it")
 
     def queue(spec: Spec, token: str) -> None:
         """Record the sweep as queued and start its driver, handing it the claim."""

@@ -399,9 +399,13 @@ def budget_extension_errors(old: Spec, new: Spec, trials_started: int, compute_s
     update = {"budget": old.budget.model_copy(update={k: getattr(new.budget, k) for k in GROWABLE_BUDGET})}
     if new.storage.database_url and safe_url(new.storage.database_url) == old.storage.database_url:
         update["storage"] = new.storage  # the stored spec has the URL without its password
-    if old.model_copy(update=update).fingerprint() != new.fingerprint():
-        return [("", "only budget.trials, budget.max_compute and budget.time_budget_s may change when a sweep "
-                     "continues; give a spec with other changes another `name:`")]
+    kept = old.model_copy(update=update)
+    if kept.fingerprint() != new.fingerprint():
+        message = ("differs from the sweep's recorded spec; only budget.trials, budget.max_compute and "
+                   "budget.time_budget_s may change when a sweep continues: give a spec with other changes another "
+                   "`name:`")
+        return [(path, message) for path in _changed(kept.model_dump(mode="json"), new.model_dump(mode="json"))
+                ] or [("", message)]
     errors = []
     if new.budget.trials < trials_started:
         errors.append(("budget.trials", f"{new.budget.trials} is below the {trials_started} trials the sweep has "
@@ -410,6 +414,18 @@ def budget_extension_errors(old: Spec, new: Spec, trials_started: int, compute_s
         errors.append(("budget.max_compute", f"{new.budget.max_compute:g} is below the {compute_spent:g} "
                        f"{new.budget.compute_unit} the sweep has already spent"))
     return errors
+
+
+def _changed(old: dict, new: dict, prefix: str = "") -> list[str]:
+    """The dotted paths whose values differ between two dumped specs."""
+    paths = []
+    for key in sorted(set(old) | set(new)):
+        a, b = old.get(key), new.get(key)
+        if isinstance(a, dict) and isinstance(b, dict):
+            paths += _changed(a, b, f"{prefix}{key}.")
+        elif a != b:
+            paths.append(f"{prefix}{key}")
+    return paths
 
 
 def _model_errors(spec: Spec) -> list[tuple[str, str]]:

@@ -332,7 +332,7 @@ def test_a_sweep_may_continue_with_a_larger_budget_and_nothing_else_changed():
     assert "5 is below the 8 trials the sweep has already started" in errors["budget.trials"]
     assert "10 is below the 24 epochs the sweep has already spent" in errors["budget.max_compute"]
     other = parse_spec(mutated(budget={**QUICKSTART["budget"], "trials": 20}, seed=8), EXAMPLES)
-    assert "only budget.trials, budget.max_compute and budget.time_budget_s may change" in \
-        budget_extension_errors(old, other, 8, 24.0)[0][1]
+    (path, message), = budget_extension_errors(old, other, 8, 24.0)
+    assert path == "seed" and "only budget.trials, budget.max_compute and budget.time_budget_s may change" in message
     wider = parse_spec(mutated(budget={**QUICKSTART["budget"], "max_concurrent": 4}), EXAMPLES)
-    assert budget_extension_errors(old, wider, 8, 24.0)[0][0] == ""
+    assert [path for path, _ in budget_extension_errors(old, wider, 8, 24.0)] == ["budget.max_concurrent"]

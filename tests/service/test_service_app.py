@@ -241,3 +241,25 @@ def _utf8(path: Path) -> bool:
         return True
     except UnicodeDecodeError:
         return False
+
+
+def test_a_completed_sweep_given_more_budget_continues_and_any_other_change_is_refused(tmp_path, fake_drivers):
+    settings = settings_for(tmp_path)
+    store = TrialStore(settings.database_url.get_secret_value())
+    store.upgrade()
+    spec = spec_for(tmp_path)
+    parsed = parse_spec({**spec, "storage": {"root": str(settings.root)}}, settings.data_roots[0])  # as submitted
+    store.open_sweep(parsed.name, stored_spec(parsed), parsed.fingerprint(), "eval_loss", "min")
+    store.update_sweep(parsed.name, status="completed")
+    again, = call(settings, [("POST", "/sweeps", {"json": {"spec": spec}})])
+    assert again.status_code == 409 and "raise its budget" in again.json()["detail"], again.text
+    changed = {**spec, "seed": spec.get("seed", 0) + 1, "budget": {**spec["budget"], "trials": 4}}
+    refused, = call(settings, [("POST", "/sweeps", {"json": {"spec": changed}})])
+    assert refused.status_code == 409 and not fake_drivers, refused.text
+    assert any(item["path"] == "seed" for item in refused.json()["detail"]), refused.text
+    more = {**spec, "budget": {**spec["budget"], "trials": 4}}
+    continued, = call(settings, [("POST", "/sweeps", {"json": {"spec": more}})])
+    assert continued.status_code == 202, continued.text
+    assert len(fake_drivers) == 1
+    sweep = store.get_sweep(parsed.name)
+    assert sweep.status == "queued" and sweep.spec["budget"]["trials"] == 4
