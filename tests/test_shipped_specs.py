@@ -1,4 +1,5 @@
-"""Every spec the repository ships passes `sweeper validate`: the examples, and the one the k8s RayJob runs.
+"""Every spec the repository ships passes `sweeper validate`: the examples, the one the k8s RayJob runs, and the
+spec reference in README.md.
 
 The RayJob's spec names paths in the image (/home/ray/app is this checkout, copied by the Dockerfile), so it is
 validated with that prefix pointed at this checkout.
@@ -39,3 +40,14 @@ def test_the_rayjob_spec_validates_and_tunes_a_causal_lm_on_gpus(tmp_path):
     spec = load_spec(spec_file)
     assert spec.task == "causal_lm_sft" and spec.resources.gpus >= 1
     assert spec.storage.root.startswith("/mnt/sweeper/")  # the shared volume the manifests mount
+
+
+def test_the_readmes_spec_reference_validates(tmp_path):
+    readme = (ROOT / "README.md").read_text()
+    start = readme.index("## The spec\n\n```yaml\n") + len("## The spec\n\n```yaml\n")
+    spec_file = EXAMPLES / f".readme-spec-{tmp_path.name}.yaml"  # beside the examples: its paths are relative
+    spec_file.write_text(readme[start:readme.index("```", start)])
+    try:
+        validate(spec_file)
+    finally:
+        spec_file.unlink()
