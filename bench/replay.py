@@ -31,7 +31,8 @@ Policies, each with the objects the product or the library builds (no copies):
                (Ray's ASHAScheduler, driven through on_trial_add / on_trial_result / on_trial_complete as Tune's
                controller calls them), the worker's patience rule (transformers' EarlyStoppingCallback itself,
                fed eval_loss, with the Trainer's best-metric update), and trials closed with `sweeper.search.tell`.
-  sweeper_*    variants of sweeper's default for part 2 of issue 13 (see VARIANTS).
+  sweeper_*    variants of sweeper's default for part 2 of issue 13 (ROUND1_VARIANTS, VARIANTS, THIRD_PASS; run any
+               by name with --policies, e.g. `--policies sweeper,sweeper_rungs_loss`: paired results need sweeper).
 
 Reported per policy: compute to reach 95% and 99% of the table's best holdout value (median and IQR over seeds; a
 seed that never reaches it counts as infinite, so a median can be "not reached"), how many seeds reach it, the
@@ -315,10 +316,14 @@ class SweeperPolicy:
     """sweeper's default search, from sweeper's own constructors (see the module docstring).
 
     `pruned`: close a trial that ASHA or patience stopped as PRUNED (its intermediate values stay in the study)
-    instead of COMPLETE; `startup`, `multivariate`: sampler settings to try (part 2 of issue 13)."""
+    instead of COMPLETE; `startup`, `multivariate`: sampler settings to try (part 2 of issue 13). Third pass:
+    `rungs` = dict(metric="objective" | "loss", min_trials, margin): adaptive_halving.AdaptiveHalving (bench/adaptive_halving.py) instead of
+    Ray's ASHA (min_trials 1, margin 0 decide as ASHA does); `lr_first` = k: the first k trials spread over the
+    learning rate (see lr_first_points), then the sampler; with `lr_only` the other parameters of those k are the
+    sampler's (random start-up draws), not the middle values."""
 
     def __init__(self, spec, seed, pruned=False, startup=None, multivariate=False, patience=True, scheduler=None,
-                 gp=False, brackets=1):
+                 gp=False, brackets=1, rungs=None, lr_first=0, bracket_metric="objective", lr_only=False):
         import optuna
 
         from sweeper import search
@@ -339,28 +344,39 @@ class SweeperPolicy:
         self.study = optuna.create_study(direction="minimize" if spec.objective.mode == "min" else "maximize",
                                          sampler=sampler)
         self.scheduler = _scheduler(spec)
+        self.rung_metric = "objective"
+        if rungs is not None:
+            self.scheduler, self.rung_metric = RungsScheduler(spec, **rungs), rungs.get("metric", "objective")
         if brackets > 1:  # Hyperband-style: the same ASHA settings over several brackets (first rungs 1, 2, 4 ...)
             from ray.tune.schedulers import AsyncHyperBandScheduler
 
             s = spec.scheduler
-            self.scheduler = AsyncHyperBandScheduler(time_attr="round", metric="objective", mode=spec.objective.mode,
+            self.rung_metric = bracket_metric
+            mode = "min" if bracket_metric == "loss" else spec.objective.mode
+            self.scheduler = AsyncHyperBandScheduler(time_attr="round", metric=bracket_metric, mode=mode,
                                                      max_t=spec.max_rounds(), grace_period=s.grace_period,
                                                      reduction_factor=s.reduction_factor, brackets=brackets)
         self.patience = patience
+        for params in lr_first_points(spec.space(), lr_first, seed):
+            # lr_only: only the learning rate is fixed; the sampler draws the rest (at random: start-up trials)
+            self.study.enqueue_trial({"learning_rate": params["learning_rate"]} if lr_only else params)
         np.random.seed(seed)
 
     def ask(self, number):
         trial = self.study.ask()
         constants = self.spec.space().sample(trial)  # SweepSearch._suggestion
         handle = SimpleNamespace(trial=trial, trial_id=f"t{number}", best=-math.inf, result=None,
-                                 patience=Patience(self.spec.early_stopping.patience, self.spec.early_stopping.min_delta))
+                                 patience=Patience(self.spec.early_stopping.patience, self.spec.early_stopping.min_delta),
+                                 loss=math.inf)
         self.scheduler.on_trial_add(None, handle)
         return handle, {**trial.params, **constants}
 
     def report(self, h, round_, value, loss, last, steps):
         if not math.isnan(value):
             h.best = max(h.best, value)  # TuneReporter: `objective` is the best value so far
-        h.result = {"round": round_, "objective": h.best}
+        if not math.isnan(loss):
+            h.loss = min(h.loss, loss)  # a rung judged on holdout loss: the best loss so far, like the objective
+        h.result = {"round": round_, "objective": h.best, "loss": h.loss}
         stop_by_worker = self.patience and not last and h.patience.stop(loss)
         decision = self.scheduler.on_trial_result(None, h, h.result)
         if decision == "STOP":
@@ -381,6 +397,57 @@ class SweeperPolicy:
             self.study.tell(h.trial.number, state=optuna.trial.TrialState.PRUNED)
         else:
             self.search.tell(self.study, h.trial.number, h.best, error=False)
+
+
+class RungsScheduler:
+    """adaptive_halving.AdaptiveHalving (bench/adaptive_halving.py) behind the three calls the replay makes of a Tune scheduler, on the
+    spec's rungs (grace period, reduction factor, max rounds); `metric` "loss" judges the best holdout loss so far."""
+
+    def __init__(self, spec, metric="objective", min_trials=4, margin=0.1):
+        from adaptive_halving import AdaptiveHalving
+
+        mode = "min" if metric == "loss" else spec.objective.mode
+        self.metric = metric
+        self.rungs = AdaptiveHalving(spec.scheduler.grace_period, spec.scheduler.reduction_factor, spec.max_rounds(),
+                                     mode, min_trials=min_trials, margin=margin)
+
+    def on_trial_add(self, runner, trial):
+        pass
+
+    def on_trial_result(self, runner, trial, result):
+        value = result[self.metric]
+        value = math.nan if math.isinf(value) else value  # no finite value yet: nothing to judge
+        return STOP if self.rungs.stop(trial.trial_id, result["round"], value) else CONTINUE
+
+    def on_trial_complete(self, runner, trial, result):
+        pass
+
+
+def lr_first_points(space, k: int, seed: int) -> list[dict]:
+    """Learning-rate-first start-up: k configurations whose learning rates stratify the (log) range, one at a seeded
+    random place in each of k equal slices, in a seeded random order; every other parameter at its middle (a range's
+    midpoint, log midpoint for a log range, rounded for an int; a categorical's middle choice, as the grid does)."""
+    from search_spaces.space import CategoricalParam, FloatParam, IntParam
+
+    if k <= 0:
+        return []
+    rng = random.Random(seed * 31 + 7)
+    lr = space.params["learning_rate"]
+    lo, hi = (math.log(lr.low), math.log(lr.high)) if lr.log else (lr.low, lr.high)
+    middle = {}
+    for name, p in space.params.items():
+        if isinstance(p, CategoricalParam):
+            middle[name] = p.choices[len(p.choices) // 2]
+        elif isinstance(p, (FloatParam, IntParam)):
+            mid = math.exp((math.log(p.low) + math.log(p.high)) / 2) if p.log else (p.low + p.high) / 2
+            middle[name] = int(round(mid)) if isinstance(p, IntParam) else mid
+    slices = list(range(k))
+    rng.shuffle(slices)
+    points = []
+    for i in slices:
+        x = lo + (i + rng.random()) / k * (hi - lo)
+        points.append({**middle, "learning_rate": math.exp(x) if lr.log else x})
+    return points
 
 
 class ProductSweeperPolicy(SweeperPolicy):
@@ -405,7 +472,8 @@ class ProductSweeperPolicy(SweeperPolicy):
         handle = SimpleNamespace(key=suggestion.key, trial_id=suggestion.key, best=-math.inf, result=None,
                                  trial=SimpleNamespace(report=lambda value, step, key=suggestion.key:
                                                        self.product.round_reported(key, step, value)),
-                                 patience=Patience(self.spec.early_stopping.patience, self.spec.early_stopping.min_delta))
+                                 patience=Patience(self.spec.early_stopping.patience, self.spec.early_stopping.min_delta),
+                                 loss=math.inf)
         self.scheduler.on_trial_add(None, handle)
         return handle, suggestion.params
 
@@ -447,9 +515,25 @@ VARIANTS = {  # part 2 of issue 13, second pass: what --with-variants adds
     "sweeper_pruned_startup5": dict(pruned=True, startup=5),
     "sweeper_multivariate_startup5": dict(multivariate=True, startup=5),
 }
+THIRD_PASS = {  # part 2 of issue 13, third pass (bench/RESULTS.md): runnable by name with --policies
+    "sweeper_rungs_wait": dict(rungs=dict(metric="objective", min_trials=4, margin=0.1)),
+    "sweeper_rungs_loss": dict(rungs=dict(metric="loss", min_trials=1, margin=0.0)),
+    "sweeper_rungs_loss_wait": dict(rungs=dict(metric="loss", min_trials=4, margin=0.1)),
+    "sweeper_lr_first5": dict(lr_first=5, startup=5),
+    "sweeper_lr_first10": dict(lr_first=10),
+    "sweeper_lr_spread5": dict(lr_first=5, startup=5, lr_only=True),
+    "sweeper_lr_spread10": dict(lr_first=10, lr_only=True),
+    "sweeper_half_epoch": dict(evals_per_epoch=2),
+    "sweeper_brackets3_startup5_lr_first5": dict(brackets=3, lr_first=5, startup=5),
+    "sweeper_brackets3_startup5_loss": dict(brackets=3, startup=5, bracket_metric="loss"),
+    "sweeper_brackets3_startup5_half_epoch": dict(brackets=3, startup=5, evals_per_epoch=2),
+    "sweeper_rungs_wait_startup5": dict(rungs=dict(metric="objective", min_trials=4, margin=0.1), startup=5),
+    "sweeper_rungs_loss_startup5": dict(rungs=dict(metric="loss", min_trials=1, margin=0.0), startup=5),
+}
 # Optuna's GPSampler refits its Gaussian process at every ask: ~1-2 minutes a run here, too slow for 100 seeds
 # (`--policies sweeper_gp` runs it on a few).
 SLOW_VARIANTS = {"sweeper_gp": dict(gp=True)}
+ALL_VARIANTS = {**ROUND1_VARIANTS, **VARIANTS, **THIRD_PASS, **SLOW_VARIANTS}
 POLICIES = ["random", "grid", "tune_optuna", "hf_median", "asha_random", "hyperband", "bohb", "sweeper"]
 
 
@@ -499,9 +583,9 @@ def make_policy(name: str, spec, seed: int):
                             scheduler=AsyncHyperBandScheduler(**asha, brackets=3), seed=seed)
     if name == "sweeper":
         return SweeperPolicy(spec, seed)
-    every = {**ROUND1_VARIANTS, **VARIANTS, **SLOW_VARIANTS}
-    if name in every:
-        return SweeperPolicy(spec, seed, **every[name])
+    if name in ALL_VARIANTS:
+        options = {k: v for k, v in ALL_VARIANTS[name].items() if k != "evals_per_epoch"}  # run_one's business
+        return SweeperPolicy(spec, seed, **options)
     raise ValueError(f"unknown policy {name!r}")
 
 
@@ -544,19 +628,40 @@ _WORK: dict = {}
 
 
 def _init(table_path, evals_per_epoch, budget, concurrency):
-    table = Table.load(Path(table_path), evals_per_epoch)
-    _WORK.update(table=table, budget=budget, concurrency=concurrency, evals_per_epoch=evals_per_epoch)
+    _WORK.update(path=Path(table_path), tables={}, budget=budget, concurrency=concurrency,
+                 evals_per_epoch=evals_per_epoch)
+
+
+def _table_for(evals_per_epoch: int) -> Table:
+    if evals_per_epoch not in _WORK["tables"]:
+        _WORK["tables"][evals_per_epoch] = Table.load(_WORK["path"], evals_per_epoch)
+    return _WORK["tables"][evals_per_epoch]
+
+
+def policy_spec(name: str, table: Table, budget: float, concurrency: int, evals_per_epoch: int, seed: int):
+    """The replay spec, except for a variant with its own `evals_per_epoch` (rungs at sub-epoch rounds): its
+    rounds are that many an epoch (ASHA's grace period of 1 round is then half an epoch) and its patience is
+    counted in as many rounds as the default's is in epochs, so only the rungs move."""
+    spec = replay_spec(table, budget, concurrency, evals_per_epoch, seed)
+    own = ALL_VARIANTS.get(name, {}).get("evals_per_epoch")
+    if own is None or own == evals_per_epoch:
+        return spec
+    scale = own // evals_per_epoch
+    stopping = spec.early_stopping.model_copy(update={"patience": spec.early_stopping.patience * scale})
+    return replay_spec(table, budget, concurrency, own, seed).model_copy(update={"early_stopping": stopping})
 
 
 def run_one(job: tuple[str, int]) -> dict:
     name, seed = job
-    table, budget = _WORK["table"], _WORK["budget"]
-    spec = replay_spec(table, budget, _WORK["concurrency"], _WORK["evals_per_epoch"], seed)
+    budget, base = _WORK["budget"], _WORK["evals_per_epoch"]
+    table = _table_for(ALL_VARIANTS.get(name, {}).get("evals_per_epoch", base))
+    spec = policy_spec(name, _table_for(base), budget, _WORK["concurrency"], base, seed)
     result = simulate(make_policy(name, spec, seed), table, budget, _WORK["concurrency"], seed)
     events = result["events"]
     holdout, test = selected(events)
-    return {"policy": name, "seed": seed, "to95": compute_to(events, 0.95 * table.best),
-            "to99": compute_to(events, 0.99 * table.best), "holdout": holdout, "test": test,
+    best = _table_for(base).best  # the targets every policy is held to: a sub-epoch variant's table has more rounds
+    return {"policy": name, "seed": seed, "to95": compute_to(events, 0.95 * best),
+            "to99": compute_to(events, 0.99 * best), "holdout": holdout, "test": test,
             "trials": result["trials"], "stops": result["stops"],
             "curve": anytime_best(events, np.linspace(0, budget, 61)).tolist()}
 
@@ -643,10 +748,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--task", action="append", help="a table under bench/results/curves (repeatable)")
     parser.add_argument("--table", type=Path, help="a table file instead of --task")
     parser.add_argument("--seeds", type=int, default=100)
+    parser.add_argument("--first-seed", type=int, default=0,
+                        help="seeds --first-seed .. +--seeds-1: fresh seeds to confirm a result found on seeds 0..")
     parser.add_argument("--budget", type=float, default=100.0, help="trial-epochs per run")
     parser.add_argument("--concurrency", type=int, default=2, help="trials at once (the spec's max_concurrent)")
     parser.add_argument("--evals-per-epoch", type=int, default=1, choices=(1, 2))
-    parser.add_argument("--policies", default=",".join(POLICIES), help=f"comma-separated; also {', '.join([*ROUND1_VARIANTS, *VARIANTS, *SLOW_VARIANTS])}")
+    parser.add_argument("--policies", default=",".join(POLICIES), help=f"comma-separated; also {', '.join(ALL_VARIANTS)}")
     parser.add_argument("--with-variants", action="store_true", help="add every sweeper_* variant to --policies")
     parser.add_argument("--jobs", type=int, default=2, help="processes")
     parser.add_argument("--json", type=Path, default=ROOT / "bench" / "results" / "replay.json")
@@ -672,7 +779,7 @@ def main(argv: list[str] | None = None) -> int:
               "date": date.today().isoformat(), "compute_unit": "trial-epochs", "budget": args.budget,
               "concurrency": args.concurrency, "evals_per_epoch": args.evals_per_epoch, "tasks": {}}
     for task, path in tables.items():
-        jobs = [(p, s) for s in range(args.seeds) for p in policies]
+        jobs = [(p, s) for s in range(args.first_seed, args.first_seed + args.seeds) for p in policies]
         init = (str(path), args.evals_per_epoch, args.budget, args.concurrency)
         if args.jobs > 1:
             with Pool(args.jobs, initializer=_init, initargs=init) as pool:

@@ -50,13 +50,15 @@ def test_a_policy_that_picks_the_best_configuration_reaches_95_percent_at_that_c
 
 
 def test_random_search_needs_more_compute_when_the_one_good_configuration_is_rarer(tmp_path):
-    def median_to_95(table):
-        runs = [replay.simulate(replay.make_policy("random", spec, s), table, 2000, 2, s) for s in range(15)]
+    # 1 good configuration in 6 vs in 36: random search needs ~6x the trials, and 3x must show in a median of 9
+    # seeds. Each run goes on to its budget, so each table gets one that covers its need (seconds, not a minute).
+    def median_to_95(table, budget):
+        runs = [replay.simulate(replay.make_policy("random", spec, s), table, budget, 2, s) for s in range(9)]
         return statistics.median(replay.compute_to(r["events"], 0.95 * table.best) for r in runs)
 
-    small, large = _table(tmp_path, 8, good=3, name="s.jsonl"), _table(tmp_path, 96, good=3, name="l.jsonl")
-    spec = replay.replay_spec(small, 2000, 2, 2, 0)
-    assert median_to_95(large) > 3 * median_to_95(small)
+    small, large = _table(tmp_path, 6, good=3, name="s.jsonl"), _table(tmp_path, 36, good=3, name="l.jsonl")
+    spec = replay.replay_spec(small, 600, 2, 2, 0)
+    assert median_to_95(large, 600) > 3 * median_to_95(small, 150)
 
 
 def test_compute_never_exceeds_the_budget_and_every_event_is_a_recorded_round(tmp_path):
@@ -101,6 +103,65 @@ def test_the_pruned_variant_tells_stopped_trials_pruned_with_their_intermediate_
     assert all(t.intermediate_values for t in pruned.study.get_trials(deepcopy=False)
                if t.state == optuna.trial.TrialState.PRUNED)
     assert optuna.trial.TrialState.PRUNED not in [t.state for t in default.study.get_trials(deepcopy=False)]
+
+
+def test_lr_first_points_stratify_the_log_learning_rate_and_hold_the_rest_at_the_middle(tmp_path):
+    table = _table(tmp_path, 6)
+    space = replay.replay_spec(table, 20, 2, 2, 0).space()
+    points = replay.lr_first_points(space, 5, seed=3)
+    slices = sorted(int((np.log10(p["learning_rate"]) + 5) / 3 * 5) for p in points)  # [1e-5, 1e-2] in 5 slices
+    assert slices == [0, 1, 2, 3, 4]
+    assert {(p["batch_size"], p["num_epochs"], p["lora_r"], p["lr_scheduler_type"]) for p in points} == \
+        {(32, 4, 16, "constant_with_warmup")}
+    assert points != replay.lr_first_points(space, 5, seed=4) and replay.lr_first_points(space, 0, 3) == []
+
+
+def test_the_lr_first_variant_tries_those_points_first_then_samples(tmp_path):
+    table = _table(tmp_path, 24)
+    spec = replay.replay_spec(table, 30, 2, 2, 0)
+    policy = replay.make_policy("sweeper_lr_first5", spec, 2)
+    replay.simulate(policy, table, 30, 2, 2)
+    trials = policy.study.get_trials(deepcopy=False)
+    expected = [p["learning_rate"] for p in replay.lr_first_points(spec.space(), 5, 2)]
+    assert [t.params["learning_rate"] for t in trials[:5]] == pytest.approx(expected)
+    assert len(trials) > 5 and len({t.params["batch_size"] for t in trials}) > 1
+
+
+def test_the_lr_spread_variant_fixes_only_the_learning_rate_of_its_first_trials(tmp_path):
+    table = _table(tmp_path, 24)
+    spec = replay.replay_spec(table, 30, 2, 2, 0)
+    policy = replay.make_policy("sweeper_lr_spread5", spec, 2)
+    replay.simulate(policy, table, 30, 2, 2)
+    first = policy.study.get_trials(deepcopy=False)[:5]
+    expected = [p["learning_rate"] for p in replay.lr_first_points(spec.space(), 5, 2)]
+    assert [t.params["learning_rate"] for t in first] == pytest.approx(expected)
+    assert len({(t.params["batch_size"], t.params["num_epochs"]) for t in first}) > 1  # the rest: random draws
+
+
+def test_rungs_that_wait_stop_fewer_trials_than_asha_and_the_loss_rung_judges_loss(tmp_path):
+    table = _table(tmp_path, 48)
+    spec = replay.replay_spec(table, 40, 2, 2, 0)
+
+    def stopped(name):
+        return sum(replay.simulate(replay.make_policy(name, spec, s), table, 40, 2, s)["stops"].get("asha", 0)
+                   for s in range(4))
+
+    asha, waiting = stopped("sweeper"), stopped("sweeper_rungs_wait")
+    assert asha > waiting
+    loss = replay.make_policy("sweeper_rungs_loss", spec, 0)
+    assert loss.rung_metric == "loss" and loss.scheduler.rungs.sign == -1.0
+
+
+def test_the_half_epoch_variant_replays_every_round_with_the_same_targets_and_patience_in_epochs(tmp_path):
+    path = replay.write_synthetic_table(tmp_path / "t.jsonl", 24)
+    replay._init(str(path), 1, 30.0, 2)
+    one_epoch = replay.policy_spec("sweeper", replay._table_for(1), 30, 2, 1, 0)
+    half = replay.policy_spec("sweeper_half_epoch", replay._table_for(1), 30, 2, 1, 0)
+    assert (half.scheduler.evals_per_epoch, one_epoch.scheduler.evals_per_epoch) == (2, 1)
+    assert half.early_stopping.patience == 2 * one_epoch.early_stopping.patience
+    run = replay.run_one(("sweeper_half_epoch", 0))
+    assert set(replay._WORK["tables"]) == {1, 2} and run["trials"] > 0  # its rounds come from the 2-an-epoch table
+    assert replay._table_for(2).best >= replay._table_for(1).best  # so its targets must be the 1-an-epoch table's
 
 
 def test_the_table_keeps_only_epoch_end_rounds_for_one_evaluation_an_epoch(tmp_path):
