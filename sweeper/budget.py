@@ -101,7 +101,7 @@ def measurement(batch_size: int, examples: int, reporter: ProbeReporter, wall_s:
     if reporter.record is None:
         raise ProbeError(f"the probe of batch size {batch_size} reported no round")
     book = reporter.record.bookkeeping
-    steps = int(book.get("steps") or max(1, book.get("examples_seen", batch_size) // batch_size))
+    steps = max(1, reporter.record.steps(batch_size))
     train_s, first_s = book.get("time_train_s"), book.get("time_first_step_s")
     step_s = None if train_s is None else train_s / steps
     if train_s is not None and first_s is not None and steps > 1:

@@ -97,12 +97,11 @@ def validate(
 def _print_plan(spec) -> None:
     """Probe the spec's trainer in this process and print what its budget buys (sweeper.budget)."""
     from sweeper.budget import CostModel, Plan, probe_shapes, run_probe
-    from sweeper.trial_config import template
+    from sweeper.trial_config import template, trial_threads
     from trainers.models import resolve_model
 
     try:
-        job = template(spec, resolve_model(spec.model.path),
-                       torch_threads=spec.resources.torch_threads or max(1, int(spec.resources.cpus)))
+        job = template(spec, resolve_model(spec.model.path), torch_threads=trial_threads(spec))
         plan = Plan.make(spec, CostModel.fit(run_probe(job, probe_shapes(spec)), spec.scheduler.evals_per_epoch))
     except KNOWN_ERRORS as exc:
         _fail(exc)

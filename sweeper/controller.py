@@ -18,6 +18,7 @@ import socket
 import tempfile
 import time
 from dataclasses import dataclass, replace
+from functools import partial
 from pathlib import Path
 
 import psutil
@@ -35,7 +36,7 @@ from sweeper.search import SweepSearch, close_stopped_trials
 from sweeper.spec import Spec, SpecError
 from sweeper.store import TrialStore, full_url, remember_url
 from sweeper.tracking import RUNS_FOLDER, TrialRuns, round_log, spec_mode, worker_config
-from sweeper.trial_config import complete, template
+from sweeper.trial_config import complete, template, trial_threads
 from sweeper.trial_status import STATUS_BY_REASON
 from trainers import trainer_for
 from trainers.base import RoundRecord
@@ -93,10 +94,9 @@ class TuneReporter:
                      RECORD: record.to_dict()}, checkpoint=checkpoint)
 
     def _steps(self, record: RoundRecord) -> int:
-        """Optimizer steps so far (what ASHA counts with `scheduler.rung_unit: steps`): the trainer's own count, or
-        from the examples it has seen (a trainer that does not count steps)."""
-        book = record.bookkeeping
-        return int(book.get("steps") or book.get("examples_seen", 0) // self.batch_size or record.round)
+        """Optimizer steps so far (what ASHA counts with `scheduler.rung_unit: steps`); rounds for a trainer that
+        counts neither steps nor examples."""
+        return record.steps(self.batch_size) or record.round
 
     def resume_from(self):
         return self.resume_dir
@@ -490,29 +490,20 @@ def run_sweep(spec: Spec, database_url: str, tune_path: str, sweep_dir: Path, mo
 def budget_plan(spec: Spec, job: dict, show=print) -> Plan | None:
     """Probe a round's cost where trials run (a Ray task with a trial's resources) and `show` what the budget buys;
     None, said, when the probe fails: the sweep then runs as without it (a broken trainer fails its trials)."""
-    task = _probe_task.options(num_cpus=spec.resources.cpus, num_gpus=spec.resources.gpus, name="sweeper-probe")
+    task = _on_worker.options(num_cpus=spec.resources.cpus, num_gpus=spec.resources.gpus, name="sweeper-probe")
     started = time.monotonic()
     try:
-        measured, task_s = ray.get(task.remote(job["trial"], probe_shapes(spec)))
+        measured, where = ray.get(task.remote(partial(run_probe, job["trial"]), probe_shapes(spec)))
     except ray.exceptions.RayError as exc:
         cause = exc.cause if isinstance(exc, ray.exceptions.RayTaskError) else exc
         show(f"budget: the probe failed ({type(cause).__name__}: {(str(cause).strip().splitlines() or [''])[-1]}); "
              "no plan, trials are admitted by the rounds they report")
         return None
-    overhead_s = max(0.0, time.monotonic() - started - task_s)  # a fresh worker process, as a trial's first start
+    overhead_s = max(0.0, time.monotonic() - started - where["seconds"])  # a fresh worker, as a trial's first start
     plan = Plan.make(spec, CostModel.fit(measured, spec.scheduler.evals_per_epoch, overhead_s))
     for line in plan.lines():
         show(line)
     return plan
-
-
-@ray.remote(max_calls=1)  # a fresh process, gone with its memory afterwards
-def _probe_task(template: dict, shapes: list[dict]) -> tuple[list[dict], float]:
-    started = time.monotonic()
-    try:
-        return run_probe(template, shapes), time.monotonic() - started
-    finally:
-        release_memory()
 
 
 def connect(spec: Spec, address: str | None, env: dict[str, str]) -> None:
@@ -567,11 +558,6 @@ def shutdown() -> None:
 
 
 # -- promotion's heavy steps on the workers ------------------------------------------------------------
-def trial_threads(spec: Spec) -> int:
-    """Torch threads of one trial, or of one promotion step in its place: the spec's, else one per CPU it holds."""
-    return spec.resources.torch_threads or max(1, int(spec.resources.cpus))
-
-
 class Workers:
     """Runs promotion's heavy steps (a re-evaluation, a seed's re-training) as Ray tasks that hold one trial's
     resources (`resources.cpus`, `resources.gpus`), on the cluster's workers like the trials did: the process that
@@ -587,7 +573,7 @@ class Workers:
     def run(self, step, jobs: list[dict]) -> list[tuple[object, dict]]:
         """step(job) for every job, side by side as far as the cluster has room; (result, where) per job.
         A job's `label` names it in an error."""
-        task = _step_task.options(**self.resources, name=f"sweeper-{step.__name__}")
+        task = _on_worker.options(**self.resources, name=f"sweeper-{step.__name__}")
         refs = [task.remote(step, job) for job in jobs]
         results = []
         for ref, job in zip(refs, jobs):
@@ -600,15 +586,18 @@ class Workers:
         return results
 
 
-# A fresh worker process per step (max_calls=1): its GPU memory and RSS go with it. Ray retries a step whose
-# worker or node died (idempotent: it writes only its own temporary folder), never one that raised.
+# step(job) in a fresh worker process (max_calls=1): its GPU memory and RSS go with it; the caller sets its
+# resources (a trial's). Ray retries a step whose worker or node died (idempotent: a step writes only its own
+# temporary folder), never one that raised. Returns the result and where and how long it ran.
 @ray.remote(max_calls=1, max_retries=1)
-def _step_task(step, job: dict) -> tuple[object, dict]:
+def _on_worker(step, job) -> tuple[object, dict]:
+    started = time.monotonic()
     try:
         result = step(job)
     finally:
         release_memory()
-    return result, {"node": ray.get_runtime_context().get_node_id(), "pid": os.getpid(), "host": socket.gethostname()}
+    return result, {"node": ray.get_runtime_context().get_node_id(), "pid": os.getpid(), "host": socket.gethostname(),
+                    "seconds": round(time.monotonic() - started, 3)}
 
 
 def _step_failure(label: str, exc: Exception):

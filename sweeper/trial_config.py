@@ -12,6 +12,12 @@ from sweeper.spec import Spec
 from trainers.base import TrialConfig
 
 
+def trial_threads(spec: Spec) -> int:
+    """Torch threads of one trial (or of a step in its place: a probe, a promotion step): the spec's, else one per
+    CPU the trial holds."""
+    return spec.resources.torch_threads or max(1, int(spec.resources.cpus))
+
+
 def template(spec: Spec, model_path: str, sha256: dict[str, str] | None = None, **overrides) -> dict:
     """Every trial's config but its sampled hyperparameters and its output folder, as plain values: it travels
     to the Ray workers, so it holds nothing of the spec that must stay on the driver (the database URL)."""

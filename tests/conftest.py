@@ -52,6 +52,26 @@ def _stop_ray(marker_folder: Path) -> None:
     shutil.rmtree(ray_tmp(marker_folder), ignore_errors=True)
 
 
+@pytest.fixture
+def headless_ray(tmp_path, monkeypatch, ray_cleanup):
+    """A local Ray cluster shaped like a GPU cluster's: a head that offers no CPUs (it only coordinates) and the
+    one-CPU worker nodes the test adds with `add_workers(count)`, so every trial and task must run on a worker."""
+    from ray.cluster_utils import Cluster
+
+    monkeypatch.setenv("RAY_AUTH_MODE", "disabled")  # head, workers and drivers must agree (STACK_NOTES)
+    monkeypatch.setenv("RAY_TMPDIR", str(ray_tmp(tmp_path)))  # Ray keeps its files under $RAY_TMPDIR/ray
+    (ray_tmp(tmp_path) / "ray").mkdir(exist_ok=True)
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 0})
+
+    def add_workers(count: int) -> list:
+        nodes = [cluster.add_node(num_cpus=1) for _ in range(count)]
+        cluster.wait_for_nodes()
+        return nodes
+
+    yield cluster, add_workers
+    cluster.shutdown()
+
+
 @pytest.fixture(scope="session")
 def _shared_ray_cluster(tmp_path_factory):
     from ray.cluster_utils import Cluster

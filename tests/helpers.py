@@ -18,6 +18,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
 
+import httpx
 import psutil
 import yaml
 
@@ -142,3 +143,15 @@ def fresh_postgres_database() -> Iterator[str]:
                 connection.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
         finally:
             admin.dispose()
+
+
+def answers(url: str, timeout: float, every: float = 0.3) -> bool:
+    """Whether `url` answers 200 within `timeout` seconds: a server that is starting up."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(url, timeout=2).status_code == 200:
+                return True
+        except httpx.TransportError:
+            time.sleep(every)
+    return False

@@ -116,6 +116,10 @@ class RoundRecord:
     def to_dict(self) -> dict:
         return asdict(self)
 
+    def steps(self, batch_size: int) -> int:
+        """Optimizer steps so far: the trainer's own count, else from the examples it has seen (0 if neither)."""
+        return int(self.bookkeeping.get("steps") or self.bookkeeping.get("examples_seen", 0) // batch_size)
+
     @classmethod
     def from_dict(cls, data: dict) -> RoundRecord:
         return cls(int(data["round"]), dict(data["metrics"]), dict(data.get("bookkeeping") or {}))

@@ -14,8 +14,7 @@ import signal
 import time
 
 import pytest
-from helpers import ray_tmp, start_cli, synthetic_spec
-from ray.cluster_utils import Cluster
+from helpers import start_cli, synthetic_spec
 from sqlalchemy import create_engine, text
 from sqlalchemy.engine import make_url
 
@@ -25,15 +24,9 @@ NAME = "synthetic-sweep"
 
 
 @pytest.fixture
-def cluster(tmp_path, monkeypatch, ray_cleanup):
-    monkeypatch.setenv("RAY_AUTH_MODE", "disabled")  # head, workers and driver must agree (STACK_NOTES)
-    monkeypatch.setenv("RAY_TMPDIR", str(ray_tmp(tmp_path)))  # Ray keeps its files under $RAY_TMPDIR/ray
-    (ray_tmp(tmp_path) / "ray").mkdir(exist_ok=True)
-    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 0})
-    workers = [cluster.add_node(num_cpus=1) for _ in range(2)]
-    cluster.wait_for_nodes()
-    yield cluster, workers
-    cluster.shutdown()
+def cluster(headless_ray):
+    ray_cluster, add_workers = headless_ray
+    return ray_cluster, add_workers(2)
 
 
 def query(url: str, sql: str) -> list[tuple]:

@@ -14,8 +14,7 @@ import os
 import sqlite3
 
 import pytest
-from helpers import ray_tmp, run_cli, small_spec, synthetic_spec
-from ray.cluster_utils import Cluster
+from helpers import run_cli, small_spec, synthetic_spec
 
 from sweeper.promotion import PromotionError, predict_checkpoint
 from sweeper.spec import load_spec
@@ -34,15 +33,9 @@ ONE_TRIAL = dict(  # one short real training: the trial; the seed's re-training 
 
 
 @pytest.fixture
-def cluster(tmp_path, monkeypatch, ray_cleanup):
-    monkeypatch.setenv("RAY_AUTH_MODE", "disabled")  # head, worker and drivers must agree (STACK_NOTES)
-    monkeypatch.setenv("RAY_TMPDIR", str(ray_tmp(tmp_path)))
-    (ray_tmp(tmp_path) / "ray").mkdir(exist_ok=True)
-    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 0})
-    worker = cluster.add_node(num_cpus=1)
-    cluster.wait_for_nodes()
-    yield cluster, worker
-    cluster.shutdown()
+def cluster(headless_ray):
+    ray_cluster, add_workers = headless_ray
+    return ray_cluster, add_workers(1)[0]
 
 
 def stored_promotions(db) -> list[dict]:

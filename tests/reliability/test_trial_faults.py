@@ -17,8 +17,7 @@ import time
 
 import pytest
 from fault_kit import FIXED, SPACE, Rows, checkpointed_round, cli_log, fault_spec, our_ray_worker, wait_for
-from helpers import ray_tmp, start_cli, synthetic_spec
-from ray.cluster_utils import Cluster
+from helpers import start_cli, synthetic_spec
 
 pytestmark = pytest.mark.slow
 NAME = "fault-sweep"
@@ -84,15 +83,9 @@ def test_killed_trial_worker_resumes_from_its_last_checkpoint(tmp_path, ray_clea
 
 
 @pytest.fixture
-def cluster(tmp_path, monkeypatch, ray_cleanup):
-    monkeypatch.setenv("RAY_AUTH_MODE", "disabled")  # head, workers and driver must agree (STACK_NOTES)
-    monkeypatch.setenv("RAY_TMPDIR", str(ray_tmp(tmp_path)))
-    (ray_tmp(tmp_path) / "ray").mkdir(exist_ok=True)
-    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 0})
-    workers = [cluster.add_node(num_cpus=1) for _ in range(2)]
-    cluster.wait_for_nodes()
-    yield cluster, workers
-    cluster.shutdown()
+def cluster(headless_ray):
+    ray_cluster, add_workers = headless_ray
+    return ray_cluster, add_workers(2)
 
 
 def test_removed_worker_node_has_its_trial_rescheduled(tmp_path, cluster):

@@ -13,7 +13,7 @@ from pathlib import Path
 import httpx
 import psutil
 import pytest
-from helpers import cli_env, processes_mentioning
+from helpers import answers, cli_env, processes_mentioning
 
 from sweeper.store import TrialStore
 
@@ -46,14 +46,8 @@ class Service:
         log = open(self.log, "ab")
         self.process = subprocess.Popen([sys.executable, "-m", "sweeper", "serve", "--port", str(self.port)],
                                         env=self.env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            try:
-                if httpx.get(f"{self.url}/health", timeout=1).status_code == 200:
-                    return
-            except httpx.TransportError:
-                time.sleep(0.3)
-        raise AssertionError(f"service did not start: {self.log.read_text()[-3000:]}")
+        if not answers(f"{self.url}/health", timeout=60):
+            raise AssertionError(f"service did not start: {self.log.read_text()[-3000:]}")
 
     def kill(self) -> None:
         if self.process and self.process.poll() is None:

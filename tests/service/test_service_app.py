@@ -124,15 +124,23 @@ def test_concurrent_submissions_never_start_more_sweeps_than_allowed(tmp_path, f
     assert len(fake_drivers) == 3
 
 
-def test_a_running_sweep_whose_driver_is_gone_shows_interrupted_and_can_be_resubmitted(tmp_path, fake_drivers):
+def recorded_sweep(tmp_path: Path, status: str) -> tuple[ServiceSettings, TrialStore, dict]:
+    """A service's settings and store that hold the sweep of `spec_for` (as the service would have stored it) in
+    `status`; the spec is returned as a client submits it."""
     settings = settings_for(tmp_path)
     store = TrialStore(settings.database_url.get_secret_value())
     store.upgrade()
     spec = spec_for(tmp_path)
     parsed = parse_spec({**spec, "storage": {"root": str(settings.root)}}, settings.data_roots[0])  # as submitted
     store.open_sweep(parsed.name, stored_spec(parsed), parsed.fingerprint(), "eval_loss", "min")
-    store.update_sweep(parsed.name, status="running")  # a `sweeper run` driver, then SIGKILLed: its pid is gone
-    store.claim(parsed.name, owner=f"{socket.gethostname()}:{dead_pid()}")
+    store.update_sweep(parsed.name, status=status)
+    return settings, store, spec
+
+
+def test_a_running_sweep_whose_driver_is_gone_shows_interrupted_and_can_be_resubmitted(tmp_path, fake_drivers):
+    settings, store, spec = recorded_sweep(tmp_path, "running")
+    # its `sweeper run` driver was SIGKILLed: its pid is gone
+    store.claim(spec["name"], owner=f"{socket.gethostname()}:{dead_pid()}")
     shown, = call(settings, [("GET", "/sweeps/app-sweep", {})])
     assert shown.json()["status"] == "interrupted" and "driver" in shown.json()["message"], shown.json()
     resubmitted, = call(settings, [("POST", "/sweeps", {"json": {"spec": spec}})])
@@ -244,13 +252,7 @@ def _utf8(path: Path) -> bool:
 
 
 def test_a_completed_sweep_given_more_budget_continues_and_any_other_change_is_refused(tmp_path, fake_drivers):
-    settings = settings_for(tmp_path)
-    store = TrialStore(settings.database_url.get_secret_value())
-    store.upgrade()
-    spec = spec_for(tmp_path)
-    parsed = parse_spec({**spec, "storage": {"root": str(settings.root)}}, settings.data_roots[0])  # as submitted
-    store.open_sweep(parsed.name, stored_spec(parsed), parsed.fingerprint(), "eval_loss", "min")
-    store.update_sweep(parsed.name, status="completed")
+    settings, store, spec = recorded_sweep(tmp_path, "completed")
     again, = call(settings, [("POST", "/sweeps", {"json": {"spec": spec}})])
     assert again.status_code == 409 and "raise its budget" in again.json()["detail"], again.text
     changed = {**spec, "seed": spec.get("seed", 0) + 1, "budget": {**spec["budget"], "trials": 4}}
@@ -261,5 +263,5 @@ def test_a_completed_sweep_given_more_budget_continues_and_any_other_change_is_r
     continued, = call(settings, [("POST", "/sweeps", {"json": {"spec": more}})])
     assert continued.status_code == 202, continued.text
     assert len(fake_drivers) == 1
-    sweep = store.get_sweep(parsed.name)
+    sweep = store.get_sweep(spec["name"])
     assert sweep.status == "queued" and sweep.spec["budget"]["trials"] == 4

@@ -13,7 +13,6 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 import zipfile
 from pathlib import Path
 from typing import Iterator
@@ -23,7 +22,7 @@ import optuna
 import psutil
 import pytest
 import yaml
-from helpers import cli_env, processes_mentioning, ray_tmp, synthetic_spec
+from helpers import answers, cli_env, processes_mentioning, ray_tmp, synthetic_spec
 
 from sweeper.store import SERVICE_OWNER, TrialStore
 
@@ -56,15 +55,7 @@ def ray_head(tmp_path) -> Iterator[str]:
             timeout=180)
         assert started.returncode == 0, started.stdout + started.stderr
         url = f"http://127.0.0.1:{dashboard}"
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            try:
-                if httpx.get(f"{url}/api/version", timeout=2).status_code == 200:
-                    break
-            except httpx.TransportError:
-                time.sleep(0.5)
-        else:
-            raise AssertionError("the Ray dashboard did not answer")
+        assert answers(f"{url}/api/version", timeout=60, every=0.5), "the Ray dashboard did not answer"
         yield url
     finally:
         _stop_head(tmp_path, gcs)
