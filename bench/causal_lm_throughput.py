@@ -179,7 +179,7 @@ def main() -> int:
     cuda = torch.cuda.is_available()
     if args.smoke:
         args.models = args.models or "tiny-shape"
-        args.train_rows, args.batch_size = args.train_rows or 16, args.batch_size or 4
+        args.train_rows, args.batch_size = args.train_rows or 8, args.batch_size or 4  # 2 steps an epoch
     if args.models is None:
         args.models = ("smollm2-135m,smollm2-360m-shape" + (",smollm2-1.7b-shape" if args.big else "")) if cuda \
             else "smollm2-135m"

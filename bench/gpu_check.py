@@ -1,7 +1,7 @@
 """One short check of sweeper's GPU training path (under 8 minutes on an H100/H200), run by bench/gpu_check.sh.
 
 Phases, each in a fresh process (a clean CUDA state and its own peak memory; one that fails or hangs costs only
-itself):
+itself; `--cpu-smoke` runs them all in one fresh process):
   build        SmolLM2-135M (the bundled `smollm2-135m`) as a model folder, and a ~1B-parameter random-initialised
                config of the same architecture (LlamaConfig scaled up, saved with SmolLM2's tokenizer)
   lora-135m, lora-1b     LoRA SFT (trainers.causal_lm_sft) in the dtype `model.dtype: auto` picks (bf16 on
@@ -20,7 +20,8 @@ peak GPU memory (torch.cuda.max_memory_allocated), the dtype, micro-batch and ac
     bash bench/gpu_check.sh --cpu-smoke --results /tmp/r.md --json /tmp/r.json   # every phase's code, on a CPU
 
 `--cpu-smoke` runs what a CPU can: a tiny config instead of the models, the 1B config built and counted (never
-allocated), the 4-bit phase checking the CPU refusal, the sweep with gpus 0; the OOM phase needs CUDA.
+allocated), the 4-bit phase checking the CPU refusal, the sweep with gpus 0; the OOM phase needs CUDA. It runs
+the phases in one fresh process rather than one each (no CUDA state to keep apart; each process costs its imports).
 Results: a JSON file (`--json`) and a dated section appended to `--results` (bench/RESULTS.md).
 """
 
@@ -36,6 +37,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import traceback
 from datetime import date, datetime
 from pathlib import Path
 
@@ -126,7 +128,8 @@ def data_files(args, workdir: Path) -> dict:
     folder.mkdir(exist_ok=True)
     train = json.loads((source / "train.json").read_text())[: args.train_rows] * args.repeat
     (folder / "train.json").write_text(json.dumps(train))
-    (folder / "holdout.json").write_text(json.dumps(json.loads((source / "holdout.json").read_text())[:16]))
+    holdout = json.loads((source / "holdout.json").read_text())[: 8 if args.cpu_smoke else 16]
+    (folder / "holdout.json").write_text(json.dumps(holdout))
     return {"format": "restaurant8k", "train": str(folder / "train.json"), "holdout": str(folder / "holdout.json")}
 
 
@@ -204,12 +207,15 @@ def phase_oom(args, workdir: Path) -> dict:
 def fractional_spec(args, workdir: Path) -> Path:
     import yaml
 
-    data = ROOT / "examples" / "data" / ("restaurant8k-small" if args.cpu_smoke else "restaurant8k")
+    # the smoke's trials train on the training phases' few rows (a tiny model's step costs its 49k-token vocabulary)
+    data = data_files(args, workdir) if args.cpu_smoke else \
+        {"format": "restaurant8k", "train": str(ROOT / "examples" / "data" / "restaurant8k" / "train.json"),
+         "holdout": str(ROOT / "examples" / "data" / "restaurant8k" / "holdout.json")}
     model = str(model_folder("tiny", workdir)) if args.cpu_smoke else "smollm2-135m"
     trials = 2 if args.cpu_smoke else 4
     spec = {
         "name": FRACTIONAL, "task": "causal_lm_sft", "model": {"path": model, "max_seq_length": args.max_seq_length},
-        "data": {"format": "restaurant8k", "train": str(data / "train.json"), "holdout": str(data / "holdout.json")},
+        "data": data,
         "search_space": {"params": {"learning_rate": {"type": "float", "low": 1e-4, "high": 1e-3, "log": True}}},
         "fixed": {"batch_size": 16, "num_epochs": 1, "lr_scheduler_type": "linear", "warmup_ratio": 0.0,
                   "weight_decay": 0.0, "lora_r": 8, "lora_alpha": 16, "lora_dropout": 0.0},
@@ -242,7 +248,8 @@ def phase_fractional(args, workdir: Path) -> dict:
            "RAY_TMPDIR": os.environ.get("RAY_TMPDIR") or str(workdir / "ray")}
     started = time.perf_counter()
     run = subprocess.run([sys.executable, "-m", "sweeper", "run", str(spec)], cwd=workdir, env=env,
-                         capture_output=True, text=True, timeout=PHASE_TIMEOUT_S["fractional"] - 20)
+                         capture_output=True, text=True,  # the smoke: bounded by the run's budget, not a card's pace
+                         timeout=args.budget_s if args.cpu_smoke else PHASE_TIMEOUT_S["fractional"] - 20)
     wall = time.perf_counter() - started
     if run.returncode != 0:
         return {"ok": False, "check": f"sweeper run exited {run.returncode}: {(run.stdout + run.stderr)[-1500:]}"}
@@ -279,24 +286,57 @@ def missing(name: str, args) -> list[str]:
     return [n for n in needs if importlib.util.find_spec(n) is None]
 
 
-def in_subprocess(name: str, args, workdir: Path, deadline: float) -> dict:
-    """Run one phase in a fresh process, bounded by its timeout and what is left of the whole run's budget."""
-    if lacking := missing(name, args):
-        return {"ok": None, "check": f"skipped: not installed: {', '.join(lacking)}"}
+def in_subprocess(names: list[str], args, workdir: Path, deadline: float) -> dict[str, dict]:
+    """Run phases in one fresh process, bounded by their timeouts and what is left of the whole run's budget. A GPU
+    run gives each phase its own process; `--cpu-smoke` runs all of them in one (no CUDA state to keep apart, and
+    each fresh process costs its imports), which still goes through this path and the `--phase` re-entry."""
+    results, runnable = {}, []
+    for name in names:
+        if lacking := missing(name, args):
+            results[name] = {"ok": None, "check": f"skipped: not installed: {', '.join(lacking)}"}
+        else:
+            runnable.append(name)
     left = deadline - time.monotonic()
-    timeout = min(PHASE_TIMEOUT_S.get(name, args.phase_timeout), left)
-    if timeout < 20:
-        return {"ok": None, "check": "skipped: the run's time budget is spent"}
-    out = workdir / f"{name}.json"
-    command = [sys.executable, str(Path(__file__).resolve()), *args.argv, "--phase", name, "--workdir", str(workdir)]
-    started = time.perf_counter()
+    timeout = min(sum(PHASE_TIMEOUT_S.get(name, args.phase_timeout) for name in runnable), left)
+    if runnable and timeout < 20:
+        return {**results, **{name: {"ok": None, "check": "skipped: the run's time budget is spent"}
+                              for name in runnable}}
+    if not runnable:
+        return results
+    command = [sys.executable, str(Path(__file__).resolve()), *args.argv, "--phase", ",".join(runnable),
+               "--workdir", str(workdir)]
+    started, timed_out = time.perf_counter(), False
     try:
         done = subprocess.run(command, capture_output=True, text=True, timeout=timeout)
+        failure = f"exited {done.returncode}: {(done.stdout + done.stderr)[-1500:]}"
     except subprocess.TimeoutExpired:
-        return {"ok": False, "check": f"timed out after {timeout:.0f} s"}
-    result = json.loads(out.read_text()) if out.is_file() else \
-        {"ok": False, "check": f"exited {done.returncode}: {(done.stdout + done.stderr)[-1500:]}"}
-    return {**result, "phase_s": round(time.perf_counter() - started, 1)}
+        failure, timed_out = f"timed out after {timeout:.0f} s", True
+    for name in runnable:
+        out = workdir / f"{name}.json"
+        results[name] = json.loads(out.read_text()) if out.is_file() else {"ok": False, "check": failure}
+        if len(runnable) == 1 and not (timed_out and not out.is_file()):
+            results[name]["phase_s"] = round(time.perf_counter() - started, 1)
+        if name == "build" and not results[name].get("ok"):
+            break  # the process stopped there: nothing to train
+    return {name: results[name] for name in names if name in results}
+
+
+def run_phases(names: list[str], args, workdir: Path) -> None:
+    """In the fresh process: each phase's result as JSON beside the others. With several, a phase that raises fails
+    alone (as a phase of its own process would) and each records its time; a failed build ends it, as it ends the run."""
+    for name in names:
+        started = time.perf_counter()
+        if len(names) == 1:
+            result = run_phase(name, args, workdir)
+        else:
+            try:
+                result = run_phase(name, args, workdir)
+            except Exception:  # noqa: BLE001 - reported as that phase's failure, like a phase process's exit
+                result = {"ok": False, "check": f"raised: {traceback.format_exc()[-1500:]}"}
+            result["phase_s"] = round(time.perf_counter() - started, 1)
+        Path(workdir, f"{name}.json").write_text(json.dumps(result, default=str))
+        if name == "build" and not result.get("ok"):
+            break
 
 
 def render(results: dict, args, device: str) -> str:
@@ -353,9 +393,8 @@ def parse(argv: list[str]) -> argparse.Namespace:
 def main(argv: list[str]) -> int:
     args = parse(argv)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    if args.phase:  # one phase, in its own process: its result as JSON beside the others
-        result = run_phase(args.phase, args, Path(args.workdir))
-        Path(args.workdir, f"{args.phase}.json").write_text(json.dumps(result, default=str))
+    if args.phase:  # phases, in their own process: their results as JSON beside the others
+        run_phases(args.phase.split(","), args, Path(args.workdir))
         return 0
     import torch
 
@@ -368,10 +407,12 @@ def main(argv: list[str]) -> int:
     deadline = time.monotonic() + args.budget_s
     results: dict[str, dict] = {}
     try:
-        for name in [p for p in PHASES if p in args.phases.split(",")]:
-            results[name] = in_subprocess(name, args, workdir, deadline)
-            print(f"[gpu_check] {name}: {json.dumps(results[name], default=str)}", flush=True)
-            if name == "build" and not results[name].get("ok"):
+        chosen = [p for p in PHASES if p in args.phases.split(",")]
+        for group in ([chosen] if args.cpu_smoke else [[name] for name in chosen]):
+            for name, result in in_subprocess(group, args, workdir, deadline).items():
+                results[name] = result
+                print(f"[gpu_check] {name}: {json.dumps(result, default=str)}", flush=True)
+            if "build" in results and not results["build"].get("ok"):
                 break  # nothing to train
     finally:
         shutil.rmtree(workdir, ignore_errors=True)

@@ -317,7 +317,7 @@ class SweeperPolicy:
 
     `pruned`: close a trial that ASHA or patience stopped as PRUNED (its intermediate values stay in the study)
     instead of COMPLETE; `startup`, `multivariate`: sampler settings to try (part 2 of issue 13). Third pass:
-    `rungs` = dict(metric="objective" | "loss", min_trials, margin): adaptive_halving.AdaptiveHalving (bench/adaptive_halving.py) instead of
+    `rungs` = dict(metric="objective" | "holdout_loss", min_trials, margin): adaptive_halving.AdaptiveHalving (bench/adaptive_halving.py) instead of
     Ray's ASHA (min_trials 1, margin 0 decide as ASHA does); `lr_first` = k: the first k trials spread over the
     learning rate (see lr_first_points), then the sampler; with `lr_only` the other parameters of those k are the
     sampler's (random start-up draws), not the middle values."""
@@ -352,7 +352,7 @@ class SweeperPolicy:
 
             s = spec.scheduler
             self.rung_metric = bracket_metric
-            mode = "min" if bracket_metric == "loss" else spec.objective.mode
+            mode = "min" if bracket_metric == "holdout_loss" else spec.objective.mode
             self.scheduler = AsyncHyperBandScheduler(time_attr="round", metric=bracket_metric, mode=mode,
                                                      max_t=spec.max_rounds(), grace_period=s.grace_period,
                                                      reduction_factor=s.reduction_factor, brackets=brackets)
@@ -376,7 +376,7 @@ class SweeperPolicy:
             h.best = max(h.best, value)  # TuneReporter: `objective` is the best value so far
         if not math.isnan(loss):
             h.loss = min(h.loss, loss)  # a rung judged on holdout loss: the best loss so far, like the objective
-        h.result = {"round": round_, "objective": h.best, "loss": h.loss}
+        h.result = {"round": round_, "objective": h.best, "holdout_loss": h.loss}
         stop_by_worker = self.patience and not last and h.patience.stop(loss)
         decision = self.scheduler.on_trial_result(None, h, h.result)
         if decision == "STOP":
@@ -401,12 +401,12 @@ class SweeperPolicy:
 
 class RungsScheduler:
     """adaptive_halving.AdaptiveHalving (bench/adaptive_halving.py) behind the three calls the replay makes of a Tune scheduler, on the
-    spec's rungs (grace period, reduction factor, max rounds); `metric` "loss" judges the best holdout loss so far."""
+    spec's rungs (grace period, reduction factor, max rounds); `metric` "holdout_loss" judges the best holdout loss so far."""
 
     def __init__(self, spec, metric="objective", min_trials=4, margin=0.1):
         from adaptive_halving import AdaptiveHalving
 
-        mode = "min" if metric == "loss" else spec.objective.mode
+        mode = "min" if metric == "holdout_loss" else spec.objective.mode
         self.metric = metric
         self.rungs = AdaptiveHalving(spec.scheduler.grace_period, spec.scheduler.reduction_factor, spec.max_rounds(),
                                      mode, min_trials=min_trials, margin=margin)
@@ -517,18 +517,20 @@ VARIANTS = {  # part 2 of issue 13, second pass: what --with-variants adds
 }
 THIRD_PASS = {  # part 2 of issue 13, third pass (bench/RESULTS.md): runnable by name with --policies
     "sweeper_rungs_wait": dict(rungs=dict(metric="objective", min_trials=4, margin=0.1)),
-    "sweeper_rungs_loss": dict(rungs=dict(metric="loss", min_trials=1, margin=0.0)),
-    "sweeper_rungs_loss_wait": dict(rungs=dict(metric="loss", min_trials=4, margin=0.1)),
+    "sweeper_rungs_loss": dict(rungs=dict(metric="holdout_loss", min_trials=1, margin=0.0)),
+    "sweeper_rungs_loss_wait": dict(rungs=dict(metric="holdout_loss", min_trials=4, margin=0.1)),
     "sweeper_lr_first5": dict(lr_first=5, startup=5),
     "sweeper_lr_first10": dict(lr_first=10),
     "sweeper_lr_spread5": dict(lr_first=5, startup=5, lr_only=True),
     "sweeper_lr_spread10": dict(lr_first=10, lr_only=True),
     "sweeper_half_epoch": dict(evals_per_epoch=2),
     "sweeper_brackets3_startup5_lr_first5": dict(brackets=3, lr_first=5, startup=5),
-    "sweeper_brackets3_startup5_loss": dict(brackets=3, startup=5, bracket_metric="loss"),
+    "sweeper_brackets3_startup5_loss": dict(brackets=3, startup=5, bracket_metric="holdout_loss"),
     "sweeper_brackets3_startup5_half_epoch": dict(brackets=3, startup=5, evals_per_epoch=2),
     "sweeper_rungs_wait_startup5": dict(rungs=dict(metric="objective", min_trials=4, margin=0.1), startup=5),
-    "sweeper_rungs_loss_startup5": dict(rungs=dict(metric="loss", min_trials=1, margin=0.0), startup=5),
+    "sweeper_rungs_loss_startup5": dict(rungs=dict(metric="holdout_loss", min_trials=1, margin=0.0), startup=5),
+    # rungs_loss as the product builds it: Ray's ASHAScheduler from `scheduler.rung_metric: holdout_loss`
+    "sweeper_asha_loss": dict(scheduler={"rung_metric": "holdout_loss"}),
 }
 # Optuna's GPSampler refits its Gaussian process at every ask: ~1-2 minutes a run here, too slow for 100 seeds
 # (`--policies sweeper_gp` runs it on a few).

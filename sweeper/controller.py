@@ -55,7 +55,8 @@ MAX_STEPS = 10**9  # ASHA's max_t when its rungs count optimizer steps (`schedul
 
 # -- the worker side ---------------------------------------------------------------------------------
 class TuneReporter:
-    """Reporter for trainers: sends each round to Tune as `objective` = best value so far and `round` (what ASHA
+    """Reporter for trainers: sends each round to Tune as `objective` = best value so far, `holdout_loss` = best
+    holdout loss so far (what ASHA judges with `scheduler.rung_metric: holdout_loss`) and `round` (what ASHA
     and the searcher read), `ROUND_VALUE` (what checkpoints are kept by), and the trainer's record under `RECORD`.
 
     ASHA and Optuna then judge a trial by the best round it reached (its selectable checkpoint), not by
@@ -66,6 +67,7 @@ class TuneReporter:
                  batch_size: int = 1):
         self.metric, self.mode, self.batch_size = metric, mode, batch_size
         self.best = math.inf if mode == "min" else -math.inf
+        self.best_loss = math.inf
         self.rss_start_mb = _rss_mb()  # what the worker holds before this trial: growth here is a leak
         # Tune's own checkpoint (a retry in this run) first, else the one an earlier driver run recorded.
         self.checkpoint = tune.get_checkpoint() or resume
@@ -75,7 +77,8 @@ class TuneReporter:
             self.resume_dir = self.checkpoint.to_directory(os.path.join(workdir, "resumed-from") if workdir else None)
             best_file = Path(self.resume_dir) / BEST_FILE
             if best_file.is_file():
-                self.best = json.loads(best_file.read_text())["objective"]
+                saved = json.loads(best_file.read_text())
+                self.best, self.best_loss = saved["objective"], saved.get("holdout_loss", math.inf)
         else:
             self.resume_dir = None
 
@@ -83,14 +86,18 @@ class TuneReporter:
         value = record.metrics.get(self.metric, math.nan)
         if not math.isnan(value):
             self.best = min(self.best, value) if self.mode == "min" else max(self.best, value)
+        loss = record.metrics.get("eval_loss", math.nan)
+        if not math.isnan(loss):
+            self.best_loss = min(self.best_loss, loss)
         worker = {"node": ray.get_runtime_context().get_node_id(), "pid": os.getpid(), "rss_mb": _rss_mb(),
                   "rss_start_mb": self.rss_start_mb}
         record = replace(record, bookkeeping={**record.bookkeeping, **worker})
         checkpoint = None
         if checkpoint_dir:
-            (Path(checkpoint_dir) / BEST_FILE).write_text(json.dumps({"objective": self.best}))
+            (Path(checkpoint_dir) / BEST_FILE).write_text(json.dumps({"objective": self.best,
+                                                                       "holdout_loss": self.best_loss}))
             checkpoint = tune.Checkpoint.from_directory(checkpoint_dir)
-        tune.report({"objective": self.best, "round": record.round, "steps": self._steps(record), ROUND_VALUE: value,
+        tune.report({"objective": self.best, "holdout_loss": self.best_loss, "round": record.round, "steps": self._steps(record), ROUND_VALUE: value,
                      RECORD: record.to_dict()}, checkpoint=checkpoint)
 
     def _steps(self, record: RoundRecord) -> int:
@@ -282,7 +289,9 @@ def _scheduler(spec: Spec):
     steps = spec.scheduler.rung_unit == "steps"
     # In steps, max_t only bounds the rungs: ASHA stops a trial at max_t, which none reaches (trials end by
     # themselves); rungs past a trial's last step are never reached, and cost nothing.
-    return ASHAScheduler(time_attr="steps" if steps else "round", metric="objective", mode=spec.objective.mode,
+    on_loss = spec.scheduler.rung_metric == "holdout_loss"
+    return ASHAScheduler(time_attr="steps" if steps else "round", metric="holdout_loss" if on_loss else "objective",
+                         mode="min" if on_loss else spec.objective.mode,
                          max_t=MAX_STEPS if steps else spec.max_rounds(), grace_period=spec.scheduler.grace_period,
                          reduction_factor=spec.scheduler.reduction_factor)
 

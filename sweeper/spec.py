@@ -146,6 +146,9 @@ class Scheduler(_Strict):
                                                            "trial gets before ASHA may stop it")
     rung_unit: Literal["rounds", "steps"] = Field(default="rounds", description="what ASHA's rungs count: evaluation "
                                                   "rounds, or optimizer steps (a slow task's first rung stays cheap)")
+    rung_metric: Literal["objective", "holdout_loss"] = Field(
+        default="objective", description="what ASHA ranks trials by at a rung: the best objective so far, or the best "
+                                         "holdout loss so far (steadier early in training; bench/RESULTS.md, issue 13)")
     reduction_factor: float = Field(default=2.0, gt=1)
     evals_per_epoch: int = Field(default=1, ge=1, le=100)
 
@@ -280,8 +283,9 @@ class Spec(_Strict):
         for section, default in unset.items():  # added later: left unset, older sweeps keep their fingerprint
             if data[section] == default:
                 del data[section]
-        if data["scheduler"].get("rung_unit") == "rounds":  # added later: the default keeps older fingerprints
-            del data["scheduler"]["rung_unit"]
+        for key, legacy in (("rung_unit", "rounds"), ("rung_metric", "objective")):
+            if data["scheduler"].get(key) == legacy:  # added later: the default keeps older fingerprints
+                del data["scheduler"][key]
         if data["data"]["prompt_template"] is None:
             del data["data"]["prompt_template"]
         if data["search"] == SearchSettings().model_dump(mode="json"):

@@ -3,16 +3,14 @@
 from __future__ import annotations
 
 import shutil
-import signal
 import sys
 from pathlib import Path
 
-import psutil
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # `import helpers` from any test folder
 
-from helpers import PostgresUnavailable, fresh_postgres_database, ray_processes, ray_tmp  # noqa: E402
+from helpers import PostgresUnavailable, fresh_postgres_database, ray_tmp, stop_ray  # noqa: E402
 
 SHARED_RAY_CPUS = 4  # trials of the synthetic task sleep: two sweeps of 2 concurrent trials fit at once
 
@@ -42,13 +40,7 @@ def ray_cleanup(tmp_path):
 
 def _stop_ray(marker_folder: Path) -> None:
     """Stop (by id) every process of the Ray instance whose temp folder is `ray_tmp(marker_folder)`."""
-    procs = ray_processes(marker_folder)
-    for proc in procs:
-        try:
-            proc.send_signal(signal.SIGKILL)
-        except psutil.NoSuchProcess:
-            pass
-    psutil.wait_procs(procs, timeout=10)
+    stop_ray(str(ray_tmp(marker_folder)))
     shutil.rmtree(ray_tmp(marker_folder), ignore_errors=True)
 
 

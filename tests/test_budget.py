@@ -4,12 +4,14 @@
 from __future__ import annotations
 
 import math
+from types import SimpleNamespace
 
 import optuna
 import pytest
 from helpers import synthetic_spec
 
 from sweeper.budget import CostModel, Plan, measurement, probe_params, probe_shapes, step_line
+from sweeper.controller import _scheduler
 from sweeper.search import SweepSearch
 from sweeper.spec import load_spec
 from sweeper.store import TrialStore
@@ -146,6 +148,26 @@ def test_rung_unit_rounds_keeps_older_fingerprints(tmp_path):
     steps = spec_with(tmp_path, scheduler={"type": "asha", "grace_period": 1, "reduction_factor": 2,
                                            "evals_per_epoch": 2, "rung_unit": "steps"})
     assert default.fingerprint() == explicit.fingerprint() != steps.fingerprint()
+
+
+def test_rungs_judged_on_holdout_loss_rank_by_the_best_loss_so_far(tmp_path):
+    asha = {"type": "asha", "grace_period": 1, "reduction_factor": 2, "evals_per_epoch": 2}
+    default, objective, on_loss = (spec_with(tmp_path, scheduler=s) for s in (
+        asha, {**asha, "rung_metric": "objective"}, {**asha, "rung_metric": "holdout_loss"}))
+    assert default.fingerprint() == objective.fingerprint() != on_loss.fingerprint()  # older sweeps resume
+
+    def decision(spec, second: dict) -> str:
+        """ASHA's word on a second trial at the first rung, after a first trial reported there."""
+        scheduler = _scheduler(spec)
+        first, other = SimpleNamespace(trial_id="t0"), SimpleNamespace(trial_id="t1")
+        for trial, result in ((first, {"objective": 0.5, "holdout_loss": 1.0}), (other, second)):
+            scheduler.on_trial_add(None, trial)
+            last = scheduler.on_trial_result(None, trial, {"round": 1, **result})
+        return last
+
+    higher_f1_higher_loss = {"objective": 0.6, "holdout_loss": 2.0}  # the rules disagree on this one
+    assert decision(default, higher_f1_higher_loss) == "CONTINUE"
+    assert decision(on_loss, higher_f1_higher_loss) == "STOP"
 
 
 # -- admission by the estimate --------------------------------------------------------------------------

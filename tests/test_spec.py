@@ -281,7 +281,7 @@ def test_gates_are_part_of_the_fingerprint_and_unset_sections_change_nothing():
     legacy = {k: v for k, v in plain.model_dump(mode="json").items()
               if k not in ("audit", "promotion", "max_new_tokens", "search")}  # sections added later, left unset
     legacy["budget"] = {k: v for k, v in legacy["budget"].items() if k not in ("max_compute", "compute_unit")}
-    legacy["scheduler"] = {k: v for k, v in legacy["scheduler"].items() if k != "rung_unit"}
+    legacy["scheduler"] = {k: v for k, v in legacy["scheduler"].items() if k not in ("rung_unit", "rung_metric")}
     legacy["data"] = {k: v for k, v in legacy["data"].items() if k != "prompt_template"}
     # A model block of default settings is fingerprinted as specs before the block wrote it.
     legacy["model"], legacy["data"]["max_seq_length"] = plain.model.path, plain.model.max_seq_length

@@ -149,7 +149,7 @@ def test_rungs_that_wait_stop_fewer_trials_than_asha_and_the_loss_rung_judges_lo
     asha, waiting = stopped("sweeper"), stopped("sweeper_rungs_wait")
     assert asha > waiting
     loss = replay.make_policy("sweeper_rungs_loss", spec, 0)
-    assert loss.rung_metric == "loss" and loss.scheduler.rungs.sign == -1.0
+    assert loss.rung_metric == "holdout_loss" and loss.scheduler.rungs.sign == -1.0
 
 
 def test_the_half_epoch_variant_replays_every_round_with_the_same_targets_and_patience_in_epochs(tmp_path):

@@ -16,16 +16,13 @@ import sqlite3
 
 import pytest
 import yaml
-from helpers import run_cli, small_spec
+from helpers import narrow_training, run_cli, small_spec
 
 pytestmark = pytest.mark.slow
 
 # A narrow space that learns something in 3 epochs on 96 rows (holdout F1 ~0.5), two trials side by side.
 TRAINING = dict(
-    search_space={"name": "promotion-e2e", "params": {"learning_rate": {"type": "float", "low": 8e-3, "high": 1.2e-2,
-                                                                         "log": True}}},
-    fixed={"batch_size": 16, "num_epochs": 3, "lr_scheduler_type": "constant", "warmup_ratio": 0.0,
-           "weight_decay": 0.0, "lora_r": 8, "lora_alpha": 16, "lora_dropout": 0.0},
+    **narrow_training("promotion-e2e", epochs=3),
     budget={"trials": 2, "max_concurrent": 2},
     scheduler={"type": "none", "evals_per_epoch": 1},
 )
@@ -80,7 +77,8 @@ def test_a_sweep_is_not_promoted_when_a_field_misses_its_gate(tmp_path, shared_r
 
 
 def test_a_sweep_that_clears_generous_gates_is_promoted_at_the_end_of_the_run(tmp_path, shared_ray):
-    spec = small_spec(tmp_path, **TRAINING, promotion={"gates": ["f1_micro >= 0.05", "eval_loss <= 3"], "seeds": 1,
+    training = {**TRAINING, "budget": {"trials": 1, "max_concurrent": 1}}  # a winner that passes: no runner-up
+    spec = small_spec(tmp_path, **training, promotion={"gates": ["f1_micro >= 0.05", "eval_loss <= 3"], "seeds": 1,
                                                         "on_run": True})
     train = json.loads((tmp_path / "data" / "train.json").read_text())
     test = json.loads((tmp_path / "data" / "test.json").read_text())

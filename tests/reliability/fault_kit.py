@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Callable
 
 import psutil
-from helpers import ray_processes, small_spec
+from helpers import free_port, ray_processes, small_spec
 from sqlalchemy import create_engine, text
 from sqlalchemy.exc import DBAPIError
 
@@ -127,10 +127,7 @@ class PostgresProxy:
 
     def __init__(self, upstream: tuple[str, int] = ("127.0.0.1", 5432)):
         self.upstream = upstream
-        probe = socket.socket()
-        probe.bind(("127.0.0.1", 0))
-        self.port = probe.getsockname()[1]
-        probe.close()
+        self.port = free_port()
         self._lock = threading.Lock()
         self._sockets: set[socket.socket] = set()
         self._listener: socket.socket | None = None

@@ -6,7 +6,8 @@ the real controller, store and study, with deterministic curves that take a know
 reached by watching the store, never by guessing the machine's speed.
 
 The drivers run on the session's shared Ray cluster (`shared_ray`, as on a real cluster: `--address`), except
-in one phase, which kills a driver that started its own local Ray and checks that Ray goes with it.
+in one phase, which kills a driver that started its own local Ray and checks that Ray goes with it (that sweep
+is then resumed on the shared cluster: the store and Tune's state, not the Ray instance, carry a sweep over).
 """
 
 from __future__ import annotations
@@ -27,8 +28,14 @@ from helpers import ray_processes, run_cli, start_cli, synthetic_spec
 
 pytestmark = pytest.mark.slow
 
-BUDGET = 5
-KILL_RUNS = 20  # the issue's acceptance: 20 kills at random moments, each resumed to completion
+BUDGET = 4  # a phase test's trials: "after-a-trial-finished-mid-next" still leaves one not yet started
+KILLS = 20  # the issue's acceptance: 20 kills at random moments, each resumed to completion
+KILL_CHAINS = 4  # the kills fall on 4 sweeps (2 at a time), 5 in a row each: a resumed run is killed again
+# A random kill's sweep: 3 trials, up to 2 at once, so a kill can still land with several in flight, one
+# waiting, or all done (export). A run's cost is mostly its fixed part (CLI start, Ray connect, a fresh Python
+# worker per concurrent trial); trials and rounds beyond what reaches every phase only lengthen it.
+KILL_RUN_BUDGET = 3
+KILL_RUN_ROUND_SECONDS = 0.05
 
 
 def rows(db: Path, sql: str) -> list[tuple]:
@@ -43,8 +50,8 @@ def trials(db: Path) -> list[tuple[str, str, int]]:
     return rows(db, "select trial_key, status, rounds from sweeper_trials order by trial_key")
 
 
-def spec_for(tmp_path: Path, concurrent: int = 1, round_seconds: float = 0.3) -> Path:
-    return synthetic_spec(tmp_path, round_seconds=round_seconds, budget={"trials": BUDGET, "max_concurrent": concurrent},
+def spec_for(tmp_path: Path, concurrent: int = 1, round_seconds: float = 0.3, budget: int = BUDGET) -> Path:
+    return synthetic_spec(tmp_path, round_seconds=round_seconds, budget={"trials": budget, "max_concurrent": concurrent},
                           scheduler={"type": "asha", "grace_period": 2, "reduction_factor": 2, "evals_per_epoch": 2})
 
 
@@ -83,12 +90,12 @@ def wait_for_workers_to_go(db: Path) -> None:
     assert not alive, f"trial workers of the killed driver still run: {alive}"
 
 
-def assert_completed_once_each(tmp_path: Path, name: str = "synthetic-sweep") -> None:
+def assert_completed_once_each(tmp_path: Path, name: str = "synthetic-sweep", budget: int = BUDGET) -> None:
     db = tmp_path / "state" / "sweeper.db"
     assert rows(db, "select status from sweeper_sweeps") == [("completed",)]
     stored = trials(db)
     keys = [key for key, _, _ in stored]
-    assert len(keys) == len(set(keys)) == BUDGET, stored
+    assert len(keys) == len(set(keys)) == budget, stored
     assert all(status in ("completed", "early_stopped", "stopped") for _, status, _ in stored), stored
     assert rows(db, "select trial_id, round from sweeper_rounds group by trial_id, round having count(*) > 1") == []
     for key, _, rounds in stored:  # every round of every trial is there, once
@@ -98,7 +105,7 @@ def assert_completed_once_each(tmp_path: Path, name: str = "synthetic-sweep") ->
     study = optuna.load_study(study_name=name, storage=f"sqlite:///{db}").get_trials(deepcopy=False)
     assert sorted(f"t{t.number:04d}" for t in study) == keys
     assert all(t.state in (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED) for t in study), study
-    assert len({json.dumps(t.params, sort_keys=True) for t in study}) == BUDGET, "a point was proposed twice"
+    assert len({json.dumps(t.params, sort_keys=True) for t in study}) == budget, "a point was proposed twice"
     assert (tmp_path / "state" / "sweeps" / name / "export" / "winner.yaml").is_file()
 
 
@@ -116,16 +123,14 @@ PRIVATE_RAY_PHASE = "during-the-first-trial"  # its driver starts its own local 
 
 
 @pytest.mark.parametrize("phase", PHASES)
-def test_driver_killed_at_a_phase_resumes_to_exactly_the_budget(tmp_path, ray_cleanup, phase, request):
+def test_driver_killed_at_a_phase_resumes_to_exactly_the_budget(tmp_path, ray_cleanup, shared_ray, phase):
     concurrent, ready = PHASES[phase]
-    address = None if phase == PRIVATE_RAY_PHASE else request.getfixturevalue("shared_ray")
-    on_cluster = ["--address", address] if address else []
     spec = spec_for(tmp_path, concurrent)
-    kill_when(tmp_path, spec, ready, address=address)
+    kill_when(tmp_path, spec, ready, address=None if phase == PRIVATE_RAY_PHASE else shared_ray)
     db = tmp_path / "state" / "sweeper.db"
     left = running(trials(db))
     assert left, "the kill left nothing to resume: the phase was not the one meant"
-    run_cli(["run", spec, *on_cluster], tmp_path, check=True)
+    run_cli(["run", spec, "--address", shared_ray], tmp_path, check=True)  # the private Ray is gone; resume on one
     assert_completed_once_each(tmp_path)
     retries = dict(rows(db, "select trial_key, retries from sweeper_trials"))
     for key, _, rounds in left:  # a trial with a checkpointed round continues from it, counted as a retry
@@ -151,30 +156,45 @@ def test_driver_killed_while_exporting_finishes_without_running_a_trial(tmp_path
 
 
 def test_driver_killed_at_random_moments_always_resumes_to_exactly_the_budget(tmp_path, shared_ray):
-    """KILL_RUNS sweeps, each SIGKILLed at a random moment of its run (start-up, trials, export), then resumed;
-    two at a time, each with its own store, on one Ray cluster."""
+    """KILLS SIGKILLs of the driver at random moments of its run (start-up, trials, export), in KILL_CHAINS chains:
+    each chain's sweep is run and killed again and again (a kill also lands in a resume of a killed run), then run
+    to completion; two chains at a time, each sweep with its own store, on one Ray cluster. A run that ends before
+    its kill time was not killed: it must have completed, and the chain goes on with a new sweep."""
     rng = random.Random(20261130)
     full = tmp_path / "full"
     full.mkdir()
     started = time.monotonic()
-    run_cli(["run", spec_for(full, concurrent=2, round_seconds=0.1), "--address", shared_ray], full, check=True)
+    run_cli(["run", spec_for(full, concurrent=2, round_seconds=KILL_RUN_ROUND_SECONDS, budget=KILL_RUN_BUDGET),
+             "--address", shared_ray], full, check=True)
     duration = time.monotonic() - started  # a whole run on this machine, now: kill times spread over it
-    plans = [(run, rng.choice([1, 2]), rng.uniform(0.2, duration)) for run in range(KILL_RUNS)]
+    per_chain = KILLS // KILL_CHAINS
+    plans = [(chain, random.Random(rng.random())) for chain in range(KILL_CHAINS)]
 
-    def kill_and_resume(plan) -> float:
-        run, concurrent, kill_after = plan
-        folder = tmp_path / f"run{run}"
-        folder.mkdir()
-        spec = spec_for(folder, concurrent=concurrent, round_seconds=0.1)
-        driver = start_cli(["run", spec, "--address", shared_ray], folder)
-        time.sleep(kill_after)
-        driver.send_signal(signal.SIGKILL)
-        driver.wait(timeout=30)
-        run_cli(["run", spec, "--address", shared_ray], folder, check=True)
-        assert_completed_once_each(folder)
-        return kill_after
+    def kill_chain(plan) -> list[float]:
+        chain, chain_rng = plan
+        kills: list[float] = []
+        for sweep in range(per_chain):  # a new sweep only when a run completed before its kill
+            folder = tmp_path / f"chain{chain}-{sweep}"
+            folder.mkdir()
+            spec = spec_for(folder, concurrent=chain_rng.choice([1, 2]), round_seconds=KILL_RUN_ROUND_SECONDS,
+                            budget=KILL_RUN_BUDGET)
+            while len(kills) < per_chain:
+                kill_after = chain_rng.uniform(0.2, duration)
+                driver = start_cli(["run", spec, "--address", shared_ray], folder)
+                time.sleep(kill_after)
+                if driver.poll() is not None:  # it finished first: nothing was killed
+                    assert driver.returncode == 0, f"a run of {folder.name} exited {driver.returncode}"
+                    break
+                driver.send_signal(signal.SIGKILL)
+                driver.wait(timeout=30)
+                kills.append(kill_after)
+            run_cli(["run", spec, "--address", shared_ray], folder, check=True)
+            assert_completed_once_each(folder, budget=KILL_RUN_BUDGET)
+            if len(kills) == per_chain:
+                return kills
+        return kills
 
     with ThreadPoolExecutor(2) as pool:
-        killed_at = list(pool.map(kill_and_resume, plans))
-    assert len(killed_at) == KILL_RUNS
+        killed_at = [t for kills in pool.map(kill_chain, plans) for t in kills]
+    assert len(killed_at) == KILLS
     print(f"a whole run took {duration:.1f} s; kills at {sorted(round(t, 1) for t in killed_at)} s")

@@ -5,13 +5,12 @@ and the export (and promotion: the same `sweeper.checkpoints.local_copy`) read b
 from __future__ import annotations
 
 import json
-import socket
 import sqlite3
 from pathlib import Path
 
 import pyarrow.fs as pafs
 import pytest
-from helpers import run_cli
+from helpers import free_port, run_cli
 from moto.server import ThreadedMotoServer
 from test_driver_kills import PHASES, assert_completed_once_each, kill_when, running, spec_for, trials
 
@@ -23,9 +22,7 @@ BUCKET = "sweeps"
 @pytest.fixture
 def s3(monkeypatch) -> pafs.S3FileSystem:
     """A private S3 server and bucket; the environment points pyarrow (here, in the CLI and in Ray's workers) at it."""
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
+    port = free_port()
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
     server.start()
     for name, value in {"AWS_ACCESS_KEY_ID": "test", "AWS_SECRET_ACCESS_KEY": "test", "AWS_REGION": "us-east-1",

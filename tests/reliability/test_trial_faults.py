@@ -17,7 +17,7 @@ import time
 
 import pytest
 from fault_kit import FIXED, SPACE, Rows, checkpointed_round, cli_log, fault_spec, our_ray_worker, wait_for
-from helpers import start_cli, synthetic_spec
+from helpers import kill_processes, start_cli, synthetic_spec
 
 pytestmark = pytest.mark.slow
 NAME = "fault-sweep"
@@ -102,7 +102,11 @@ def test_removed_worker_node_has_its_trial_rescheduled(tmp_path, cluster):
         victim = wait_for(lambda: checkpointed_round(rows, NAME), 180, "a checkpointed round", every=0.05)
         hold.touch()  # the trial waits before its next round: the node goes mid-trial
         node = next(n for n in workers if n.node_id == victim["bookkeeping"]["node"])
-        ray_cluster.remove_node(node)  # its raylet and every worker on it die
+        worker = our_ray_worker(victim["bookkeeping"]["pid"], tmp_path)
+        ray_cluster.remove_node(node, allow_graceful=False)  # its raylet dies
+        # ... and, as when a machine goes, the processes on it: a worker left to notice its raylet was gone went on
+        # training (at load 13, every later round came from it and the retry's were never recorded)
+        kill_processes([worker])
         ray_cluster.add_node(num_cpus=1)  # a replacement, as an autoscaler would start
         hold.unlink()
         assert driver.wait(timeout=300) == 0, cli_log(tmp_path)

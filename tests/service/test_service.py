@@ -4,7 +4,7 @@ One lifecycle trains for real (MiniLM on SQLite: the promotion and the exported 
 synthetic task (trainers/synthetic.py: the real service, driver, Ray, store and study, deterministic curves at a
 fixed pace), and place cancels and kills with its hold file, never by guessing the machine's speed.
 The service's drivers join the session's shared local Ray cluster (SWEEPER_RAY_ADDRESS), except where the whole
-machine goes away: there the driver's own Ray goes with it.
+machine goes away: there the driver's own Ray goes with it (the restarted service joins the shared one).
 """
 
 from __future__ import annotations
@@ -22,14 +22,24 @@ import optuna
 import psutil
 import pytest
 import yaml
-from helpers import small_spec, synthetic_spec
+from helpers import narrow_training, small_spec, synthetic_spec
 
 pytestmark = pytest.mark.slow
 
 
-def submittable_spec(tmp_path: Path, trials: int = 3, name: str = "svc-sweep") -> dict:
+# The real lifecycle's training: a narrow space at a fixed batch of 16, two trials side by side, no early stop:
+# each trial has 6 rounds (3 epochs x 2 evaluations), so the sweep is watched running well after its first round.
+REAL_TRAINING = dict(
+    **narrow_training("service-e2e", epochs=3),
+    scheduler={"type": "none", "evals_per_epoch": 2},
+    early_stopping={"patience": 20, "min_delta": 0.0},
+)
+
+
+def submittable_spec(tmp_path: Path, trials: int = 2, name: str = "svc-sweep") -> dict:
     """The small test spec (real MiniLM training), with its data under the service's data root and no storage."""
-    spec = yaml.safe_load(small_spec(tmp_path, name=name, budget={"trials": trials, "max_concurrent": 2}).read_text())
+    spec = yaml.safe_load(small_spec(tmp_path, name=name, budget={"trials": trials, "max_concurrent": 2},
+                                     **REAL_TRAINING).read_text())
     spec.pop("storage")
     spec["promotion"] = {"gates": ["eval_loss <= 50"], "bootstrap_samples": 200}  # generous: checks the path
     return spec
@@ -113,10 +123,12 @@ def test_submit_watch_and_download(tmp_path, make_service, backend, request, sha
     service = make_service(url, shared_ray)
     hold = tmp_path / "hold"
     if real:
-        spec = submittable_spec(tmp_path)
+        trials = 2
+        spec = submittable_spec(tmp_path, trials)
     else:
+        trials = 3
         hold.touch()  # every trial waits before its first round until the test lets it go
-        spec = synthetic_submittable_spec(tmp_path, hold, scheduler={"type": "none", "evals_per_epoch": 2})
+        spec = synthetic_submittable_spec(tmp_path, hold, trials, scheduler={"type": "none", "evals_per_epoch": 2})
     accepted = service.client.post("/sweeps", json={"spec_yaml": yaml.safe_dump(spec)})
     assert accepted.status_code == 202, accepted.text
     assert service.client.post("/sweeps", json={"spec": spec}).status_code == 409  # already queued / running
@@ -129,21 +141,42 @@ def test_submit_watch_and_download(tmp_path, make_service, backend, request, sha
     if not real:  # held after the first round any trial reports: the sweep is running, with rounds to show
         run_until(service, hold, lambda trials: any(t["rounds"] > 0 for t in trials))
         assert sweep_of(service)["status"] == "running"
-    _, visible = service.wait_for(running_with_rounds, every=0.5)
+    _, visible = service.wait_for(running_with_rounds, every=0.2)
     rounds = service.client.get(f"/sweeps/svc-sweep/trials/{visible[0]['trial_key']}/rounds").json()
     assert rounds and rounds[0]["round"] == 1 and rounds[0]["eval_loss"] > 0
     hold.unlink(missing_ok=True)
 
     done = service.wait_for(lambda: (s := sweep_of(service))["status"] == "completed" and s)
-    assert done["trials"] == 3 and done["best_trial"]
-    page = service.client.get("/sweeps/svc-sweep/trials", params={"limit": 2, "offset": 1}).json()
-    assert page["total"] == 3 and len(page["items"]) == 2
+    assert done["trials"] == trials and done["best_trial"]
+    listed = [t["trial_key"] for t in trials_of(service)]
+    pages = [service.client.get("/sweeps/svc-sweep/trials", params={"limit": 1, "offset": n}).json() for n in (0, 1)]
+    assert [p["total"] for p in pages] == [trials, trials]  # one trial a page, the second page after the first
+    assert [t["trial_key"] for p in pages for t in p["items"]] == listed[:2] and len(listed) == trials
+    # The CLI's remote mode drives the same service.
+    env = {**service.env, "SWEEPER_API_TOKEN": service.token}
+    remote = [sys.executable, "-m", "sweeper", "--server", service.url]
     if real:  # started where the sweeps run (here: a local `sweeper promote`), never in the request
-        started = service.client.post("/sweeps/svc-sweep/promote")
-        assert started.status_code == 202 and started.json()["status"] == "promoting", started.text
-        assert service.client.post("/sweeps/svc-sweep/promote").status_code == 409  # one at a time
-        state = service.wait_for(lambda: (p := service.client.get("/sweeps/svc-sweep/promotion").json())["state"]
-                                 != "running" and p, every=0.5)
+        # One promotion, started by the remote CLI (its POST must be accepted, then it waits for the outcome);
+        # while it runs, a second POST is refused: one at a time. (The 202 body: tests/service/test_two_replicas.py.)
+        promoting = subprocess.Popen([*remote, "promote", "svc-sweep"], env=env, stdout=subprocess.PIPE,
+                                     stderr=subprocess.PIPE, text=True)
+
+        def promotion_state() -> dict | None:
+            response = service.client.get("/sweeps/svc-sweep/promotion")
+            assert response.status_code in (200, 404), response.text  # 404: the CLI has not posted yet
+            return response.json() if response.status_code == 200 else None
+
+        try:
+            first = service.wait_for(lambda: promotion_state() or promoting.poll() is not None, every=0.1)
+            assert first is not True, promoting.communicate()  # the CLI ended before its promotion was seen
+            assert first["state"] == "running", first  # seen before the promotion ended
+            assert service.client.post("/sweeps/svc-sweep/promote").status_code == 409  # one at a time
+            out, err = promoting.communicate(timeout=300)
+        finally:
+            if promoting.poll() is None:
+                promoting.kill()
+        assert promoting.returncode == 0 and "PROMOTED" in out, out + err
+        state = promotion_state()
         assert state["state"] == "finished", state
         promotion = state["result"]
         assert promotion["status"] == "PROMOTED" and promotion["split"] == "test"
@@ -157,9 +190,6 @@ def test_submit_watch_and_download(tmp_path, make_service, backend, request, sha
     if real:
         assert record["promotion"]["promoted"] == promotion["promoted"]  # the export says the outcome
 
-    # The CLI's remote mode drives the same service.
-    env = {**service.env, "SWEEPER_API_TOKEN": service.token}
-    remote = [sys.executable, "-m", "sweeper", "--server", service.url]
     listing = subprocess.run([*remote, "trials", "svc-sweep"], env=env, capture_output=True, text=True, timeout=60)
     assert listing.returncode == 0 and done["best_trial"] in listing.stdout, listing.stderr
     compared = subprocess.run([*remote, "compare", "svc-sweep", "--format", "json"], env=env, capture_output=True,
@@ -171,10 +201,6 @@ def test_submit_watch_and_download(tmp_path, make_service, backend, request, sha
     assert comparison == json.loads(local.stdout)  # the service's comparison is the store's, row for row
     assert [t["trial"] for t in comparison["trials"] if t["is_best"]] == [comparison["trials"][0]["trial"]] == \
         [done["best_trial"]] and comparison["trials"][0]["metrics"]["eval_loss"] > 0
-    if real:
-        promoted = subprocess.run([*remote, "promote", "svc-sweep"], env=env, capture_output=True, text=True,
-                                  timeout=300)
-        assert promoted.returncode == 0 and "PROMOTED" in promoted.stdout, promoted.stderr
     target = tmp_path / "downloaded"
     exported = subprocess.run([*remote, "export", "svc-sweep", "--out", str(target)], env=env, capture_output=True,
                               text=True, timeout=60)
@@ -217,10 +243,11 @@ def stored_rounds(service, trials: list[dict]) -> dict[tuple[str, int], float]:
             for r in service.client.get(f"/sweeps/svc-sweep/trials/{t['trial_key']}/rounds").json()}
 
 
-def test_service_and_driver_killed_mid_sweep_resume_with_nothing_lost(tmp_path, make_service):
+def test_service_and_driver_killed_mid_sweep_resume_with_nothing_lost(tmp_path, make_service, shared_ray):
     """Service, driver and its Ray killed while a trial is held after its second round, other trials still to
     run; the restarted service resumes the sweep: every round written before the kill is kept as it was, each
-    trial is there once, and the interrupted trials continue from their checkpoints."""
+    trial is there once, and the interrupted trials continue from their checkpoints. (The restarted service's
+    driver joins the session's shared Ray: the killed Ray is not the one that resumes, as on a new machine.)"""
     service = make_service()
     hold = tmp_path / "hold"
     hold.touch()
@@ -238,6 +265,7 @@ def test_service_and_driver_killed_mid_sweep_resume_with_nothing_lost(tmp_path, 
                            env=service.env, capture_output=True, text=True, timeout=60)
     assert shown.returncode == 0 and "interrupted" in shown.stdout, shown.stdout  # not `running`: no live driver
     hold.unlink()
+    service.env["SWEEPER_RAY_ADDRESS"] = shared_ray
     service.start()
     done = service.wait_for(lambda: (s := sweep_of(service))["status"] == "completed" and s)
     assert service.driver_pids()[0] != first_driver  # a new driver resumed the sweep

@@ -10,7 +10,6 @@ from __future__ import annotations
 import io
 import os
 import signal
-import socket
 import subprocess
 import sys
 import zipfile
@@ -22,19 +21,13 @@ import optuna
 import psutil
 import pytest
 import yaml
-from helpers import answers, cli_env, processes_mentioning, ray_tmp, synthetic_spec
+from helpers import answers, cli_env, free_ports, processes_mentioning, ray_tmp, synthetic_spec
 
 from sweeper.store import SERVICE_OWNER, TrialStore
 
 pytestmark = pytest.mark.slow
 
 RAY_CPUS = 4  # two trials of a sweep at once, with room for the job's driver
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture
@@ -45,12 +38,12 @@ def ray_head(tmp_path) -> Iterator[str]:
     bin_dir = Path(sys.executable).parent
     env = {**cli_env(tmp_path), "RAY_AUTH_MODE": "disabled", "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}"}
     env.pop("RAY_ADDRESS", None)
-    dashboard, gcs = free_port(), free_port()
+    dashboard, gcs, client, agent = free_ports(4)
     try:
         started = subprocess.run(
             [str(bin_dir / "ray"), "start", "--head", "--include-dashboard=true", "--dashboard-host=127.0.0.1",
-             f"--dashboard-port={dashboard}", f"--port={gcs}", f"--ray-client-server-port={free_port()}",
-             f"--dashboard-agent-listen-port={free_port()}", f"--num-cpus={RAY_CPUS}",
+             f"--dashboard-port={dashboard}", f"--port={gcs}", f"--ray-client-server-port={client}",
+             f"--dashboard-agent-listen-port={agent}", f"--num-cpus={RAY_CPUS}",
              f"--temp-dir={ray_tmp(tmp_path)}", "--disable-usage-stats"], env=env, capture_output=True, text=True,
             timeout=180)
         assert started.returncode == 0, started.stdout + started.stderr

@@ -1,6 +1,6 @@
 """A real small sweep with W&B offline: read the offline run files back, and look for the API key everywhere.
 
-The sweep runs once for the module (3 trials, 2 at a time, real MiniLM training on a local Ray) with a
+The sweep runs once for the module (2 trials side by side, real MiniLM training on a local Ray) with a
 fake `WANDB_API_KEY` in its environment.
 """
 
@@ -40,7 +40,7 @@ def assert_holdout_only(metrics: dict) -> None:
 @pytest.fixture(scope="module")
 def sweep(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("wandb-sweep")
-    spec = small_spec(tmp, tracking={"mode": "offline", "project": "t"}, budget={"trials": 3, "max_concurrent": 2})
+    spec = small_spec(tmp, tracking={"mode": "offline", "project": "t"}, budget={"trials": 2, "max_concurrent": 2})
     env = pytest.MonkeyPatch()
     env.setenv("WANDB_API_KEY", KEY)
     env.setenv("WANDB_MODE", "offline")
@@ -64,7 +64,7 @@ def test_one_run_per_trial_grouped_with_config_and_rounds(sweep):
     trials = {t.trial_key: t for t in store.trials("small-sweep")}
     rounds = store.rounds("small-sweep")
     trial_runs = {r.run_id: r for r in runs if r.job_type == "trial"}
-    assert len(trials) == 3 and set(trial_runs) == {f"small-sweep-{k}" for k in trials}
+    assert len(trials) == 2 and set(trial_runs) == {f"small-sweep-{k}" for k in trials}
     for key, trial in trials.items():
         run = trial_runs[f"small-sweep-{key}"]
         assert (run.project, run.group, run.exit_code) == ("t", "small-sweep", 0)
@@ -115,7 +115,7 @@ def test_summary_run_tables_every_trial(sweep):
     (summary,) = [r for r in runs if r.job_type == "summary"]
     assert (summary.group, summary.project) == ("small-sweep", "t")
     best = store.best_trial("small-sweep")
-    assert summary.summary["best_trial"] == best.trial_key and summary.summary["n_trials"] == 3
+    assert summary.summary["best_trial"] == best.trial_key and summary.summary["n_trials"] == 2
     assert summary.summary["sweep_status"] == "completed" and summary.exit_code == 0
     table = json.loads((summary.folder / "files" / summary.summary["trials"]["path"]).read_text())
     keys = [row[table["columns"].index("trial")] for row in table["data"]]
@@ -125,7 +125,7 @@ def test_summary_run_tables_every_trial(sweep):
 def test_live_progress_is_one_line_per_trial_when_not_a_terminal(sweep):
     _, result, _, _ = sweep
     lines = [line for line in result.stdout.splitlines() if line.startswith("[small-sweep] trial ")]
-    assert len(lines) == 3 and "3/3 done" in lines[-1]
+    assert len(lines) == 2 and "2/2 done" in lines[-1]
 
 
 def test_api_key_is_in_no_file_the_sweep_wrote(sweep):

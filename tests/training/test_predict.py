@@ -45,11 +45,11 @@ def test_classification_predict_reproduces_the_round_metrics(make_config, minilm
 
 @pytest.mark.slow  # SmolLM2 training (~25 s on 2 cores): CI runs it, the fast tier does not
 def test_causal_lm_predict_reproduces_the_round_metrics(make_config, smollm2_path, restaurant8k_tiny, tmp_path):
-    holdout = tmp_path / "r8k-holdout-4.json"  # decoding dominates the cost: 4 rows, each decoded twice
-    holdout.write_text(json.dumps(json.loads(Path(restaurant8k_tiny["holdout"]).read_text())[:4]))
+    holdout = tmp_path / "r8k-holdout-2.json"  # decoding dominates the cost: 2 rows, each decoded twice
+    holdout.write_text(json.dumps(json.loads(Path(restaurant8k_tiny["holdout"]).read_text())[:2]))
     config = make_config(
         "causal_lm_sft", smollm2_path, {**restaurant8k_tiny, "holdout": str(holdout)}, batch_size=8, num_epochs=1,
-        evals_per_epoch=2, max_rounds=1, learning_rate=1e-3, max_seq_length=160, generation_eval_examples=4,
+        evals_per_epoch=2, max_rounds=1, learning_rate=1e-3, max_seq_length=160, generation_eval_examples=2,
     )  # 2 steps, then every holdout row is decoded, as predict decodes them
     reported, checkpoint = trained(causal_lm_sft, config)
     records = causal_lm_sft.predict(config, checkpoint, read_examples(config.data.holdout, "restaurant8k"))
