@@ -97,8 +97,8 @@ class TuneReporter:
             (Path(checkpoint_dir) / BEST_FILE).write_text(json.dumps({"objective": self.best,
                                                                        "holdout_loss": self.best_loss}))
             checkpoint = tune.Checkpoint.from_directory(checkpoint_dir)
-        tune.report({"objective": self.best, "holdout_loss": self.best_loss, "round": record.round, "steps": self._steps(record), ROUND_VALUE: value,
-                     RECORD: record.to_dict()}, checkpoint=checkpoint)
+        tune.report({"objective": self.best, "holdout_loss": self.best_loss, "round": record.round,
+                     "steps": self._steps(record), ROUND_VALUE: value, RECORD: record.to_dict()}, checkpoint=checkpoint)
 
     def _steps(self, record: RoundRecord) -> int:
         """Optimizer steps so far (what ASHA counts with `scheduler.rung_unit: steps`); rounds for a trainer that

@@ -113,6 +113,17 @@ def ray_processes(tmp_path: Path) -> list[psutil.Process]:
     return processes_of_ray(str(ray_tmp(tmp_path)))
 
 
+def wait_for_ray_to_go(tmp_path: Path) -> None:
+    """A private local Ray shares its driver's fate: after the driver is killed, every process of the Ray it started
+    (`ray_processes`) ends. Its agents are the last to go: on seeing the raylet gone they report it to the GCS, which
+    went too, and give up after Ray's 60 s RPC timeout (`publish_error_to_driver`): beside a CPU hog on 2 cores, two
+    agents were still there 60 s after the kill."""
+    deadline = time.monotonic() + 150
+    while (left := ray_processes(tmp_path)) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert not left, f"processes of the killed driver's Ray still run after 150 s: {left}"
+
+
 def processes_of_ray(folder: str) -> list[psutil.Process]:
     """Processes of the Ray instance whose temp folder (RAY_TMPDIR) is `folder`: those naming it, or started with it
     as RAY_TMPDIR. Ray's agents (`ray::DashboardAgent`, `ray::RuntimeEnvAgent`) rename themselves and name no

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import pytest
 from fault_kit import FIXED, SPACE, PostgresProxy, Rows, cli_log, wait_for
-from helpers import ray_processes, run_cli, start_cli, synthetic_spec
+from helpers import run_cli, start_cli, synthetic_spec, wait_for_ray_to_go
 from sqlalchemy.engine import make_url
 
 pytestmark = pytest.mark.slow
@@ -109,10 +109,7 @@ def test_database_outage_short_is_ridden_out_long_stops_cleanly_and_resumes(tmp_
     assert re.search(rf"error: database {re.escape(safe)}( \(Optuna study\))? unavailable after 5 retries", flat), log
     assert "run `sweeper run` again to resume" in flat and "Traceback" not in log
     assert PASSWORD not in log
-    deadline = time.monotonic() + 30  # the local Ray went down with its driver
-    while ray_processes(tmp_path) and time.monotonic() < deadline:
-        time.sleep(0.5)
-    assert not ray_processes(tmp_path)
+    wait_for_ray_to_go(tmp_path)
 
     # 3. The database is back: nothing written was lost, and the same command resumes the sweep.
     proxy.up()

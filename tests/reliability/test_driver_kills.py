@@ -24,7 +24,7 @@ from typing import Callable
 import optuna
 import psutil
 import pytest
-from helpers import ray_processes, run_cli, start_cli, synthetic_spec
+from helpers import run_cli, start_cli, synthetic_spec, wait_for_ray_to_go
 
 pytestmark = pytest.mark.slow
 
@@ -72,13 +72,6 @@ def kill_when(tmp_path: Path, spec: Path, ready: Callable[[list], bool], timeout
         wait_for_workers_to_go(db)
     else:
         wait_for_ray_to_go(tmp_path)
-
-
-def wait_for_ray_to_go(tmp_path: Path) -> None:
-    deadline = time.monotonic() + 60  # the local Ray shares the driver's fate
-    while ray_processes(tmp_path) and time.monotonic() < deadline:
-        time.sleep(0.2)
-    assert not ray_processes(tmp_path)
 
 
 def wait_for_workers_to_go(db: Path) -> None:

@@ -21,7 +21,7 @@ import optuna
 import psutil
 import pytest
 import yaml
-from helpers import answers, cli_env, free_ports, processes_mentioning, ray_tmp, synthetic_spec
+from helpers import answers, cli_env, free_ports, kill_processes, processes_mentioning, ray_tmp, synthetic_spec
 
 from sweeper.store import SERVICE_OWNER, TrialStore
 
@@ -63,12 +63,7 @@ def _stop_head(tmp_path: Path, gcs_port: int) -> None:
             head.update(proc.children(recursive=True))
         except psutil.NoSuchProcess:
             pass
-    for proc in head:
-        try:
-            proc.kill()
-        except psutil.NoSuchProcess:
-            pass
-    psutil.wait_procs(list(head), timeout=10)
+    kill_processes(list(head))
 
 
 def _cmdline(proc: psutil.Process) -> list[str]:

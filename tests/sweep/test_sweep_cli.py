@@ -15,7 +15,7 @@ from pathlib import Path
 import optuna
 import pytest
 import yaml
-from helpers import narrow_training, ray_processes, run_cli, small_spec, start_cli, synthetic_spec
+from helpers import narrow_training, run_cli, small_spec, start_cli, synthetic_spec, wait_for_ray_to_go
 
 pytestmark = pytest.mark.slow
 
@@ -142,10 +142,7 @@ def test_interrupted_sweep_resumes_without_duplicates(tmp_path, ray_cleanup, sha
     assert driver.wait(timeout=120) != 0
     assert store_rows(db, "select count(*) from sweeper_trials where status != 'running'")[0][0] < 3
 
-    deadline = time.monotonic() + 30  # the local Ray shares the driver's fate
-    while ray_processes(tmp_path) and time.monotonic() < deadline:
-        time.sleep(0.5)
-    assert not ray_processes(tmp_path)
+    wait_for_ray_to_go(tmp_path)
 
     result = run_cli(["run", spec, "--address", shared_ray], tmp_path, check=True)
     keys = [k for (k,) in store_rows(db, "select trial_key from sweeper_trials")]

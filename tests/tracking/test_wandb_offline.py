@@ -9,13 +9,11 @@ from __future__ import annotations
 import json
 import math
 import secrets
-import signal
 from pathlib import Path
 
-import psutil
 import pytest
 import yaml
-from helpers import ray_processes, ray_tmp, run_cli, small_spec
+from helpers import kill_processes, ray_processes, ray_tmp, run_cli, small_spec
 from wandb_files import read_run
 
 from sweeper.compare import trial_rows
@@ -48,11 +46,7 @@ def sweep(tmp_path_factory):
         result = run_cli(["run", spec], tmp, check=True)
     finally:
         env.undo()
-        for proc in ray_processes(tmp):  # the Ray this test started, by id
-            try:
-                proc.send_signal(signal.SIGKILL)
-            except psutil.NoSuchProcess:
-                pass
+        kill_processes(ray_processes(tmp))  # the Ray this test started, by id
     store = TrialStore(f"sqlite:///{tmp / 'state' / 'sweeper.db'}")
     runs = [read_run(folder) for folder in offline_runs(tmp / "state" / "sweeps" / "small-sweep" / "wandb-runs")]
     yield tmp, result, store, runs
