@@ -510,6 +510,11 @@ def train(
     """Re-run an exported trial without Ray and compare its holdout metric with the recorded one.
 
     Its config is rebuilt from the export's spec and hyperparameters, as the sweep built it."""
+    with tempfile.TemporaryDirectory(prefix="sweeper-train-") as scratch:  # the checkpoints, unless --out keeps them
+        _retrain(winner, rounds, str(out_dir or scratch))
+
+
+def _retrain(winner: Path, rounds: int | None, out_dir: str) -> None:
     from sweeper.trial_config import trial_config
     from trainers import trainer_for
     from trainers.base import ListReporter
@@ -522,7 +527,7 @@ def train(
         sha256 = record["trial"]["data"].get("sha256") or \
             {role: entry["sha256"] for role, entry in (record.get("data_fingerprints") or {}).items()}
         config = trial_config(spec, record["trial"]["hparams"], resolve_model(spec.model.path),
-                              str(out_dir or tempfile.mkdtemp(prefix="sweeper-train-")), sha256, max_rounds=rounds)
+                              out_dir, sha256, max_rounds=rounds)
     except (OSError, KeyError, TypeError, ValueError, yaml.YAMLError) as exc:  # ValueError: a spec, config, model
         _fail(ValueError(f"{winner}: not a usable export ({exc})"))
     reporter = ListReporter()

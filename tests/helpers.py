@@ -87,10 +87,12 @@ def cli_env(tmp_path: Path) -> dict[str, str]:
             "PYTHONUNBUFFERED": "1"}
 
 
-def run_cli(args: list[str], tmp_path: Path, timeout: float = 600, check: bool = False) -> subprocess.CompletedProcess:
+def run_cli(args: list[str], tmp_path: Path, timeout: float = 600, check: bool = False,
+            env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    """`sweeper ARGS` in `tmp_path`, with the test's Ray folder and `env` added to the environment."""
     started = time.monotonic()
-    result = subprocess.run([*SWEEPER, *map(str, args)], cwd=tmp_path, env=cli_env(tmp_path), capture_output=True,
-                            text=True, timeout=timeout)
+    result = subprocess.run([*SWEEPER, *map(str, args)], cwd=tmp_path, env={**cli_env(tmp_path), **(env or {})},
+                            capture_output=True, text=True, timeout=timeout)
     print(f"sweeper {args[0]}: {time.monotonic() - started:.1f} s")  # shown with a failure, and with -s
     if check and result.returncode != 0:
         raise AssertionError(f"sweeper {args} exited {result.returncode}\n{result.stdout}\n{result.stderr}")

@@ -90,10 +90,15 @@ def test_sweep_runs_records_and_exports(tmp_path, shared_ray):
     assert sorted(p.name for p in (tmp_path / "winner").iterdir()) == [".sweeper-export", "adapter", "winner.json",
                                                                        "winner.yaml"]
 
-    # The exported config re-runs without Ray and reproduces the recorded holdout metric on CPU.
-    rerun = run_cli(["train", export / "winner.yaml", "--rounds", record["winner"]["best_round"]], tmp_path, check=True)
+    # The exported config re-runs without Ray and reproduces the recorded holdout metric on CPU; without --out its
+    # checkpoints go with it (they were left in the temp folder: 5 MB a run here, gigabytes for a 1B model).
+    scratch = tmp_path / "train-tmp"
+    scratch.mkdir()
+    rerun = run_cli(["train", export / "winner.yaml", "--rounds", record["winner"]["best_round"]], tmp_path, check=True,
+                    env={"TMPDIR": str(scratch)})
     comparison = json.loads(rerun.stdout.strip().splitlines()[-1])
     assert comparison["rerun"] == pytest.approx(comparison["recorded"], abs=1e-6)
+    assert not list(scratch.glob("sweeper-train-*"))  # (torch keeps its compile cache there: not ours)
 
     again = run_cli(["run", spec, "--address", shared_ray], tmp_path, check=True)
     assert "already completed" in again.stdout
