@@ -107,7 +107,7 @@ def start_cli(args: list[str], tmp_path: Path) -> subprocess.Popen:
 
 def processes_mentioning(marker: str) -> list[psutil.Process]:
     """Processes whose command line contains `marker` (a test's private folder: only what it started)."""
-    return _processes(lambda proc: any(marker in part for part in proc.info["cmdline"] or []))
+    return processes_matching(lambda proc: any(marker in part for part in proc.info["cmdline"] or []))
 
 
 def ray_processes(tmp_path: Path) -> list[psutil.Process]:
@@ -131,7 +131,7 @@ def processes_of_ray(folder: str) -> list[psutil.Process]:
     as RAY_TMPDIR. Ray's agents (`ray::DashboardAgent`, `ray::RuntimeEnvAgent`) rename themselves and name no
     folder: found by the command line alone, those a killed raylet left behind ran on (ppid 1), taking CPU for the
     rest of the suite."""
-    return _processes(lambda proc: any(folder in part for part in proc.info["cmdline"] or [])
+    return processes_matching(lambda proc: any(folder in part for part in proc.info["cmdline"] or [])
                       or proc.environ().get("RAY_TMPDIR") == folder)
 
 
@@ -150,7 +150,8 @@ def stop_ray(folder: str) -> None:
     kill_processes(processes_of_ray(folder))
 
 
-def _processes(match) -> list[psutil.Process]:
+def processes_matching(match) -> list[psutil.Process]:
+    """Processes for which `match(proc)` holds (`proc.info` has the command line); those gone or unreadable skipped."""
     found = []
     for proc in psutil.process_iter(["cmdline"]):
         try:

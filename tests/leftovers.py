@@ -1,33 +1,20 @@
 """Stop (by id) and name every process the test run left behind; bin/test runs it after pytest.
 
 bin/test marks the run with SWEEPER_TEST_RUN, which every process a test starts inherits, Ray's included. A pytest-xdist
-worker that dies takes no fixture teardown with it: the Rays its tests started would run on, and one that holds the
-run's output open keeps CI waiting for its end until CI's own timeout."""
+worker that dies runs no fixture teardown: the Rays its tests started would run on, and one holding the run's output
+open would keep CI waiting until its own timeout."""
 
 from __future__ import annotations
 
 import os
 import sys
 
-import psutil
-from helpers import kill_processes
-
-
-def left_behind(marker: str) -> list[psutil.Process]:
-    found = []
-    for proc in psutil.process_iter(["cmdline"]):
-        if proc.pid in (os.getpid(), os.getppid()):
-            continue
-        try:
-            if proc.environ().get("SWEEPER_TEST_RUN") == marker:
-                found.append(proc)
-        except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
-            continue
-    return found
-
+from helpers import kill_processes, processes_matching
 
 if __name__ == "__main__":
-    left = left_behind(os.environ["SWEEPER_TEST_RUN"])
+    marker = os.environ["SWEEPER_TEST_RUN"]
+    left = [proc for proc in processes_matching(lambda proc: proc.environ().get("SWEEPER_TEST_RUN") == marker)
+            if proc.pid != os.getpid()]
     for proc in left:
         command = " ".join(proc.info["cmdline"] or [])[:200]
         print(f"bin/test: stopping pid {proc.pid}, left behind by the tests: {command}", file=sys.stderr)
