@@ -262,3 +262,18 @@ def test_a_finished_sweep_given_more_trials_continues_its_study_and_nothing_else
     assert [s.key for s in later] == ["t0002", "t0003"] and again.suggest() is None
     assert all(s.params != d.params for s in later for d in done)
     store.engine.dispose()
+
+
+def test_a_run_that_only_sampled_a_left_trial_does_not_make_the_next_run_repeat_its_point(sweep):
+    """Found by the random driver-kill test: run 1 was killed right after asking t0000 (no parameter sampled), run 2
+    sampled t0000's parameters and was killed before asking a trial, and run 3, seeded like run 2 (one trial
+    started in both), proposed t0001 at t0000's very point."""
+    spec, url, store = sweep
+    load_study(spec, url).ask()  # run 1
+    [left] = SweepSearch(spec, url).pending  # run 2 samples it, and is killed
+    run_3 = SweepSearch(spec, url)
+    [again] = run_3.pending
+    assert again.params == left.params
+    assert run_3.suggest() == again
+    new = run_3.suggest()
+    assert new.key == "t0001" and new.params != left.params
