@@ -57,11 +57,11 @@ class SweepSearch:
         enqueue_known(self.study, spec)
         # A fresh sampler with the spec's seed would propose the same first points again on a resume, and one seeded by
         # the trial count alone repeats a run's draws when that run asked no trial (killed while it sampled a trial a
-        # driver left unsampled: the next run's first new trial got that trial's very point). So each driver run of
-        # the sweep has its own stream; a sweep never interrupted keeps the spec's seed.
+        # driver left unsampled: the next run's first new trial got that trial's very point). Trials plus earlier
+        # runs grows with every run, so each run has its own seed; a sweep never interrupted keeps the spec's seed.
         runs = self.study.user_attrs.get(DRIVER_RUNS, 0)
         self.study.set_user_attr(DRIVER_RUNS, runs + 1)
-        self.study.sampler = sampler(spec, seed=sampler_seed(spec) + self.count + SEED_STRIDE * runs)
+        self.study.sampler = sampler(spec, seed=sampler_seed(spec) + self.count + runs)
         self.waiting_for_compute = False  # max_compute is held by running trials: ask again when one ends
         self._planned: dict[str, float] = {}  # live trial key -> the epochs it was started for
         store = TrialStore(database_url)
@@ -176,7 +176,6 @@ class SweepSearch:
 STARTED = tuple(s for s in TrialState if s != TrialState.WAITING)
 ENQUEUED = "sweeper_enqueued"  # user attribute: the index in `search.enqueue` a trial was enqueued from
 DRIVER_RUNS = "sweeper_driver_runs"  # study user attribute: how many driver runs have sampled from the study
-SEED_STRIDE = 100_003  # between the sampler seeds of two driver runs: more than any sweep's trials
 
 
 def trial_compute(row, evals_per_epoch: int, unit: str) -> float:

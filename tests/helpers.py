@@ -132,7 +132,7 @@ def processes_of_ray(folder: str) -> list[psutil.Process]:
     folder: found by the command line alone, those a killed raylet left behind ran on (ppid 1), taking CPU for the
     rest of the suite."""
     return processes_matching(lambda proc: any(folder in part for part in proc.info["cmdline"] or [])
-                      or proc.environ().get("RAY_TMPDIR") == folder)
+                              or proc.environ().get("RAY_TMPDIR") == folder)
 
 
 def kill_processes(procs: list[psutil.Process]) -> None:
