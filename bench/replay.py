@@ -344,7 +344,7 @@ class SweeperPolicy:
         self.study = optuna.create_study(direction="minimize" if spec.objective.mode == "min" else "maximize",
                                          sampler=sampler)
         self.scheduler = _scheduler(spec)
-        self.rung_metric = "objective"
+        self.rung_metric = spec.scheduler.rung_metric
         if rungs is not None:
             self.scheduler, self.rung_metric = RungsScheduler(spec, **rungs), rungs.get("metric", "objective")
         if brackets > 1:  # Hyperband-style: the same ASHA settings over several brackets (first rungs 1, 2, 4 ...)
@@ -529,8 +529,8 @@ THIRD_PASS = {  # part 2 of issue 13, third pass (bench/RESULTS.md): runnable by
     "sweeper_brackets3_startup5_half_epoch": dict(brackets=3, startup=5, evals_per_epoch=2),
     "sweeper_rungs_wait_startup5": dict(rungs=dict(metric="objective", min_trials=4, margin=0.1), startup=5),
     "sweeper_rungs_loss_startup5": dict(rungs=dict(metric="holdout_loss", min_trials=1, margin=0.0), startup=5),
-    # rungs_loss as the product builds it: Ray's ASHAScheduler from `scheduler.rung_metric: holdout_loss`
-    "sweeper_asha_loss": dict(scheduler={"rung_metric": "holdout_loss"}),
+    # the default before the fourth pass: Ray's ASHAScheduler ranking by `scheduler.rung_metric: objective`
+    "sweeper_asha_objective": dict(scheduler={"rung_metric": "objective"}),
 }
 # Optuna's GPSampler refits its Gaussian process at every ask: ~1-2 minutes a run here, too slow for 100 seeds
 # (`--policies sweeper_gp` runs it on a few).

@@ -11,6 +11,8 @@ same data, LoRA MiniLM, the same search space `lora-quick`, one torch thread per
   random       (b) random search (Optuna RandomSampler over the same space), no early stopping, sequential.
   grid         (c) grid over the same space (learning rate x4 log levels, batch size, epochs {low, high},
                LR schedule; the other parameters at their midpoint), visited in a seeded random order.
+  sweeper_objective  (a') as (a), with ASHA ranking trials by the objective (`scheduler.rung_metric:
+               objective`), the default before issue 13 changed it to holdout loss.
   tune_optuna  (d) plain Ray Tune: `OptunaSearch(space, metric, mode, seed)` (Optuna's default TPE), no
                scheduler (FIFO), no early stopping, 2 trials at a time.
   hf_optuna    (e) `transformers.Trainer.hyperparameter_search(backend="optuna")` with a LoRA `model_init`
@@ -54,13 +56,14 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 METHODS = {
-    "sweeper": "(a) sweeper default: TPE + ASHA + patience",
+    "sweeper": "(a) sweeper default: TPE + ASHA (rungs on holdout loss) + patience",
+    "sweeper_objective": "(a') sweeper with `scheduler.rung_metric: objective` (the default until issue 13)",
     "random": "(b) random search, no early stopping",
     "grid": "(c) grid, same space",
     "tune_optuna": "(d) plain Ray Tune OptunaSearch, no scheduler",
     "hf_optuna": "(e) HF Trainer.hyperparameter_search (optuna)",
 }
-RAY_METHODS = {"sweeper", "tune_optuna"}
+RAY_METHODS = {"sweeper", "sweeper_objective", "tune_optuna"}
 TASKS = {
     "restaurant8k": dict(task="token_tagging", format="restaurant8k", folder="examples/data/restaurant8k",
                          ext="json", metric="f1_micro", max_seq_length=48, patience=1, min_delta=0.005),
@@ -387,7 +390,8 @@ def method_sweeper(ctx: dict) -> dict:
         "data": {**files, "test": str(folder / f"test.{t['ext']}"), "max_seq_length": t["max_seq_length"]},
         "search_space": SPACE, "objective": {"metric": t["metric"], "direction": "maximize"},
         "budget": {"trials": int(math.ceil(ctx["budget"])), "max_concurrent": 2, "max_failures": 0},
-        "scheduler": {"type": "asha", "grace_period": 1, "reduction_factor": 2, "evals_per_epoch": 1},
+        "scheduler": {"type": "asha", "grace_period": 1, "reduction_factor": 2, "evals_per_epoch": 1,
+                      **({"rung_metric": "objective"} if ctx["method"] == "sweeper_objective" else {})},
         "early_stopping": {"patience": t["patience"], "min_delta": t["min_delta"]},
         "resources": {"cpus": 1, "torch_threads": 1}, "seed": ctx["seed"],
         "storage": {"root": str(Path(ctx["workdir"]) / "state")}, "tracking": {"mode": "none"},
@@ -456,6 +460,9 @@ def _plain_trainable(params: dict, ctx: dict) -> None:
         trainer_for(TASKS[ctx["task_key"]]["task"])(trial_config(ctx, params, out, NO_EARLY_STOPPING), Reporter())
     finally:
         shutil.rmtree(out, ignore_errors=True)
+
+
+method_sweeper_objective = method_sweeper  # the scheduler block differs by ctx["method"]
 
 
 def method_tune_optuna(ctx: dict) -> dict:
@@ -672,6 +679,7 @@ def render(results: list[dict], args, wall_s: float) -> tuple[str, dict]:
             f"{_mean_sd(at[0.25])} | {_mean_sd(at[0.5])} | {_mean_sd(at[1.0])} | {_mean_sd(tests)} | "
             f"{statistics.mean(r['search_s'] for r in runs):.0f} |")
     lines.append("")
+    paired, weak = paired_lines(by_method, budget, metric) if len(summary) > 1 and "sweeper" in summary else ([], [])
     if "sweeper" in summary and "random" in summary:
         s, r = summary["sweeper"], summary["random"]
         ratio = s["ctt_median"] / r["ctt_median"] if not math.isinf(r["ctt_median"]) and r["ctt_median"] else math.nan
@@ -688,11 +696,10 @@ def render(results: list[dict], args, wall_s: float) -> tuple[str, dict]:
             f"{metric}: **{'met' if beats_holdout else 'NOT met'}**; mean test {metric} of the selected model: "
             f"**{'met' if beats_test else 'NOT met'}**.",
         ]
-        paired, weak = paired_lines(by_method, budget, metric)
         if weak and (beats_holdout or beats_test):
             lines[-1] += (f" On the mean only: against {', '.join(weak)} the paired margin is smaller than its "
                           "seed-to-seed spread, so this is not a reliable win.")
-        lines += paired
+    lines += paired
     stops = {}
     for r in by_method.get("sweeper", []):
         for k, v in (r.get("stops") or {}).items():

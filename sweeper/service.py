@@ -34,7 +34,7 @@ from sweeper.compare import CompareError, Comparison, TrialStatus, compare
 from sweeper.datasets import DataError
 from sweeper.search import extend_budget
 from sweeper.settings import ServiceSettings
-from sweeper.spec import Spec, SpecError, parse_spec, stored_spec
+from sweeper.spec import Spec, SpecError, keeping_recorded_defaults, parse_spec, stored_spec
 from sweeper.store import ClaimHeld, StoreError, TrialStore
 from sweeper.supervisor import LaunchError, Supervisor, drivers_for
 from sweeper.yaml_safe import describe, load_yaml
@@ -323,6 +323,8 @@ def create_app(settings: ServiceSettings) -> FastAPI:
             except ClaimHeld as exc:
                 raise _problem(409, str(exc)) from None
             try:
+                recorded = store.get_sweep(spec.name)
+                spec = keeping_recorded_defaults(spec, recorded.spec if recorded else None)
                 check_resubmission(spec, token)
                 queue(spec, token)
             except LaunchError as exc:

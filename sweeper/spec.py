@@ -146,9 +146,10 @@ class Scheduler(_Strict):
                                                            "trial gets before ASHA may stop it")
     rung_unit: Literal["rounds", "steps"] = Field(default="rounds", description="what ASHA's rungs count: evaluation "
                                                   "rounds, or optimizer steps (a slow task's first rung stays cheap)")
-    rung_metric: Literal["objective", "holdout_loss"] = Field(
-        default="objective", description="what ASHA ranks trials by at a rung: the best objective so far, or the best "
-                                         "holdout loss so far (steadier early in training; bench/RESULTS.md, issue 13)")
+    rung_metric: Literal["holdout_loss", "objective"] = Field(
+        default="holdout_loss", description="what ASHA ranks trials by at a rung: the best holdout loss so far (it "
+                                            "ranks early, while F1 is still near 0; bench/RESULTS.md, issue 13), or "
+                                            "the best objective so far")
     reduction_factor: float = Field(default=2.0, gt=1)
     evals_per_epoch: int = Field(default=1, ge=1, le=100)
 
@@ -284,7 +285,7 @@ class Spec(_Strict):
             if data[section] == default:
                 del data[section]
         for key, legacy in (("rung_unit", "rounds"), ("rung_metric", "objective")):
-            if data["scheduler"].get(key) == legacy:  # added later: the default keeps older fingerprints
+            if data["scheduler"].get(key) == legacy:  # added later: the value they ran with keeps older fingerprints
                 del data["scheduler"][key]
         if data["data"]["prompt_template"] is None:
             del data["data"]["prompt_template"]
@@ -601,9 +602,34 @@ def stored_spec(spec: Spec) -> dict:
     return data
 
 
+# Defaults that changed, (section, key): the default before. A sweep recorded before the change goes on with the
+# value it ran with (its fingerprint and its search stay as they were) unless the spec that resumes it sets the key.
+EARLIER_DEFAULTS = {("scheduler", "rung_metric"): "objective"}
+
+
+def keeping_recorded_defaults(spec: Spec, recorded: dict | None) -> Spec:
+    """`spec` resuming the sweep recorded with `recorded` (its stored spec; None: a new sweep), with the recorded
+    values of the changed defaults that `spec` leaves unset."""
+    if not recorded:
+        return spec
+    try:
+        old = spec_from_store(recorded)
+    except SpecError:
+        return spec  # a stored spec this version cannot read: the fingerprint check refuses the resume
+    for section, key in EARLIER_DEFAULTS:
+        block = getattr(spec, section)
+        if key not in block.model_fields_set:
+            block = block.model_copy(update={key: getattr(getattr(old, section), key)})
+            spec = spec.model_copy(update={section: block})
+    return spec
+
+
 def spec_from_store(stored: dict) -> Spec:
     """A stored spec (`stored_spec`), typed again. Its database_url is redacted: use the store's own URL."""
     data = dict(stored)
+    for (section, key), earlier in EARLIER_DEFAULTS.items():  # recorded before the key existed: the default then
+        if isinstance(data.get(section), dict) and key not in data[section]:
+            data[section] = {**data[section], key: earlier}
     version = data.pop("schema_version", 1)  # stored before the version was: the same form as version 1
     if version not in (1, SCHEMA_VERSION):
         raise SpecError([("schema_version", f"{version}: this sweeper reads stored specs of versions 1 to "

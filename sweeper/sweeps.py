@@ -15,7 +15,7 @@ from sweeper.audit import AuditRefused, audit, check_same_data
 from sweeper.datasets import DataError
 from sweeper.export import ExportError, export_sweep
 from sweeper.promotion import PromotionError, PromotionResult, promote
-from sweeper.spec import Spec, SpecError, stored_spec
+from sweeper.spec import Spec, SpecError, keeping_recorded_defaults, stored_spec
 from sweeper.store import CLAIM_TOKEN_ENV, StoreUnavailable, Sweep, TrialStore
 from trainers.models import resolve_model
 
@@ -81,6 +81,8 @@ def run(spec: Spec, address: str | None = None, allow: frozenset[str] = frozense
     store = open_store(spec)
     from sweeper.search import extend_budget  # Optuna loads only when a sweep really runs
 
+    recorded = store.get_sweep(spec.name)
+    spec = keeping_recorded_defaults(spec, recorded.spec if recorded else None)  # a default changed since it started
     extend_budget(store, spec, os.environ.get(CLAIM_TOKEN_ENV))  # more budget continues the study; else refused
     sweep = store.open_sweep(spec.name, stored_spec(spec), spec.fingerprint(), spec.objective.metric, spec.objective.mode)
     try:

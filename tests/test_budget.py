@@ -154,7 +154,8 @@ def test_rungs_judged_on_holdout_loss_rank_by_the_best_loss_so_far(tmp_path):
     asha = {"type": "asha", "grace_period": 1, "reduction_factor": 2, "evals_per_epoch": 2}
     default, objective, on_loss = (spec_with(tmp_path, scheduler=s) for s in (
         asha, {**asha, "rung_metric": "objective"}, {**asha, "rung_metric": "holdout_loss"}))
-    assert default.fingerprint() == objective.fingerprint() != on_loss.fingerprint()  # older sweeps resume
+    # The earlier default, objective, stays out of the fingerprint: sweeps recorded before the change keep theirs.
+    assert default.fingerprint() == on_loss.fingerprint() != objective.fingerprint()
 
     def decision(spec, second: dict) -> str:
         """ASHA's word on a second trial at the first rung, after a first trial reported there."""
@@ -166,8 +167,8 @@ def test_rungs_judged_on_holdout_loss_rank_by_the_best_loss_so_far(tmp_path):
         return last
 
     higher_f1_higher_loss = {"objective": 0.6, "holdout_loss": 2.0}  # the rules disagree on this one
-    assert decision(default, higher_f1_higher_loss) == "CONTINUE"
-    assert decision(on_loss, higher_f1_higher_loss) == "STOP"
+    assert decision(objective, higher_f1_higher_loss) == "CONTINUE"
+    assert decision(default, higher_f1_higher_loss) == decision(on_loss, higher_f1_higher_loss) == "STOP"
 
 
 # -- admission by the estimate --------------------------------------------------------------------------

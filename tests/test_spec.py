@@ -11,7 +11,15 @@ import pytest
 import yaml
 from helpers import EXAMPLES
 
-from sweeper.spec import SpecError, budget_extension_errors, load_spec, parse_spec
+from sweeper.spec import (
+    SpecError,
+    budget_extension_errors,
+    keeping_recorded_defaults,
+    load_spec,
+    parse_spec,
+    spec_from_store,
+    stored_spec,
+)
 
 QUICKSTART = yaml.safe_load((EXAMPLES / "restaurant8k-minilm.yaml").read_text())
 
@@ -277,7 +285,7 @@ def test_unknown_audit_codes_are_refused_with_the_known_ones():
 
 
 def test_gates_are_part_of_the_fingerprint_and_unset_sections_change_nothing():
-    plain = parse_spec(mutated(), EXAMPLES)
+    plain = parse_spec(mutated(scheduler__rung_metric="objective"), EXAMPLES)  # the rung sweeps then ran with
     legacy = {k: v for k, v in plain.model_dump(mode="json").items()
               if k not in ("audit", "promotion", "max_new_tokens", "search")}  # sections added later, left unset
     legacy["budget"] = {k: v for k, v in legacy["budget"].items() if k not in ("max_compute", "compute_unit")}
@@ -289,6 +297,28 @@ def test_gates_are_part_of_the_fingerprint_and_unset_sections_change_nothing():
     gated = parse_spec(mutated(promotion={"gates": ["f1_micro >= 0.9"]}), EXAMPLES)
     moved = parse_spec(mutated(promotion={"gates": ["f1_micro >= 0.8"]}), EXAMPLES)
     assert len({plain.fingerprint(), gated.fingerprint(), moved.fingerprint()}) == 3
+
+
+def test_a_sweep_recorded_under_the_earlier_rung_default_goes_on_with_it_unless_the_spec_says_otherwise():
+    new = parse_spec(mutated(), EXAMPLES)
+    assert new.scheduler.rung_metric == "holdout_loss"  # the default since issue 13's fourth pass
+    earlier = new.model_copy(update={"scheduler": new.scheduler.model_copy(update={"rung_metric": "objective"})})
+    recorded = stored_spec(earlier)
+    before_the_key = copy.deepcopy(recorded)
+    del before_the_key["scheduler"]["rung_metric"]  # recorded before the key existed
+    for record in (recorded, before_the_key):
+        assert spec_from_store(record).scheduler.rung_metric == "objective"
+        kept = keeping_recorded_defaults(new, record)
+        assert kept.scheduler.rung_metric == "objective" and kept.fingerprint() == earlier.fingerprint()
+        assert budget_extension_errors(spec_from_store(record), kept, 0, 0.0) == []
+    said = parse_spec(mutated(scheduler__rung_metric="holdout_loss"), EXAMPLES)
+    assert keeping_recorded_defaults(said, recorded).scheduler.rung_metric == "holdout_loss"
+    [(path, _)] = budget_extension_errors(spec_from_store(recorded), said, 0, 0.0)  # a change: refused on resume
+    assert path == "scheduler.rung_metric"
+    assert keeping_recorded_defaults(new, None) is new  # a new sweep takes today's default
+    assert keeping_recorded_defaults(new, stored_spec(new)).scheduler.rung_metric == "holdout_loss"
+    unreadable = {**recorded, "schema_version": 99}
+    assert keeping_recorded_defaults(new, unreadable) is new  # the fingerprint check refuses that resume
 
 
 def test_the_search_block_and_max_compute_left_at_their_defaults_keep_the_fingerprint():

@@ -265,3 +265,22 @@ def test_a_completed_sweep_given_more_budget_continues_and_any_other_change_is_r
     assert len(fake_drivers) == 1
     sweep = store.get_sweep(spec["name"])
     assert sweep.status == "queued" and sweep.spec["budget"]["trials"] == 4
+
+
+def test_a_sweep_recorded_under_the_earlier_rung_default_is_resubmitted_with_it(tmp_path, fake_drivers):
+    settings, store, spec = recorded_sweep(tmp_path, "interrupted")
+    recorded = store.get_sweep(spec["name"])
+    before_the_key = {**recorded.spec, "scheduler": {k: v for k, v in recorded.spec["scheduler"].items()
+                                                     if k != "rung_metric"}}  # recorded before rung_metric existed
+    earlier = parse_spec({**spec, "scheduler": {**spec["scheduler"], "rung_metric": "objective"},
+                          "storage": {"root": str(settings.root)}}, settings.data_roots[0])
+    store.update_sweep(spec["name"], spec=before_the_key, spec_fingerprint=earlier.fingerprint())
+    said = {**spec, "scheduler": {**spec["scheduler"], "rung_metric": "holdout_loss"}}
+    refused, = call(settings, [("POST", "/sweeps", {"json": {"spec": said}})])
+    assert refused.status_code == 409 and not fake_drivers, refused.text
+    assert [item["path"] for item in refused.json()["detail"]] == ["scheduler.rung_metric"], refused.text
+    resubmitted, = call(settings, [("POST", "/sweeps", {"json": {"spec": spec}})])  # the key left unset
+    assert resubmitted.status_code == 202, resubmitted.text
+    driven = load_yaml((settings.root / "specs" / "app-sweep.yaml").read_text())  # what the driver runs
+    assert driven["scheduler"]["rung_metric"] == "objective"
+    assert store.get_sweep(spec["name"]).spec_fingerprint == earlier.fingerprint()

@@ -9,6 +9,9 @@ import optuna
 import pytest
 from helpers import run_cli, synthetic_spec
 
+from sweeper.spec import load_spec, stored_spec
+from sweeper.store import TrialStore
+
 KNOWN = {"learning_rate": 0.001, "batch_size": 16, "num_epochs": 2}
 
 
@@ -46,3 +49,22 @@ def test_max_compute_enqueue_and_a_budget_raised_after_the_sweep_finished(tmp_pa
     assert len(study.trials) == more
 
     # A budget lowered below what was spent, or any other change: refused (tests/test_search.py, tests/test_spec.py).
+
+
+@pytest.mark.slow  # one driver on the shared Ray, no trial (~10 s)
+def test_a_sweep_recorded_under_the_earlier_rung_default_runs_again_with_it(tmp_path, shared_ray):
+    spec = synthetic_spec(tmp_path)
+    new = load_spec(spec)
+    earlier = new.model_copy(update={"scheduler": new.scheduler.model_copy(update={"rung_metric": "objective"})})
+    recorded = stored_spec(earlier)
+    del recorded["scheduler"]["rung_metric"]  # recorded before the key existed, when objective was the default
+    store = TrialStore(new.database_url())
+    store.upgrade()
+    store.open_sweep(new.name, recorded, earlier.fingerprint(), "accuracy", "max")
+    store.update_sweep(new.name, status="completed")
+    again = run_cli(["run", spec, "--address", shared_ray], tmp_path)  # the spec leaves rung_metric unset
+    assert again.returncode == 0 and "already completed" in again.stdout, again.stdout + again.stderr
+    synthetic_spec(tmp_path, scheduler={**new.scheduler.model_dump(), "rung_metric": "holdout_loss"})
+    said = run_cli(["run", spec, "--address", shared_ray], tmp_path)
+    assert said.returncode != 0 and "scheduler.rung_metric" in said.stderr, said.stdout + said.stderr
+    assert store.get_sweep(new.name).spec_fingerprint == earlier.fingerprint()
