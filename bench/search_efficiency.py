@@ -717,7 +717,8 @@ def main() -> int:
     parser.add_argument("--seeds", type=int, default=5)
     parser.add_argument("--seed-base", type=int, default=0)
     parser.add_argument("--budget", type=float, default=16.0, help="trial-epochs per (method, seed) run")
-    parser.add_argument("--methods", default=",".join(METHODS))
+    parser.add_argument("--methods", default=None, help="comma-separated (default: all; with --smoke: all but "
+                                                         "sweeper_objective, the same code path as sweeper)")
     parser.add_argument("--results", default=str(ROOT / "bench" / "RESULTS.md"))
     parser.add_argument("--raw", default=None, help="also write every run's trajectory as JSON here")
     parser.add_argument("--parallel", type=int, default=2, help="cores to fill: a Ray job takes 2, the others 1")
@@ -744,7 +745,8 @@ def main() -> int:
     if args.smoke:
         # --parallel as given (default 2): a Ray job alone, never two Rays starting at once on 2 cores
         args.task, args.seeds, args.budget = "restaurant8k-small", 1, 1.0
-    args.methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+    default_methods = [m for m in METHODS if not (args.smoke and m == "sweeper_objective")]
+    args.methods = [m.strip() for m in (args.methods or ",".join(default_methods)).split(",") if m.strip()]
     unknown = [m for m in args.methods if m not in METHODS]
     if unknown:
         parser.error(f"unknown methods {unknown}; known: {', '.join(METHODS)}")

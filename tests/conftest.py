@@ -17,6 +17,15 @@ SHARED_RAY_CPUS = 4  # trials of the synthetic task sleep: two sweeps of 2 concu
 _postgres_down: str | None = None  # the first failure, so later tests fail at once with the same text
 
 
+def pytest_collection_modifyitems(items):
+    """Files with `slow` tests first, the rest after in their order: `bin/test` hands whole files to its test
+    processes in collection order (`--no-loadscope-reorder`), so the long files start at once and the many short
+    ones fill the gaps at the end. xdist's default order (most tests first) left the bench smoke, one 300 s file,
+    to start last: the run's last 130 s were that one file."""
+    slow_files = {item.path for item in items if item.get_closest_marker("slow")}
+    items.sort(key=lambda item: item.path not in slow_files)  # stable: a file's tests keep their order
+
+
 @pytest.fixture
 def postgres_url():
     """A private, empty PostgreSQL database; unreachable PostgreSQL fails the test (CI guarantees one)."""
