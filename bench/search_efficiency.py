@@ -745,8 +745,10 @@ def main() -> int:
     if args.smoke:
         # --parallel as given (default 2): a Ray job alone, never two Rays starting at once on 2 cores
         args.task, args.seeds, args.budget = "restaurant8k-small", 1, 1.0
-    default_methods = [m for m in METHODS if not (args.smoke and m == "sweeper_objective")]
-    args.methods = [m.strip() for m in (args.methods or ",".join(default_methods)).split(",") if m.strip()]
+    if args.methods:
+        args.methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+    else:  # --smoke leaves out sweeper_objective: the same code path as sweeper
+        args.methods = [m for m in METHODS if not (args.smoke and m == "sweeper_objective")]
     unknown = [m for m in args.methods if m not in METHODS]
     if unknown:
         parser.error(f"unknown methods {unknown}; known: {', '.join(METHODS)}")

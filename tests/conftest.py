@@ -20,8 +20,8 @@ _postgres_down: str | None = None  # the first failure, so later tests fail at o
 def pytest_collection_modifyitems(items):
     """Files with `slow` tests first, the rest after in their order: `bin/test` hands whole files to its test
     processes in collection order (`--no-loadscope-reorder`), so the long files start at once and the many short
-    ones fill the gaps at the end. xdist's default order (most tests first) left the bench smoke, one 300 s file,
-    to start last: the run's last 130 s were that one file."""
+    ones fill the gaps at the end. In xdist's default order (most tests first) the bench smoke, one 300 s file,
+    started near the end of a run, which then ended on it alone."""
     slow_files = {item.path for item in items if item.get_closest_marker("slow")}
     items.sort(key=lambda item: item.path not in slow_files)  # stable: a file's tests keep their order
 

@@ -4,21 +4,20 @@ The goals are not checked here (bench/RESULTS.md records whether they are met); 
 runs end to end against the current product and produces a table. One test a script, in one file, so the scripts
 run one after another in one test process, each with a private results file and Ray temp folder (three of them
 start Ray: five Rays starting at once on 2 shared cores starved one another until one failed `ray.init` with
-"Deadline Exceeded"); any Ray process left behind is stopped by id.
+"Deadline Exceeded"); any Ray process left behind is stopped by id (`ray_cleanup`).
 """
 
 from __future__ import annotations
 
 import os
 import re
-import shutil
 import signal
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
-from helpers import stop_ray
+from helpers import cli_env
 
 ROOT = Path(__file__).resolve().parents[2]
 SCRIPTS = {
@@ -33,22 +32,18 @@ pytestmark = pytest.mark.slow
 
 
 @pytest.mark.parametrize("name", SCRIPTS)
-def test_benchmark_runs_in_its_small_setting(tmp_path, name):
+def test_benchmark_runs_in_its_small_setting(tmp_path, ray_cleanup, name):
     heading, min_rows = SCRIPTS[name]
-    ray_dir = f"/tmp/bsm{os.getpid() % 100000}-{name[:4]}"
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "RAY_TMPDIR": ray_dir, "PYTHONUNBUFFERED": "1"}
     with open(tmp_path / "log", "w") as log:
         proc = subprocess.Popen(
             [sys.executable, str(ROOT / "bench" / f"{name}.py"), "--smoke", "--results", str(tmp_path / "r.md")],
-            cwd=tmp_path, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+            cwd=tmp_path, env=cli_env(tmp_path), stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     try:
         proc.wait(timeout=600)  # a hang guard only
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
-        stop_ray(ray_dir)
-        shutil.rmtree(ray_dir, ignore_errors=True)
     log = (tmp_path / "log").read_text(errors="replace")
     assert proc.returncode == 0, f"{name} exited {proc.returncode}:\n{log[-4000:]}"
     text = (tmp_path / "r.md").read_text()

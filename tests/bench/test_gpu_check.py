@@ -2,7 +2,7 @@
 config, the 1B config counted, the 4-bit refusal, a 2-trial sweep) so that a GPU run does not fail on a bug a CPU
 could have caught. The smoke runs its phases in one fresh process (a GPU run: one each), so it still goes through the
 phase re-entry and its JSON hand-off. Its time budget is the test's hang guard, not a speed requirement. Any Ray
-process it left is stopped by id."""
+process it left is stopped by id (`ray_cleanup`)."""
 
 from __future__ import annotations
 
@@ -12,21 +12,17 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from helpers import stop_ray
+from helpers import ray_tmp
 
 ROOT = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.slow
 
 
-def test_the_gpu_check_runs_its_cpu_smoke(tmp_path):
-    ray_tmp = f"/tmp/gck{os.getpid() % 100000}"
-    env = {**os.environ, "RAY_TMPDIR": ray_tmp}
-    try:
-        done = subprocess.run(["bash", str(ROOT / "bench" / "gpu_check.sh"), "--cpu-smoke", "--results",
-                               str(tmp_path / "r.md"), "--json", str(tmp_path / "r.json"), "--budget-s", "560"],
-                              cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
-    finally:
-        stop_ray(ray_tmp)
+def test_the_gpu_check_runs_its_cpu_smoke(tmp_path, ray_cleanup):
+    env = {**os.environ, "RAY_TMPDIR": str(ray_tmp(tmp_path))}
+    done = subprocess.run(["bash", str(ROOT / "bench" / "gpu_check.sh"), "--cpu-smoke", "--results",
+                           str(tmp_path / "r.md"), "--json", str(tmp_path / "r.json"), "--budget-s", "560"],
+                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     phases = json.loads((tmp_path / "r.json").read_text())["phases"]
     assert {name: r["ok"] for name, r in phases.items()} == {
