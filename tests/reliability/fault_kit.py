@@ -103,9 +103,16 @@ def _json(value) -> dict:
     return value if isinstance(value, dict) else json.loads(value)  # SQLite hands JSON back as text
 
 
-def checkpointed_round(rows: Rows, sweep: str, trial: str | None = None) -> dict | None:
-    """The newest round whose checkpoint Tune has registered (of one trial, or of any)."""
-    done = [r for r in rows.rounds(sweep) if r["checkpoint"] and (trial is None or r["trial"] == trial)]
+def registered_round(rows: Rows, sweep: str) -> dict | None:
+    """The newest round whose checkpoint Tune has surely registered: a checkpointed round of a trial that has
+    recorded a later round. The store records a round's checkpoint as its result arrives, before Tune's save of
+    it is processed, and Tune fetches a trial's next result only after that (a worker killed in between is
+    retried from the round before: CI saw a kill right after round 1 restart the trial from zero)."""
+    rounds = rows.rounds(sweep)
+    last = {}
+    for r in rounds:
+        last[r["trial"]] = max(last.get(r["trial"], 0), r["round"])
+    done = [r for r in rounds if r["checkpoint"] and r["round"] < last[r["trial"]]]
     return max(done, key=lambda r: r["recorded_at"]) if done else None
 
 

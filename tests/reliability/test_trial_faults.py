@@ -16,7 +16,7 @@ import signal
 import time
 
 import pytest
-from fault_kit import FIXED, SPACE, Rows, checkpointed_round, cli_log, fault_spec, our_ray_worker, wait_for
+from fault_kit import FIXED, SPACE, Rows, cli_log, fault_spec, our_ray_worker, registered_round, wait_for
 from helpers import kill_processes, start_cli, synthetic_spec
 
 pytestmark = pytest.mark.slow
@@ -48,7 +48,7 @@ def test_killed_trial_worker_resumes_from_its_last_checkpoint(tmp_path, ray_clea
     rows = Rows(tmp_path / "state" / "sweeper.db")
     driver = start_cli(["run", spec], tmp_path)
     try:
-        victim = wait_for(lambda: checkpointed_round(rows, NAME), 180, "a checkpointed round", every=0.05)
+        victim = wait_for(lambda: registered_round(rows, NAME), 180, "a registered checkpoint", every=0.05)
         worker = our_ray_worker(victim["bookkeeping"]["pid"], tmp_path)
         worker.send_signal(signal.SIGKILL)
         killed_at = time.monotonic()
@@ -99,7 +99,7 @@ def test_removed_worker_node_has_its_trial_rescheduled(tmp_path, cluster):
     rows = Rows(tmp_path / "state" / "sweeper.db")
     driver = start_cli(["run", spec, "--address", ray_cluster.address], tmp_path)
     try:
-        victim = wait_for(lambda: checkpointed_round(rows, NAME), 180, "a checkpointed round", every=0.05)
+        victim = wait_for(lambda: registered_round(rows, NAME), 180, "a registered checkpoint", every=0.05)
         hold.touch()  # the trial waits before its next round: the node goes mid-trial
         node = next(n for n in workers if n.node_id == victim["bookkeeping"]["node"])
         worker = our_ray_worker(victim["bookkeeping"]["pid"], tmp_path)
