@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from helpers import kill_processes, ray_processes, ray_tmp, run_cli, small_spec
+from helpers import ROOT, kill_processes, ray_processes, ray_tmp, run_cli, small_spec
 from wandb_files import read_run
 
 from sweeper.compare import trial_rows
@@ -25,6 +25,10 @@ KEY = f"sk-test-{secrets.token_hex(20)}"
 # What Ray Tune adds to every result: none of it may reach the store, W&B or the export.
 RAY_RESULT_KEYS = {"training_iteration", "hostname", "node_ip", "date", "timestamp", "trial_id", "done",
                    "time_total_s", "time_this_iter_s", "iterations_since_restore", "checkpoint_dir_name"}
+# lora-quick's space (categorical, log and linear parameters: all logged to W&B) at one epoch (2 rounds) a trial
+QUICK_SPACE_BUT_EPOCHS = {name: param for name, param in
+                          yaml.safe_load((ROOT / "search_spaces" / "lora-quick.yaml").read_text())["params"].items()
+                          if name != "num_epochs"}
 BOOKKEEPING_KEYS = {"round", "epoch", "train_loss", "examples_seen", "tokens_seen", "stop_reason", "device", "node",
                     "pid", "rss_mb", "rss_start_mb", "objective"}
 
@@ -38,7 +42,8 @@ def assert_holdout_only(metrics: dict) -> None:
 @pytest.fixture(scope="module")
 def sweep(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("wandb-sweep")
-    spec = small_spec(tmp, tracking={"mode": "offline", "project": "t"}, budget={"trials": 2, "max_concurrent": 2})
+    spec = small_spec(tmp, tracking={"mode": "offline", "project": "t"}, budget={"trials": 2, "max_concurrent": 2},
+                      search_space={"name": "quick-one-epoch", "params": QUICK_SPACE_BUT_EPOCHS}, fixed={"num_epochs": 1})
     env = pytest.MonkeyPatch()
     env.setenv("WANDB_API_KEY", KEY)
     env.setenv("WANDB_MODE", "offline")
@@ -65,7 +70,7 @@ def test_one_run_per_trial_grouped_with_config_and_rounds(sweep):
         # config: the sampled parameters at the top level, plus the resolved trial config
         assert {k: run.config[k] for k in trial.params} == trial.params
         training = run.config["training"]
-        assert training["hparams"] == trial.params and training["seed"] == 7 and training["task"] == "token_tagging"
+        assert training["hparams"] == {**trial.params, "num_epochs": 1} and training["seed"] == 7 and training["task"] == "token_tagging"
         assert training["data"]["holdout"].endswith("holdout.json") and training["evals_per_epoch"] == 2
         assert run.config["objective"] == {"metric": "f1_micro", "mode": "max"}
         # one history row per evaluation round, step = round, values as the store recorded them
