@@ -13,6 +13,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))  # `import helpers` fro
 from helpers import PostgresUnavailable, fresh_postgres_database, ray_tmp, stop_ray  # noqa: E402
 
 SHARED_RAY_CPUS = 4  # trials of the synthetic task sleep: two sweeps of 2 concurrent trials fit at once
+# Drivers reach these clusters by their GCS address, never a dashboard. Without one a cluster runs 7 processes, not
+# 18, and uses 1.5 CPU-s less to start and 1.5 CPU-s a minute less when idle (measured here, psutil, 2026-12-04).
+# Tests that submit Ray jobs start a cluster of their own, with a dashboard.
+NO_DASHBOARD = {"include_dashboard": False}
 
 _postgres_down: str | None = None  # the first failure, so later tests fail at once with the same text
 
@@ -62,7 +66,7 @@ def headless_ray(tmp_path, monkeypatch, ray_cleanup):
     monkeypatch.setenv("RAY_AUTH_MODE", "disabled")  # head, workers and drivers must agree (STACK_NOTES)
     monkeypatch.setenv("RAY_TMPDIR", str(ray_tmp(tmp_path)))  # Ray keeps its files under $RAY_TMPDIR/ray
     (ray_tmp(tmp_path) / "ray").mkdir(exist_ok=True)
-    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 0})
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 0, **NO_DASHBOARD})
 
     def add_workers(count: int) -> list:
         nodes = [cluster.add_node(num_cpus=1) for _ in range(count)]
@@ -81,7 +85,7 @@ def _shared_ray_cluster(tmp_path_factory):
     with pytest.MonkeyPatch.context() as env:  # only the cluster's own processes see these
         env.setenv("RAY_AUTH_MODE", "disabled")
         env.setenv("RAY_TMPDIR", str(ray_tmp(folder)))
-        cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": SHARED_RAY_CPUS})
+        cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": SHARED_RAY_CPUS, **NO_DASHBOARD})
         cluster.wait_for_nodes()
     try:
         yield cluster.address

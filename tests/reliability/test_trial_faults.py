@@ -21,9 +21,10 @@ from helpers import kill_processes, start_cli, synthetic_spec
 
 pytestmark = pytest.mark.slow
 NAME = "fault-sweep"
-# 16 rounds of a few steps: the fault, made as soon as a first checkpoint is seen, always lands mid-trial, on a
-# quiet machine or a fast one (with 4 rounds, a quiet machine finished the trial before the kill).
-EPOCHS = 8
+# 8 rounds of a few steps: the fault, made as soon as a checkpoint is registered (round 2 recorded), lands mid-trial
+# with 6 rounds to go, on a quiet machine or a fast one (with 4 rounds, a quiet machine once finished the trial
+# before the kill).
+EPOCHS = 4
 ROUNDS = EPOCHS * 2
 
 
