@@ -43,7 +43,8 @@ def assert_holdout_only(metrics: dict) -> None:
 def sweep(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("wandb-sweep")
     spec = small_spec(tmp, tracking={"mode": "offline", "project": "t"}, budget={"trials": 2, "max_concurrent": 2},
-                      search_space={"name": "quick-one-epoch", "params": QUICK_SPACE_BUT_EPOCHS}, fixed={"num_epochs": 1})
+                      search_space={"name": "quick-one-epoch", "params": QUICK_SPACE_BUT_EPOCHS},
+                      fixed={"num_epochs": 1})
     env = pytest.MonkeyPatch()
     env.setenv("WANDB_API_KEY", KEY)
     env.setenv("WANDB_MODE", "offline")
@@ -70,7 +71,8 @@ def test_one_run_per_trial_grouped_with_config_and_rounds(sweep):
         # config: the sampled parameters at the top level, plus the resolved trial config
         assert {k: run.config[k] for k in trial.params} == trial.params
         training = run.config["training"]
-        assert training["hparams"] == {**trial.params, "num_epochs": 1} and training["seed"] == 7 and training["task"] == "token_tagging"
+        assert training["hparams"] == {**trial.params, "num_epochs": 1}
+        assert training["seed"] == 7 and training["task"] == "token_tagging"
         assert training["data"]["holdout"].endswith("holdout.json") and training["evals_per_epoch"] == 2
         assert run.config["objective"] == {"metric": "f1_micro", "mode": "max"}
         # one history row per evaluation round, step = round, values as the store recorded them
