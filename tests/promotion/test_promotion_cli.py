@@ -20,9 +20,10 @@ from helpers import narrow_training, run_cli, small_spec
 
 pytestmark = pytest.mark.slow
 
-# A narrow space that learns something in 3 epochs on 96 rows (holdout F1 ~0.5), two trials side by side.
+# A narrow space that learns enough in 2 epochs on 96 rows (the winner's test f1_micro 0.24 to 0.27, lower bounds
+# 0.14 to 0.15: the gates at 0.05 pass with room), two trials side by side.
 TRAINING = dict(
-    **narrow_training("promotion-e2e", epochs=3),
+    **narrow_training("promotion-e2e", epochs=2),
     budget={"trials": 2, "max_concurrent": 2},
     scheduler={"type": "none", "evals_per_epoch": 1},
 )
