@@ -150,6 +150,19 @@ def test_driver_killed_while_exporting_finishes_without_running_a_trial(tmp_path
     assert_completed_once_each(tmp_path)
 
 
+def killed_after(seconds: float, spec: Path, folder: Path, address: str) -> bool:
+    """Run the driver and SIGKILL it after `seconds`; False when it finished first (it must have completed)."""
+    driver = start_cli(["run", spec, "--address", address], folder)
+    try:
+        driver.wait(timeout=seconds)
+    except subprocess.TimeoutExpired:
+        driver.send_signal(signal.SIGKILL)
+        driver.wait(timeout=30)
+        return True
+    assert driver.returncode == 0, f"a run of {folder.name} exited {driver.returncode}"
+    return False
+
+
 def test_driver_killed_at_random_moments_always_resumes_to_exactly_the_budget(tmp_path, shared_ray):
     """KILLS SIGKILLs of the driver at random moments of its run (start-up, trials, export), in KILL_CHAINS chains:
     each chain's sweep is run and killed again and again (a kill also lands in a resume of a killed run), then run
@@ -181,20 +194,13 @@ def test_driver_killed_at_random_moments_always_resumes_to_exactly_the_budget(tm
             for attempt in itertools.count():
                 kill_after = chain_rng.uniform(0.2, run_seconds)
                 started = time.monotonic()
-                driver = start_cli(["run", spec, "--address", shared_ray], folder)
-                try:
-                    driver.wait(timeout=kill_after)
-                except subprocess.TimeoutExpired:
-                    driver.send_signal(signal.SIGKILL)
-                    driver.wait(timeout=30)
-                    kills.append(kill_after)
-                    if len(kills) == per_chain:
-                        break
-                    continue
-                assert driver.returncode == 0, f"a run of {folder.name} exited {driver.returncode}"
-                if attempt == 0:  # a whole run of a new sweep: the length the next kills spread over
-                    run_seconds = time.monotonic() - started
-                break
+                if not killed_after(kill_after, spec, folder, shared_ray):
+                    if attempt == 0:  # a whole run of a new sweep: the length the next kills spread over
+                        run_seconds = time.monotonic() - started
+                    break
+                kills.append(kill_after)
+                if len(kills) == per_chain:
+                    break
             run_cli(["run", spec, "--address", shared_ray], folder, check=True)
             assert_completed_once_each(folder, budget=KILL_RUN_BUDGET)
             if len(kills) == per_chain:
