@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 import sys
+from collections import defaultdict
 from pathlib import Path
 
 import pytest
@@ -18,16 +20,53 @@ SHARED_RAY_CPUS = 4  # trials of the synthetic task sleep: two sweeps of 2 concu
 # Tests that submit Ray jobs start a cluster of their own, with a dashboard.
 NO_DASHBOARD = {"include_dashboard": False}
 
+FILE_SECONDS = Path(__file__).with_name("file_seconds.json")  # what each test file took, to hand out the long first
+UNRECORDED_SLOW_S = 60
+
+_file_seconds: defaultdict[str, float] = defaultdict(float)
 _postgres_down: str | None = None  # the first failure, so later tests fail at once with the same text
 
 
+def pytest_addoption(parser):
+    parser.addoption("--record-durations", action="store_true",
+                     help=f"write each file's test time into {FILE_SECONDS.name} (the files run; the rest kept)")
+
+
 def pytest_collection_modifyitems(items):
-    """Files with `slow` tests first, the rest after in their order: `bin/test` hands whole files to its test
-    processes in collection order (`--no-loadscope-reorder`), so the long files start at once and the many short
-    ones fill the gaps at the end. In xdist's default order (most tests first) the bench smoke, one 300 s file,
-    started near the end of a run, which then ended on it alone."""
-    slow_files = {item.path for item in items if item.get_closest_marker("slow")}
-    items.sort(key=lambda item: item.path not in slow_files)  # stable: a file's tests keep their order
+    """Longest files first, by the recorded time of each (FILE_SECONDS; a slow file not recorded yet counts as
+    UNRECORDED_SLOW_S, a fast one as 0): `bin/test` hands whole files to its test processes in collection order
+    (`--no-loadscope-reorder`), so the long files start at once and the many short ones fill the gaps at the end.
+    xdist gives a process its next file while it still has 2 tests to run, so a long file that comes late is
+    promised early to a busy process: with the slow files first in name order the longest (240 s) started at 563 s
+    and that process ended 60 to 70 s after the other two."""
+    recorded = _recorded_seconds()
+    slow_files = {_file(item.nodeid) for item in items if item.get_closest_marker("slow")}
+
+    def seconds(item) -> float:
+        file = _file(item.nodeid)
+        return recorded.get(file, UNRECORDED_SLOW_S if file in slow_files else 0)
+
+    items.sort(key=lambda item: -seconds(item))  # stable: a file's tests stay together and in their order
+
+
+def pytest_runtest_logreport(report):
+    _file_seconds[_file(report.nodeid)] += report.duration  # setup, call and teardown
+
+
+def pytest_sessionfinish(session):
+    if session.config.getoption("record_durations") and not hasattr(session.config, "workerinput"):
+        recorded = _recorded_seconds()
+        recorded.update({path: round(s, 1) for path, s in _file_seconds.items()})
+        FILE_SECONDS.write_text(json.dumps({"command": "bash bin/test --record-durations", "seconds": dict(
+            sorted(recorded.items(), key=lambda item: -item[1]))}, indent=1) + "\n")
+
+
+def _recorded_seconds() -> dict[str, float]:
+    return json.loads(FILE_SECONDS.read_text())["seconds"] if FILE_SECONDS.exists() else {}
+
+
+def _file(nodeid: str) -> str:
+    return nodeid.split("::")[0]
 
 
 @pytest.fixture
