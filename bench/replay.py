@@ -177,14 +177,18 @@ class Running:
     started: float = 0.0
 
 
-def simulate(policy, table: Table, budget: float, concurrency: int, seed: int, max_trials: int = 10_000) -> dict:
-    """One run of a policy: events (compute, holdout, test, trial, round) in arrival order until the budget."""
-    rng = random.Random(seed * 7919 + 1)  # which recorded seed of a configuration a trial gets
+def simulate(policy, table: Table, budget: float, concurrency: int, seed: int, max_trials: int = 10_000,
+             pick=None) -> dict:
+    """One run of a policy: events (compute, holdout, test, trial, round) in arrival order until the budget, and
+    the recorded configuration each trial got. `pick(config)`: which of its curves a trial replays (default: one
+    of its recorded seeds at random)."""
+    pick = pick or random.Random(seed * 7919 + 1).choice
     queue: list = []  # (time the next round ends, tie-break, Running)
     reported: dict[int, float] = {}  # trial -> epochs it has reported: summed, the compute spent
     events: list[tuple] = []
     trials = 0
     stops: dict[str, int] = {}
+    configs: list[int] = []
 
     def start(now: float) -> None:
         nonlocal trials
@@ -195,7 +199,8 @@ def simulate(policy, table: Table, budget: float, concurrency: int, seed: int, m
             return
         handle, params = asked
         config = table.snap(params)
-        run = Running(trials, handle, config, rng.choice(config.curves), started=now)
+        run = Running(trials, handle, config, pick(config.curves), started=now)
+        configs.append(config.id)
         trials += 1
         heapq.heappush(queue, (now + float(run.curve.epoch[0]), run.number, run))
 
@@ -222,7 +227,7 @@ def simulate(policy, table: Table, budget: float, concurrency: int, seed: int, m
         stops[reason] = stops.get(reason, 0) + 1
         policy.end(run.handle, reason)
         start(now)
-    return {"events": events, "trials": trials, "stops": stops}
+    return {"events": events, "trials": trials, "stops": stops, "configs": configs}
 
 
 # -- policies --------------------------------------------------------------------------------------------

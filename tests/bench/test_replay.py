@@ -204,3 +204,21 @@ def test_record_curves_smoke_records_every_round_and_resumes_without_repeating(t
     assert [len(c.curves) for c in table.configs] == [2, 1]
     again = subprocess.run(command, check=True, env=env, capture_output=True, text=True, timeout=600)
     assert "seed=" not in again.stdout and out.read_text().count("\n") == 4
+
+
+@pytest.mark.slow
+def test_a_real_tune_run_with_a_replaying_trainable_decides_as_the_simulation(tmp_path, shared_ray):
+    """bench/replay_tune.py: sweeper's searcher and ASHA in a real Tune run take, trial by trial, the decisions the
+    simulation takes (configuration, round it ended at). One at a time, so no race of two trials decides; the
+    benchmark's own runs at two at a time are reported in bench/RESULTS.md."""
+    import subprocess
+
+    out = tmp_path / "replay_tune.json"
+    command = [sys.executable, str(ROOT / "bench" / "replay_tune.py"), "--smoke", "--concurrency", "1",
+               "--seconds-per-epoch", "0.2", "--address", shared_ray, "--json", str(out)]
+    done = subprocess.run(command, env={**os.environ, "HF_HUB_OFFLINE": "1"}, capture_output=True, text=True,
+                          timeout=600)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    (run,) = json.loads(out.read_text())["tasks"]["synthetic"]
+    assert len(run["simulated"]) == 6
+    assert run["tune"] == run["simulated"], run
