@@ -31,8 +31,11 @@ Policies, each with the objects the product or the library builds (no copies):
                (Ray's ASHAScheduler, driven through on_trial_add / on_trial_result / on_trial_complete as Tune's
                controller calls them), the worker's patience rule (transformers' EarlyStoppingCallback itself,
                fed eval_loss, with the Trainer's best-metric update), and trials closed with `sweeper.search.tell`.
-  sweeper_*    variants of sweeper's default for part 2 of issue 13 (ROUND1_VARIANTS, VARIANTS, THIRD_PASS; run any
+  sweeper_*    variants of sweeper's default for part 2 of issue 13 (ROUND1_VARIANTS, VARIANTS, THIRD_PASS, FIFTH_PASS; run any
                by name with --policies, e.g. `--policies sweeper,sweeper_rungs_loss`: paired results need sweeper).
+  oracle_stop  a bound, not a policy (BOUNDS): random's configurations with perfect early stopping (a trial that
+               will reach 95% runs until it does, every other stops at its first round); `_half_epoch`: at
+               half-epoch rounds. What no early-stopping rule over random sampling can beat.
 
 Reported per policy: compute to reach 95% and 99% of the table's best holdout value (median and IQR over seeds; a
 seed that never reaches it counts as infinite, so a median can be "not reached"), how many seeds reach it, the
@@ -200,6 +203,8 @@ def simulate(policy, table: Table, budget: float, concurrency: int, seed: int, m
         handle, params = asked
         config = table.snap(params)
         run = Running(trials, handle, config, pick(config.curves), started=now)
+        if hasattr(policy, "sees"):  # a bound (OracleStopPolicy) knows the curve it will be shown
+            policy.sees(handle, run.curve)
         configs.append(config.id)
         trials += 1
         heapq.heappush(queue, (now + float(run.curve.epoch[0]), run.number, run))
@@ -297,6 +302,31 @@ class TuneOptunaPolicy:
 
     def end(self, h, reason):
         self.searcher.on_trial_complete(h.id, h.result)
+
+
+class OracleStopPolicy:
+    """A bound, not a method: random search (the seeded RandomSampler of `random`, so the same configurations) with
+    perfect early stopping, which knows each trial's curve: a trial that will reach the target runs until it does,
+    every other is stopped at its first round. No early-stopping rule over random sampling spends less."""
+
+    def __init__(self, space, seed, target):
+        import optuna
+
+        self.sampler = OptunaPolicy(space, optuna.samplers.RandomSampler(seed=seed))
+        self.target = target
+
+    def ask(self, number):
+        return self.sampler.ask(number)
+
+    def sees(self, h, curve):
+        h.reaches = bool(np.nanmax(curve.holdout) >= self.target - 1e-12)
+
+    def report(self, h, round_, value, loss, last, steps):
+        self.sampler.report(h, round_, value, loss, last, steps)  # no scheduler or pruner: bookkeeping only
+        return CONTINUE if h.reaches and value < self.target - 1e-12 else "oracle"
+
+    def end(self, h, reason):
+        self.sampler.end(h, reason)
 
 
 class GridPolicy:
@@ -540,7 +570,18 @@ THIRD_PASS = {  # part 2 of issue 13, third pass (bench/RESULTS.md): runnable by
 # Optuna's GPSampler refits its Gaussian process at every ask: ~1-2 minutes a run here, too slow for 100 seeds
 # (`--policies sweeper_gp` runs it on a few).
 SLOW_VARIANTS = {"sweeper_gp": dict(gp=True)}
-ALL_VARIANTS = {**ROUND1_VARIANTS, **VARIANTS, **THIRD_PASS, **SLOW_VARIANTS}
+FIFTH_PASS = {  # sub-epoch rungs again, now that the default ranks rungs on holdout loss (bench/RESULTS.md)
+    "sweeper_half_epoch_startup5": dict(evals_per_epoch=2, startup=5),
+    "sweeper_brackets3_startup5_loss_half_epoch": dict(brackets=3, startup=5, bracket_metric="holdout_loss",
+                                                       evals_per_epoch=2),
+}
+ALL_VARIANTS = {**ROUND1_VARIANTS, **VARIANTS, **THIRD_PASS, **FIFTH_PASS, **SLOW_VARIANTS}
+# bounds, not policies: random sampling with perfect early stopping, at epoch or at half-epoch rounds
+BOUNDS = {"oracle_stop": {}, "oracle_stop_half_epoch": dict(evals_per_epoch=2)}
+
+
+def own_settings(name: str) -> dict:
+    return {**ALL_VARIANTS, **BOUNDS}.get(name, {})
 POLICIES = ["random", "grid", "tune_optuna", "hf_median", "asha_random", "hyperband", "bohb", "sweeper"]
 
 
@@ -564,7 +605,7 @@ def replay_spec(table: Table, budget: float, concurrency: int, evals_per_epoch: 
     return parse_spec(raw, ROOT)
 
 
-def make_policy(name: str, spec, seed: int):
+def make_policy(name: str, spec, seed: int, target: float = math.nan):
     import optuna
     from ray.tune.schedulers import AsyncHyperBandScheduler
 
@@ -590,6 +631,8 @@ def make_policy(name: str, spec, seed: int):
                             scheduler=AsyncHyperBandScheduler(**asha, brackets=3), seed=seed)
     if name == "sweeper":
         return SweeperPolicy(spec, seed)
+    if name in BOUNDS:
+        return OracleStopPolicy(space, seed, target)
     if name in ALL_VARIANTS:
         options = {k: v for k, v in ALL_VARIANTS[name].items() if k != "evals_per_epoch"}  # run_one's business
         return SweeperPolicy(spec, seed, **options)
@@ -650,7 +693,7 @@ def policy_spec(name: str, table: Table, budget: float, concurrency: int, evals_
     rounds are that many an epoch (ASHA's grace period of 1 round is then half an epoch) and its patience is
     counted in as many rounds as the default's is in epochs, so only the rungs move."""
     spec = replay_spec(table, budget, concurrency, evals_per_epoch, seed)
-    own = ALL_VARIANTS.get(name, {}).get("evals_per_epoch")
+    own = own_settings(name).get("evals_per_epoch")
     if own is None or own == evals_per_epoch:
         return spec
     scale = own // evals_per_epoch
@@ -661,12 +704,12 @@ def policy_spec(name: str, table: Table, budget: float, concurrency: int, evals_
 def run_one(job: tuple[str, int]) -> dict:
     name, seed = job
     budget, base = _WORK["budget"], _WORK["evals_per_epoch"]
-    table = _table_for(ALL_VARIANTS.get(name, {}).get("evals_per_epoch", base))
+    table = _table_for(own_settings(name).get("evals_per_epoch", base))
     spec = policy_spec(name, _table_for(base), budget, _WORK["concurrency"], base, seed)
-    result = simulate(make_policy(name, spec, seed), table, budget, _WORK["concurrency"], seed)
+    best = _table_for(base).best  # the targets every policy is held to: a sub-epoch variant's table has more rounds
+    result = simulate(make_policy(name, spec, seed, 0.95 * best), table, budget, _WORK["concurrency"], seed)
     events = result["events"]
     holdout, test = selected(events)
-    best = _table_for(base).best  # the targets every policy is held to: a sub-epoch variant's table has more rounds
     return {"policy": name, "seed": seed, "to95": compute_to(events, 0.95 * best),
             "to99": compute_to(events, 0.99 * best), "holdout": holdout, "test": test,
             "trials": result["trials"], "stops": result["stops"],
@@ -738,7 +781,8 @@ def plot(task: str, policies: dict, budget: float, path: Path) -> None:
     fig, ax = plt.subplots(figsize=(7, 4.5))
     for name, p in policies.items():
         regret = np.array([np.nan if v is None or not math.isfinite(v) else v for v in p["regret_median"]], dtype=float)
-        style = "--" if name.startswith("sweeper_") else "-"  # part-2 variants dashed: matplotlib's 10 colours repeat
+        # part-2 variants dashed (matplotlib's 10 colours repeat), the bounds dotted
+        style = ":" if name in BOUNDS else "--" if name.startswith("sweeper_") else "-"
         ax.plot(grid, regret, style, label=name, lw=2.4 if name == "sweeper" else 1.2, color="black" if name == "sweeper" else None)
     ax.set_xlabel("compute (trial-epochs)")
     ax.set_ylabel("median regret (table best - best holdout found)")
@@ -760,7 +804,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--budget", type=float, default=100.0, help="trial-epochs per run")
     parser.add_argument("--concurrency", type=int, default=2, help="trials at once (the spec's max_concurrent)")
     parser.add_argument("--evals-per-epoch", type=int, default=1, choices=(1, 2))
-    parser.add_argument("--policies", default=",".join(POLICIES), help=f"comma-separated; also {', '.join(ALL_VARIANTS)}")
+    parser.add_argument("--policies", default=",".join(POLICIES), help=f"comma-separated; also {', '.join([*ALL_VARIANTS, *BOUNDS])}")
     parser.add_argument("--with-variants", action="store_true", help="add every sweeper_* variant to --policies")
     parser.add_argument("--jobs", type=int, default=2, help="processes")
     parser.add_argument("--json", type=Path, default=ROOT / "bench" / "results" / "replay.json")

@@ -61,6 +61,24 @@ def test_random_search_needs_more_compute_when_the_one_good_configuration_is_rar
     assert median_to_95(large, 600) > 3 * median_to_95(small, 150)
 
 
+def test_the_oracle_stop_bound_tries_random_searchs_configurations_and_never_needs_more_compute(tmp_path):
+    # One trial at a time: the bound runs the same seeded configurations as random search, each trial that will
+    # not reach the target for one round only, so it reaches 95% at the same trial and never later in compute.
+    table = _table(tmp_path, 36, good=3)
+    target = 0.95 * table.best
+    spec = replay.replay_spec(table, 200, 1, 2, 0)
+    for seed in range(6):
+        random_ = replay.simulate(replay.make_policy("random", spec, seed), table, 200, 1, seed)
+        bound = replay.simulate(replay.make_policy("oracle_stop", spec, seed, target), table, 200, 1, seed)
+        reached = replay.compute_to(random_["events"], target)
+        n = len(random_["configs"])
+        assert bound["configs"][:n] == random_["configs"][:n]
+        assert replay.compute_to(bound["events"], target) <= reached
+        # a trial past its first round is one that reaches the target, or the last, cut by the budget
+        winners = {e[3] for e in bound["events"] if e[1] >= target} | {bound["trials"] - 1}
+        assert winners and all(e[4] == 1 for e in bound["events"] if e[3] not in winners)
+
+
 def test_compute_never_exceeds_the_budget_and_every_event_is_a_recorded_round(tmp_path):
     table = _table(tmp_path, 24)
     spec = replay.replay_spec(table, 20, 2, 2, 0)
