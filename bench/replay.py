@@ -605,13 +605,18 @@ def replay_spec(table: Table, budget: float, concurrency: int, evals_per_epoch: 
     return parse_spec(raw, ROOT)
 
 
+def asha_settings(spec) -> dict:
+    """Ray's AsyncHyperBandScheduler for the library policies: the spec's rungs, judged on the raw objective."""
+    return dict(time_attr="round", metric="objective", mode="max", max_t=spec.max_rounds(),
+                grace_period=spec.scheduler.grace_period, reduction_factor=spec.scheduler.reduction_factor)
+
+
 def make_policy(name: str, spec, seed: int, target: float = math.nan):
     import optuna
     from ray.tune.schedulers import AsyncHyperBandScheduler
 
     space = spec.space()
-    asha = dict(time_attr="round", metric="objective", mode="max", max_t=spec.max_rounds(),
-                grace_period=spec.scheduler.grace_period, reduction_factor=spec.scheduler.reduction_factor)
+    asha = asha_settings(spec)
     if name == "random":
         return OptunaPolicy(space, optuna.samplers.RandomSampler(seed=seed))
     if name == "grid":

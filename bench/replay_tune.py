@@ -1,16 +1,21 @@
 """Does the replay's simulation decide what a real Ray Tune run decides? Issue 13 asks this to be checked on a few
 seeds before the replay's numbers are trusted.
 
-    .venv/bin/python bench/replay_tune.py --task restaurant8k-small --task banking77-10 --seeds 3 --trials 12
+    .venv/bin/python bench/replay_tune.py --task restaurant8k-small --task banking77-10 --seeds 3 --trials 12 \
+        --policies sweeper,tune_optuna,asha_random
     .venv/bin/python bench/replay_tune.py --smoke --concurrency 1 --json /tmp/replay_tune.json    # CI (~30 s)
 
-Per seed, sweeper's default runs twice on one table, for `--trials` trials, `--concurrency` at a time:
-- simulated: bench/replay.py's `simulate` with `SweeperPolicy` (in-memory study, compute as the clock);
-- in Ray Tune: `tune.Tuner` with the objects `sweeper.controller.run_sweep` builds (`StudySearcher` over
-  `SweepSearch` on a SQLite store and study, `ConcurrencyLimiter`, `controller._scheduler`: Ray's ASHAScheduler),
-  and a function trainable that replays the snapped configuration's recorded curve through sweeper's TuneReporter,
-  with the worker's patience rule, each round at its simulated time (`SimulatedClock`: `--seconds-per-epoch` a
-  trial-epoch, a trial starting when the simulation starts it, so Tune's own delays do not pile up).
+Per policy and seed, the policy runs twice on one table, for `--trials` trials, `--concurrency` at a time:
+- simulated: bench/replay.py's `simulate` with the policy `replay.make_policy` builds (compute as the clock);
+- in Ray Tune: `tune.Tuner` with a function trainable that replays the snapped configuration's recorded curve, each
+  round at its simulated time (`SimulatedClock`: `--seconds-per-epoch` a trial-epoch, a trial starting when the
+  simulation starts it, so Tune's own delays do not pile up), and the policy's Tune objects (`tune_objects`):
+  sweeper: what `sweeper.controller.run_sweep` builds (`StudySearcher` over `SweepSearch` on a SQLite store and
+           study, `controller._scheduler`: Ray's ASHAScheduler), the rounds reported through sweeper's
+           TuneReporter, with the worker's patience rule;
+  tune_optuna: Ray's OptunaSearch(space, seed), no scheduler, each round's raw value reported;
+  asha_random: OptunaSearch with Optuna's seeded RandomSampler and Ray's AsyncHyperBandScheduler (1 bracket).
+  Each searcher under a `ConcurrencyLimiter`.
 Both replay each configuration's first recorded seed. Compared: trial by trial, in the order they were started,
 the configuration it ran and the round it ended at. What can still differ is the order of two events closer in
 simulated time than Tune's own latency (a few hundredths of a second to a few tenths here).
@@ -34,15 +39,17 @@ sys.path.insert(0, str(ROOT / "bench"))
 import replay  # noqa: E402
 
 TIE_S = 0.01  # s
+POLICIES = ("sweeper", "tune_optuna", "asha_random")
+NUMBER = "replay_number"  # config entry: the trial's number in start order (Tune's trial ids are random)
 
 
 def first_curve(curves: list) -> object:
     return curves[0]
 
 
-def simulated(table: replay.Table, spec, trials: int, seed: int) -> list[list[int]]:
+def simulated(policy: str, table: replay.Table, spec, trials: int, seed: int) -> list[list[int]]:
     """[configuration id, last round] of each trial, in start order."""
-    run = replay.simulate(replay.SweeperPolicy(spec, seed), table, math.inf, spec.budget.max_concurrent, seed,
+    run = replay.simulate(replay.make_policy(policy, spec, seed), table, math.inf, spec.budget.max_concurrent, seed,
                           max_trials=trials, pick=first_curve)
     rounds: dict[int, int] = {}
     for _, _, _, trial, round_ in run["events"]:
@@ -50,27 +57,33 @@ def simulated(table: replay.Table, spec, trials: int, seed: int) -> list[list[in
     return [[config, rounds[number]] for number, config in enumerate(run["configs"])]
 
 
-def replay_trial(config: dict, table: replay.Table, patience: tuple[int, float], seconds_per_epoch: float,
+def replay_trial(config: dict, table: replay.Table, patience: tuple[int, float] | None, seconds_per_epoch: float,
                  folder: str, concurrency: int, metric: str) -> None:
     """A Tune function trainable: the snapped configuration's curve, one round at a time, each at its simulated
-    time, reported through sweeper's own TuneReporter (objective and holdout loss best so far, the round)."""
+    time. With `patience` (sweeper) through sweeper's own TuneReporter (objective and holdout loss best so far, the
+    round) and the worker's patience rule; without, each round's raw value, as the library policies are fed."""
     from sweeper.controller import TRIAL, TuneReporter
     from trainers.base import RoundRecord
 
     curve = first_curve(table.snap(config).curves)
-    number = int(config[TRIAL]["key"].lstrip("t"))
+    number = config[NUMBER] if NUMBER in config else int(config[TRIAL]["key"].lstrip("t"))
     clock = SimulatedClock(Path(folder), seconds_per_epoch)
     reporter = TuneReporter(metric, "max")
-    worker_patience = replay.Patience(*patience)
+    worker_patience = replay.Patience(*patience) if patience else None
     started = reported = clock.start(number, concurrency)
     try:
         for i in range(len(curve.epoch)):
             if not clock.wait(started + float(curve.epoch[i]), number, reporter.stop_requested):
                 return  # Tune stopped it (ASHA) after its last report
-            loss = float(curve.loss[i])
-            stop = i < len(curve.epoch) - 1 and worker_patience.stop(loss)
+            loss, value = float(curve.loss[i]), float(curve.holdout[i])
+            stop = worker_patience is not None and i < len(curve.epoch) - 1 and worker_patience.stop(loss)
             reported = started + float(curve.epoch[i])  # first: Tune ends a stopped trial inside its report
-            reporter.report(RoundRecord(i + 1, {metric: float(curve.holdout[i]), "eval_loss": loss}), None)
+            if worker_patience is None:
+                from ray import tune
+
+                tune.report({"value": value, "objective": value, "round": i + 1})
+            else:
+                reporter.report(RoundRecord(i + 1, {metric: value, "eval_loss": loss}), None)
             if stop:
                 return
     finally:
@@ -128,56 +141,108 @@ class SimulatedClock:
         return value
 
 
-def in_tune(table: replay.Table, spec, folder: Path, seconds_per_epoch: float) -> list[list[int]]:
-    """The same, run by Ray Tune with the product's searcher and scheduler."""
-    from ray import tune
-    from ray.tune.search import ConcurrencyLimiter
+def numbered(searcher):
+    """`searcher`, with each suggestion's number in start order in its config (NUMBER), for the clock."""
+    from ray.tune.search import Searcher
+
+    class Numbered(Searcher):
+        def __init__(self):
+            super().__init__(metric=searcher.metric, mode=searcher.mode)
+            self.count = 0
+
+        def suggest(self, trial_id):
+            config = searcher.suggest(trial_id)
+            if isinstance(config, dict):
+                config, self.count = {**config, NUMBER: self.count}, self.count + 1
+            return config
+
+        def set_search_properties(self, metric, mode, config, **spec):
+            return searcher.set_search_properties(metric, mode, config, **spec)
+
+        def on_trial_result(self, trial_id, result):
+            searcher.on_trial_result(trial_id, result)
+
+        def on_trial_complete(self, trial_id, result=None, error=False):
+            searcher.on_trial_complete(trial_id, result, error)
+
+    return Numbered()
+
+
+def tune_objects(policy: str, spec, seed: int, folder: Path) -> tuple:
+    """(searcher, scheduler, worker patience) of `policy` in a real Tune run; the same objects as the simulation."""
+    import optuna
+    from ray.tune.schedulers import AsyncHyperBandScheduler
+    from ray.tune.search.optuna import OptunaSearch
 
     from sweeper import controller
     from sweeper.search import SweepSearch
     from sweeper.store import TrialStore
 
-    url = f"sqlite:///{folder}/sweeper.db"
-    store = TrialStore(url)
-    store.upgrade()
-    store.engine.dispose()
-    searcher = controller.StudySearcher(SweepSearch(spec, url), spec.objective.mode)
-    patience = (spec.early_stopping.patience, spec.early_stopping.min_delta)
+    if policy == "sweeper":
+        url = f"sqlite:///{folder}/sweeper.db"
+        store = TrialStore(url)
+        store.upgrade()
+        store.engine.dispose()
+        searcher = controller.StudySearcher(SweepSearch(spec, url), spec.objective.mode)
+        return searcher, controller._scheduler(spec), (spec.early_stopping.patience, spec.early_stopping.min_delta)
+    space = spec.space()
+    if policy == "tune_optuna":  # replay.TuneOptunaPolicy's searcher
+        return numbered(OptunaSearch(space=space.sample, metric="value", mode="max", seed=seed)), None, None
+    if policy == "asha_random":  # replay's asha_random: Optuna's RandomSampler, Ray's AsyncHyperBand
+        optuna.logging.set_verbosity(optuna.logging.WARNING)
+        searcher = OptunaSearch(space=space.sample, metric="objective", mode="max",
+                                sampler=optuna.samplers.RandomSampler(seed=seed))
+        return numbered(searcher), AsyncHyperBandScheduler(**replay.asha_settings(spec)), None
+    raise ValueError(f"unknown policy {policy!r}; known: {', '.join(POLICIES)}")
+
+
+def in_tune(policy: str, table: replay.Table, spec, seed: int, folder: Path, seconds_per_epoch: float) -> list:
+    """The same, run by Ray Tune with the policy's searcher and scheduler."""
+    from ray import tune
+    from ray.tune.search import ConcurrencyLimiter
+
+    from sweeper import controller
+
+    searcher, scheduler, patience = tune_objects(policy, spec, seed, folder)
     tuner = tune.Tuner(
         tune.with_parameters(replay_trial, table=table, patience=patience, seconds_per_epoch=seconds_per_epoch,
                              folder=str(folder), concurrency=spec.budget.max_concurrent,
                              metric=spec.objective.metric),
         tune_config=tune.TuneConfig(search_alg=ConcurrencyLimiter(searcher, max_concurrent=spec.budget.max_concurrent),
-                                    scheduler=controller._scheduler(spec), num_samples=spec.budget.trials,
-                                    reuse_actors=True),
+                                    scheduler=scheduler, num_samples=spec.budget.trials, reuse_actors=True),
         run_config=tune.RunConfig(name="replay", storage_path=str(folder / "tune"), verbose=0),
     )
     results = tuner.fit()
-    trials = sorted((r.config[controller.TRIAL]["key"], table.snap(r.config).id, int(r.metrics["round"]))
-                    for r in results)
+
+    def number(config):
+        return config[NUMBER] if NUMBER in config else int(config[controller.TRIAL]["key"].lstrip("t"))
+
+    trials = sorted((number(r.config), table.snap(r.config).id, int(r.metrics["round"])) for r in results)
     return [[config, round_] for _, config, round_ in trials]
 
 
-def check(table: replay.Table, seeds: int, trials: int, concurrency: int, seconds_per_epoch: float) -> list[dict]:
+def check(policy: str, table: replay.Table, seeds: int, trials: int, concurrency: int,
+          seconds_per_epoch: float) -> list[dict]:
     out = []
     for seed in range(seeds):
         spec = replay.replay_spec(table, trials, concurrency, evals_per_epoch=1, seed=seed)
-        expected = simulated(table, spec, trials, seed)
+        expected = simulated(policy, table, spec, trials, seed)
         started = time.perf_counter()
         with tempfile.TemporaryDirectory(prefix="replay-tune-") as folder:
-            ran = in_tune(table, spec, Path(folder), seconds_per_epoch)
+            ran = in_tune(policy, table, spec, seed, Path(folder), seconds_per_epoch)
         differ = [i for i, (a, b) in enumerate(zip(expected, ran)) if a != b]
         out.append({"seed": seed, "same": expected == ran, "simulated": expected, "tune": ran,
                     "first_difference": differ[0] if differ else None,
                     "tune_seconds": round(time.perf_counter() - started, 1)})
         verdict = "same" if not differ else f"differs from trial {differ[0]}"
-        print(f"seed {seed}: {verdict} ([config, last round]: simulated {expected}, Tune {ran})", flush=True)
+        print(f"{policy} seed {seed}: {verdict} ([config, last round]: simulated {expected}, Tune {ran})", flush=True)
     return out
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--task", action="append", help="a table under bench/results/curves (repeatable)")
+    parser.add_argument("--policies", default="sweeper", help=f"comma-separated, of {', '.join(POLICIES)}")
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--trials", type=int, default=12)
     parser.add_argument("--concurrency", type=int, default=2)
@@ -186,6 +251,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", type=Path, default=ROOT / "bench" / "results" / "replay_tune.json")
     parser.add_argument("--smoke", action="store_true", help="CI: a small synthetic table, 1 seed, 6 trials")
     args = parser.parse_args(argv)
+    policies = args.policies.split(",")
+    if unknown := sorted(set(policies) - set(POLICIES)):
+        parser.error(f"--policies: unknown {', '.join(unknown)}; known: {', '.join(POLICIES)}")
 
     from sweeper import controller
 
@@ -205,14 +273,15 @@ def main(argv: list[str] | None = None) -> int:
     try:
         for task, path in tables.items():
             print(f"{task}:", flush=True)
-            report["tasks"][task] = check(replay.Table.load(path, 1), args.seeds, args.trials, args.concurrency,
-                                          args.seconds_per_epoch)
+            table = replay.Table.load(path, 1)
+            report["tasks"][task] = {policy: check(policy, table, args.seeds, args.trials, args.concurrency,
+                                                   args.seconds_per_epoch) for policy in policies}
     finally:
         controller.shutdown()
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps(report, indent=1) + "\n")
-    agree = sum(run["same"] for runs in report["tasks"].values() for run in runs)
-    total = sum(len(runs) for runs in report["tasks"].values())
+    runs = [run for policies in report["tasks"].values() for seeds in policies.values() for run in seeds]
+    agree, total = sum(run["same"] for run in runs), len(runs)
     print(f"the simulation and Tune took the same decisions on {agree} of {total} seeds; wrote {args.json}")
     return 0
 

@@ -226,17 +226,23 @@ def test_record_curves_smoke_records_every_round_and_resumes_without_repeating(t
 
 @pytest.mark.slow
 def test_a_real_tune_run_with_a_replaying_trainable_decides_as_the_simulation(tmp_path, shared_ray):
-    """bench/replay_tune.py: sweeper's searcher and ASHA in a real Tune run take, trial by trial, the decisions the
-    simulation takes (configuration, round it ended at). One at a time, so no race of two trials decides; the
-    benchmark's own runs at two at a time are reported in bench/RESULTS.md."""
+    """bench/replay_tune.py: sweeper's searcher and ASHA, plain OptunaSearch, and random search with Ray's
+    AsyncHyperBand, each in a real Tune run, take trial by trial the decisions the simulation takes (configuration,
+    round it ended at). One at a time, so no race of two trials decides; the benchmark's own runs at two at a time
+    are reported in bench/RESULTS.md."""
     import subprocess
 
     out = tmp_path / "replay_tune.json"
     command = [sys.executable, str(ROOT / "bench" / "replay_tune.py"), "--smoke", "--concurrency", "1",
-               "--seconds-per-epoch", "0.2", "--address", shared_ray, "--json", str(out)]
+               "--seconds-per-epoch", "0.2", "--policies", "sweeper,tune_optuna,asha_random", "--address", shared_ray,
+               "--json", str(out)]
     done = subprocess.run(command, env={**os.environ, "HF_HUB_OFFLINE": "1"}, capture_output=True, text=True,
                           timeout=600)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-    (run,) = json.loads(out.read_text())["tasks"]["synthetic"]
-    assert len(run["simulated"]) == 6
-    assert run["tune"] == run["simulated"], run
+    policies = json.loads(out.read_text())["tasks"]["synthetic"]
+    assert sorted(policies) == ["asha_random", "sweeper", "tune_optuna"]
+    for (run,) in policies.values():
+        assert len(run["simulated"]) == 6
+        assert run["tune"] == run["simulated"], run
+    # the policies differ: ASHA stops some trials of random search, OptunaSearch runs each to its end
+    assert policies["asha_random"][0]["simulated"] != policies["tune_optuna"][0]["simulated"]
