@@ -53,6 +53,7 @@ import os
 import random
 import sys
 import time
+import warnings
 from dataclasses import dataclass, field
 from datetime import date
 from multiprocessing import Pool
@@ -358,7 +359,7 @@ class SweeperPolicy:
     sampler's (random start-up draws), not the middle values."""
 
     def __init__(self, spec, seed, pruned=False, startup=None, multivariate=False, patience=True, scheduler=None,
-                 gp=False, brackets=1, rungs=None, lr_first=0, bracket_metric="objective", lr_only=False):
+                 gp=False, brackets=1, rungs=None, lr_first=0, bracket_metric="objective", lr_only=False, qmc=0):
         import optuna
 
         from sweeper import search
@@ -395,6 +396,8 @@ class SweeperPolicy:
         for params in lr_first_points(spec.space(), lr_first, seed):
             # lr_only: only the learning rate is fixed; the sampler draws the rest (at random: start-up trials)
             self.study.enqueue_trial({"learning_rate": params["learning_rate"]} if lr_only else params)
+        for params in qmc_points(spec.space(), qmc, seed):
+            self.study.enqueue_trial(params)
         np.random.seed(seed)
 
     def ask(self, number):
@@ -485,6 +488,26 @@ def lr_first_points(space, k: int, seed: int) -> list[dict]:
     return points
 
 
+def qmc_points(space, k: int, seed: int) -> list[dict]:
+    """k scrambled-Sobol start-up configurations (Optuna's QMCSampler on a throwaway study): they cover the space
+    more evenly than k random draws, so a narrow winning region is less likely to be missed."""
+    import optuna
+
+    if k <= 0:
+        return []
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        sampler = optuna.samplers.QMCSampler(qmc_type="sobol", scramble=True, seed=seed, warn_independent_sampling=False)
+    study = optuna.create_study(sampler=sampler)
+    points = []
+    for _ in range(k + 1):  # QMCSampler learns the space from its first (random) trial, then draws Sobol points
+        trial = study.ask()
+        space.sample(trial)
+        points.append(trial.params)
+        study.tell(trial, 0.0)
+    return points[1:]
+
+
 class ProductSweeperPolicy(SweeperPolicy):
     """sweeper's default driven through `sweeper.search.SweepSearch` itself, on a real (SQLite) store and study:
     slower, for checking on a few seeds that `SweeperPolicy`'s in-memory study proposes what the product does."""
@@ -570,12 +593,16 @@ THIRD_PASS = {  # part 2 of issue 13, third pass (bench/RESULTS.md): runnable by
 # Optuna's GPSampler refits its Gaussian process at every ask: ~1-2 minutes a run here, too slow for 100 seeds
 # (`--policies sweeper_gp` runs it on a few).
 SLOW_VARIANTS = {"sweeper_gp": dict(gp=True)}
+SIXTH_PASS = {  # quasi-random (Sobol) start-up points before TPE, in place of its random start-up draws
+    "sweeper_qmc5": dict(qmc=5),
+    "sweeper_qmc10": dict(qmc=10),
+}
 FIFTH_PASS = {  # sub-epoch rungs again, now that the default ranks rungs on holdout loss (bench/RESULTS.md)
     "sweeper_half_epoch_startup5": dict(evals_per_epoch=2, startup=5),
     "sweeper_brackets3_startup5_loss_half_epoch": dict(brackets=3, startup=5, bracket_metric="holdout_loss",
                                                        evals_per_epoch=2),
 }
-ALL_VARIANTS = {**ROUND1_VARIANTS, **VARIANTS, **THIRD_PASS, **FIFTH_PASS, **SLOW_VARIANTS}
+ALL_VARIANTS = {**ROUND1_VARIANTS, **VARIANTS, **THIRD_PASS, **FIFTH_PASS, **SIXTH_PASS, **SLOW_VARIANTS}
 # bounds, not policies: random sampling with perfect early stopping, at epoch or at half-epoch rounds
 BOUNDS = {"oracle_stop": {}, "oracle_stop_half_epoch": dict(evals_per_epoch=2)}
 

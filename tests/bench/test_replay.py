@@ -156,6 +156,20 @@ def test_the_lr_spread_variant_fixes_only_the_learning_rate_of_its_first_trials(
     assert len({(t.params["batch_size"], t.params["num_epochs"]) for t in first}) > 1  # the rest: random draws
 
 
+def test_the_qmc_variant_tries_sobol_points_first_spread_over_each_parameter(tmp_path):
+    table = _table(tmp_path, 24)
+    spec = replay.replay_spec(table, 30, 2, 2, 0)
+    points = replay.qmc_points(spec.space(), 8, seed=2)
+    # a scrambled Sobol set of 8 puts one point in each eighth of every [0, 1) coordinate: here the log learning rate
+    assert sorted(int((np.log10(p["learning_rate"]) + 5) / 3 * 8) for p in points) == list(range(8))
+    assert points != replay.qmc_points(spec.space(), 8, seed=3) and replay.qmc_points(spec.space(), 0, 2) == []
+    policy = replay.make_policy("sweeper_qmc5", spec, 2)
+    replay.simulate(policy, table, 30, 2, 2)
+    trials = policy.study.get_trials(deepcopy=False)
+    expected = [p["learning_rate"] for p in replay.qmc_points(spec.space(), 5, 2)]
+    assert [t.params["learning_rate"] for t in trials[:5]] == pytest.approx(expected) and len(trials) > 5
+
+
 def test_rungs_that_wait_stop_fewer_trials_than_asha_and_the_loss_rung_judges_loss(tmp_path):
     table = _table(tmp_path, 48)
     spec = replay.replay_spec(table, 40, 2, 2, 0)
