@@ -359,7 +359,7 @@ class SweeperPolicy:
     sampler's (random start-up draws), not the middle values."""
 
     def __init__(self, spec, seed, pruned=False, startup=None, multivariate=False, patience=True, scheduler=None,
-                 gp=False, brackets=1, rungs=None, lr_first=0, bracket_metric="objective", lr_only=False, qmc=0):
+                 gp=False, brackets=1, rungs=None, lr_first=0, bracket_metric="objective", lr_only=False, qmc=0, tpe=None):
         import optuna
 
         from sweeper import search
@@ -370,10 +370,12 @@ class SweeperPolicy:
             spec = spec.model_copy(update={"scheduler": spec.scheduler.model_copy(update=scheduler)})
         self.spec, self.search, self.pruned = spec, search, pruned
         sampler = search.sampler(spec, seed=seed)  # what SweepSearch installs on the study
-        if startup is not None or multivariate:
-            sampler = optuna.samplers.TPESampler(
-                seed=seed, constant_liar=True, multivariate=multivariate, group=multivariate,
-                n_startup_trials=startup if startup is not None else sampler._n_startup_trials)
+        if startup is not None or multivariate or tpe:
+            # multivariate=False here unless asked: independent TPE, whereas the product's sampler leaves it to
+            # Optuna (None: multivariate for one objective since Optuna 5). `tpe` overrides any of these.
+            settings = dict(seed=seed, constant_liar=True, multivariate=multivariate, group=multivariate,
+                            n_startup_trials=startup if startup is not None else sampler._n_startup_trials)
+            sampler = optuna.samplers.TPESampler(**{**settings, **(tpe or {})})
         if gp:  # Optuna's Gaussian-process sampler (needs scipy), the same number of random start-up trials
             sampler = optuna.samplers.GPSampler(seed=seed, n_startup_trials=sampler._n_startup_trials,
                                                 warn_independent_sampling=False)
@@ -596,6 +598,12 @@ SLOW_VARIANTS = {"sweeper_gp": dict(gp=True)}
 SIXTH_PASS = {  # quasi-random (Sobol) start-up points before TPE, in place of its random start-up draws
     "sweeper_qmc5": dict(qmc=5),
     "sweeper_qmc10": dict(qmc=10),
+    # TPE's own knobs: more candidates a proposal, and the range's ends kept in its Parzen estimators
+    # (independent TPE, as every variant here that sets `startup` or `tpe` is: see SweeperPolicy)
+    "sweeper_tpe_ei64": dict(tpe={"n_ei_candidates": 64}),
+    "sweeper_tpe_endpoints": dict(tpe={"consider_endpoints": True}),
+    "sweeper_tpe_independent": dict(tpe={"multivariate": False}),  # the control: the default, but independent TPE
+    "sweeper_tpe_endpoints_multivariate": dict(tpe={"consider_endpoints": True, "multivariate": None}),
 }
 FIFTH_PASS = {  # sub-epoch rungs again, now that the default ranks rungs on holdout loss (bench/RESULTS.md)
     "sweeper_half_epoch_startup5": dict(evals_per_epoch=2, startup=5),

@@ -170,6 +170,17 @@ def test_the_qmc_variant_tries_sobol_points_first_spread_over_each_parameter(tmp
     assert [t.params["learning_rate"] for t in trials[:5]] == pytest.approx(expected) and len(trials) > 5
 
 
+def test_tpe_variants_pass_their_settings_to_the_sampler_and_say_independent_or_multivariate(tmp_path):
+    table = _table(tmp_path, 6)
+    spec = replay.replay_spec(table, 20, 2, 2, 0)
+    default = replay.make_policy("sweeper", spec, 1).study
+    independent = replay.make_policy("sweeper_tpe_independent", spec, 1).study
+    ends = replay.make_policy("sweeper_tpe_endpoints_multivariate", spec, 1).study
+    assert default.sampler._is_multivariate(default) and not independent.sampler._is_multivariate(independent)
+    assert ends.sampler._is_multivariate(ends) and ends.sampler._parzen_estimator_parameters.consider_endpoints
+    assert independent.sampler._n_startup_trials == default.sampler._n_startup_trials
+
+
 def test_rungs_that_wait_stop_fewer_trials_than_asha_and_the_loss_rung_judges_loss(tmp_path):
     table = _table(tmp_path, 48)
     spec = replay.replay_spec(table, 40, 2, 2, 0)
