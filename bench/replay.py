@@ -356,7 +356,8 @@ class SweeperPolicy:
     `rungs` = dict(metric="objective" | "holdout_loss", min_trials, margin): adaptive_halving.AdaptiveHalving (bench/adaptive_halving.py) instead of
     Ray's ASHA (min_trials 1, margin 0 decide as ASHA does); `lr_first` = k: the first k trials spread over the
     learning rate (see lr_first_points), then the sampler; with `lr_only` the other parameters of those k are the
-    sampler's (random start-up draws), not the middle values."""
+    sampler's (random start-up draws), not the middle values. Sixth and seventh passes: `qmc` = k: the first k trials
+    at scrambled-Sobol points (qmc_points); `tpe`: TPESampler settings (e.g. consider_endpoints)."""
 
     def __init__(self, spec, seed, pruned=False, startup=None, multivariate=False, patience=True, scheduler=None,
                  gp=False, brackets=1, rungs=None, lr_first=0, bracket_metric="objective", lr_only=False, qmc=0, tpe=None):
@@ -595,22 +596,23 @@ THIRD_PASS = {  # part 2 of issue 13, third pass (bench/RESULTS.md): runnable by
 # Optuna's GPSampler refits its Gaussian process at every ask: ~1-2 minutes a run here, too slow for 100 seeds
 # (`--policies sweeper_gp` runs it on a few).
 SLOW_VARIANTS = {"sweeper_gp": dict(gp=True)}
-SIXTH_PASS = {  # quasi-random (Sobol) start-up points before TPE, in place of its random start-up draws
-    "sweeper_qmc5": dict(qmc=5),
-    "sweeper_qmc10": dict(qmc=10),
-    # TPE's own knobs: more candidates a proposal, and the range's ends kept in its Parzen estimators
-    # (independent TPE, as every variant here that sets `startup` or `tpe` is: see SweeperPolicy)
-    "sweeper_tpe_ei64": dict(tpe={"n_ei_candidates": 64}),
-    "sweeper_tpe_endpoints": dict(tpe={"consider_endpoints": True}),
-    "sweeper_tpe_independent": dict(tpe={"multivariate": False}),  # the control: the default, but independent TPE
-    "sweeper_tpe_endpoints_multivariate": dict(tpe={"consider_endpoints": True, "multivariate": None}),
-}
 FIFTH_PASS = {  # sub-epoch rungs again, now that the default ranks rungs on holdout loss (bench/RESULTS.md)
     "sweeper_half_epoch_startup5": dict(evals_per_epoch=2, startup=5),
     "sweeper_brackets3_startup5_loss_half_epoch": dict(brackets=3, startup=5, bracket_metric="holdout_loss",
                                                        evals_per_epoch=2),
 }
-ALL_VARIANTS = {**ROUND1_VARIANTS, **VARIANTS, **THIRD_PASS, **FIFTH_PASS, **SIXTH_PASS, **SLOW_VARIANTS}
+SIXTH_PASS = {  # quasi-random (Sobol) start-up points before TPE, in place of its random start-up draws
+    "sweeper_qmc5": dict(qmc=5),
+    "sweeper_qmc10": dict(qmc=10),
+}
+SEVENTH_PASS = {  # TPE's own settings (independent TPE, as every variant that sets `startup` or `tpe` is)
+    "sweeper_tpe_ei64": dict(tpe={"n_ei_candidates": 64}),
+    "sweeper_tpe_endpoints": dict(tpe={"consider_endpoints": True}),
+    "sweeper_tpe_independent": dict(tpe={"multivariate": False}),  # the control: the default, but independent TPE
+    "sweeper_tpe_endpoints_multivariate": dict(tpe={"consider_endpoints": True, "multivariate": None}),
+}
+ALL_VARIANTS = {**ROUND1_VARIANTS, **VARIANTS, **THIRD_PASS, **FIFTH_PASS, **SIXTH_PASS, **SEVENTH_PASS,
+                **SLOW_VARIANTS}
 # bounds, not policies: random sampling with perfect early stopping, at epoch or at half-epoch rounds
 BOUNDS = {"oracle_stop": {}, "oracle_stop_half_epoch": dict(evals_per_epoch=2)}
 
