@@ -373,7 +373,7 @@ class SweeperPolicy:
         sampler = search.sampler(spec, seed=seed)  # what SweepSearch installs on the study
         if startup is not None or multivariate or tpe:
             # multivariate=False here unless asked: independent TPE, whereas the product's sampler leaves it to
-            # Optuna (None: multivariate for one objective since Optuna 5). `tpe` overrides any of these.
+            # Optuna (None: multivariate for one objective in Optuna 5.0). `tpe` overrides any of these.
             settings = dict(seed=seed, constant_liar=True, multivariate=multivariate, group=multivariate,
                             n_startup_trials=startup if startup is not None else sampler._n_startup_trials)
             sampler = optuna.samplers.TPESampler(**{**settings, **(tpe or {})})
@@ -605,7 +605,7 @@ SIXTH_PASS = {  # quasi-random (Sobol) start-up points before TPE, in place of i
     "sweeper_qmc5": dict(qmc=5),
     "sweeper_qmc10": dict(qmc=10),
 }
-SEVENTH_PASS = {  # TPE's own settings (independent TPE, as every variant that sets `startup` or `tpe` is)
+SEVENTH_PASS = {  # TPE's own settings (independent TPE unless `multivariate` is set, as in SweeperPolicy)
     "sweeper_tpe_ei64": dict(tpe={"n_ei_candidates": 64}),
     "sweeper_tpe_endpoints": dict(tpe={"consider_endpoints": True}),
     "sweeper_tpe_independent": dict(tpe={"multivariate": False}),  # the control: the default, but independent TPE
