@@ -12,7 +12,8 @@ recorded with two seeds, one of them at random). `--concurrency` trials run at o
 `budget.max_concurrent`), in an event queue whose clock is compute: a round costs the epochs it trained (2 holdout
 evaluations per epoch in the table; `--evals-per-epoch 1` replays only the epoch-end rounds). Compute is counted
 as bench/search_efficiency.py counts it: trial-epochs, the epochs every trial had reported, summed; a run stops once
-it reaches `--budget`.
+it reaches `--budget`. `--eval-cost measured` also charges each round its holdout evaluation and checkpoint, in epochs
+of training, as the table's recording timed them (measured_eval_cost); the default, 0, leaves rounds free.
 
 Policies, each with the objects the product or the library builds (no copies):
   random       Optuna RandomSampler over the space, no early stopping.
@@ -31,7 +32,7 @@ Policies, each with the objects the product or the library builds (no copies):
                (Ray's ASHAScheduler, driven through on_trial_add / on_trial_result / on_trial_complete as Tune's
                controller calls them), the worker's patience rule (transformers' EarlyStoppingCallback itself,
                fed eval_loss, with the Trainer's best-metric update), and trials closed with `sweeper.search.tell`.
-  sweeper_*    variants of sweeper's default for part 2 of issue 13 (ROUND1_VARIANTS, VARIANTS, THIRD_PASS, FIFTH_PASS; run any
+  sweeper_*    variants of sweeper's default for part 2 of issue 13 (ROUND1_VARIANTS, VARIANTS, THIRD_PASS .. EIGHTH_PASS; run any
                by name with --policies, e.g. `--policies sweeper,sweeper_rungs_loss`: paired results need sweeper).
   oracle_stop  a bound, not a policy (BOUNDS): random's configurations with perfect early stopping (a trial that
                will reach 95% runs until it does, every other stops at its first round); `_half_epoch`: at
@@ -81,11 +82,12 @@ SCHEDULES = ("linear", "cosine", "constant_with_warmup", "constant")
 @dataclass
 class Curve:
     seed: int
-    epoch: np.ndarray  # cumulative epochs at each round: the compute clock
+    epoch: np.ndarray  # cumulative epochs at each round
     steps: np.ndarray  # optimizer steps at each round (what HF reports to a hyperparameter search as its step)
     holdout: np.ndarray
     loss: np.ndarray
     test: np.ndarray
+    cost: np.ndarray | None = None  # the compute clock (Table sets it): epochs, plus each round's evaluation if charged
 
 
 @dataclass
@@ -98,18 +100,21 @@ class Config:
 class Table:
     """Recorded configurations and their curves, with nearest-configuration lookup."""
 
-    def __init__(self, header: dict, configs: list[Config], evals_per_epoch: int = 2):
+    def __init__(self, header: dict, configs: list[Config], evals_per_epoch: int = 2, eval_cost: float = 0.0):
+        """`eval_cost`: what each round's holdout evaluation costs, in epochs of training (0: rounds are free)."""
         self.header = header
         stride = max(1, header.get("evals_per_epoch", 2) // evals_per_epoch)
         for config in configs:  # keep only the rounds a spec with `evals_per_epoch` would evaluate
             config.curves = [Curve(c.seed, *(a[stride - 1::stride] for a in (c.epoch, c.steps, c.holdout, c.loss, c.test)))
                              for c in config.curves]
+            for c in config.curves:
+                c.cost = c.epoch + eval_cost * np.arange(1, len(c.epoch) + 1)
         self.configs = configs
         self.best = max(float(np.nanmax(c.holdout)) for config in configs for c in config.curves)
         self._keys = np.array([self._key(c.params) for c in configs])
 
     @classmethod
-    def load(cls, path: Path, evals_per_epoch: int = 2) -> Table:
+    def load(cls, path: Path, evals_per_epoch: int = 2, eval_cost: float = 0.0) -> Table:
         header, by_id = None, {}
         for line in path.read_text().splitlines():
             try:
@@ -125,7 +130,7 @@ class Table:
                 config = by_id.setdefault(row["id"], Config(row["id"], row["params"]))
                 config.curves.append(Curve(row["seed"], data["epoch"], data["steps"], data["holdout"],
                                            data["eval_loss"], data["test"]))
-        return cls(header, list(by_id.values()), evals_per_epoch)
+        return cls(header, list(by_id.values()), evals_per_epoch, eval_cost)
 
     @staticmethod
     def _key(params: dict) -> list[float]:
@@ -146,6 +151,27 @@ class Table:
                 "two_seeds": sum(1 for c in self.configs if len(c.curves) > 1),
                 "trial_epochs": round(sum(float(cv.epoch[-1]) for c in self.configs for cv in c.curves), 1),
                 "best_holdout": round(self.best, 5)}
+
+
+def measured_eval_cost(path: Path) -> float:
+    """What a round's holdout evaluation and checkpoint cost in the recording, in epochs of the same configuration's
+    training: per curve, (wall seconds - its test passes - its training seconds) / rounds, over training seconds an
+    epoch; the median over curves. The recorder's test pass is timed on its own and is not part of a sweep's round."""
+    ratios, columns = [], None
+    for line in path.read_text().splitlines():
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if row.get("kind") == "header":
+            columns = row["columns"]
+        elif row.get("kind") == "curve" and "wall_s" in row and row["rounds"]:
+            last = row["rounds"][-1]
+            train_s, epochs = last[columns.index("train_s")], last[columns.index("epoch")]
+            ratios.append((row["wall_s"] - row["test_s"] - train_s) / len(row["rounds"]) / (train_s / epochs))
+    if not ratios:
+        raise ValueError(f"{path}: no curve records its wall and test seconds; give --eval-cost a number")
+    return round(float(np.median(ratios)), 3)
 
 
 # -- the worker's patience rule --------------------------------------------------------------------------
@@ -188,7 +214,7 @@ def simulate(policy, table: Table, budget: float, concurrency: int, seed: int, m
     of its recorded seeds at random)."""
     pick = pick or random.Random(seed * 7919 + 1).choice
     queue: list = []  # (time the next round ends, tie-break, Running)
-    reported: dict[int, float] = {}  # trial -> epochs it has reported: summed, the compute spent
+    reported: dict[int, float] = {}  # trial -> compute of the rounds it has reported: summed, the compute spent
     events: list[tuple] = []
     trials = 0
     stops: dict[str, int] = {}
@@ -208,7 +234,7 @@ def simulate(policy, table: Table, budget: float, concurrency: int, seed: int, m
             policy.sees(handle, run.curve)
         configs.append(config.id)
         trials += 1
-        heapq.heappush(queue, (now + float(run.curve.epoch[0]), run.number, run))
+        heapq.heappush(queue, (now + float(run.curve.cost[0]), run.number, run))
 
     for _ in range(concurrency):
         start(0.0)
@@ -216,7 +242,7 @@ def simulate(policy, table: Table, budget: float, concurrency: int, seed: int, m
         now, _, run = heapq.heappop(queue)
         i = run.round
         run.round += 1
-        reported[run.number] = float(run.curve.epoch[i])
+        reported[run.number] = float(run.curve.cost[i])
         compute = sum(reported.values())
         if compute > budget + 1e-9:  # this round ends past the budget: the run has stopped before it
             break
@@ -227,7 +253,7 @@ def simulate(policy, table: Table, budget: float, concurrency: int, seed: int, m
         if compute >= budget - 1e-9:
             break
         if decision == CONTINUE and not last:
-            heapq.heappush(queue, (run.started + float(run.curve.epoch[run.round]), run.number, run))
+            heapq.heappush(queue, (run.started + float(run.curve.cost[run.round]), run.number, run))
             continue
         reason = "completed" if last else decision
         stops[reason] = stops.get(reason, 0) + 1
@@ -352,14 +378,15 @@ class SweeperPolicy:
     """sweeper's default search, from sweeper's own constructors (see the module docstring).
 
     `pruned`: close a trial that ASHA or patience stopped as PRUNED (its intermediate values stay in the study)
-    instead of COMPLETE; `startup`, `multivariate`: sampler settings to try (part 2 of issue 13). Third pass:
+    instead of COMPLETE; `startup`: the spec's `search.startup_trials` (the product's sampler builds it);
+    `multivariate` True or False: a TPESampler that sets it, where the product's leaves it to Optuna. Third pass:
     `rungs` = dict(metric="objective" | "holdout_loss", min_trials, margin): adaptive_halving.AdaptiveHalving (bench/adaptive_halving.py) instead of
     Ray's ASHA (min_trials 1, margin 0 decide as ASHA does); `lr_first` = k: the first k trials spread over the
     learning rate (see lr_first_points), then the sampler; with `lr_only` the other parameters of those k are the
     sampler's (random start-up draws), not the middle values. Sixth and seventh passes: `qmc` = k: the first k trials
     at scrambled-Sobol points (qmc_points); `tpe`: TPESampler settings (e.g. consider_endpoints)."""
 
-    def __init__(self, spec, seed, pruned=False, startup=None, multivariate=False, patience=True, scheduler=None,
+    def __init__(self, spec, seed, pruned=False, startup=None, multivariate=None, patience=True, scheduler=None,
                  gp=False, brackets=1, rungs=None, lr_first=0, bracket_metric="objective", lr_only=False, qmc=0, tpe=None):
         import optuna
 
@@ -369,13 +396,16 @@ class SweeperPolicy:
         optuna.logging.set_verbosity(optuna.logging.WARNING)
         if scheduler:  # another `scheduler:` block in the spec (e.g. a later first rung, or no ASHA)
             spec = spec.model_copy(update={"scheduler": spec.scheduler.model_copy(update=scheduler)})
+        if startup is not None:  # the spec's `search.startup_trials`
+            spec = spec.model_copy(update={"search": spec.search.model_copy(update={"startup_trials": startup})})
         self.spec, self.search, self.pruned = spec, search, pruned
         sampler = search.sampler(spec, seed=seed)  # what SweepSearch installs on the study
-        if startup is not None or multivariate or tpe:
-            # multivariate=False here unless asked: independent TPE, whereas the product's sampler leaves it to
-            # Optuna (None: multivariate for one objective in Optuna 5.0). `tpe` overrides any of these.
-            settings = dict(seed=seed, constant_liar=True, multivariate=multivariate, group=multivariate,
-                            n_startup_trials=startup if startup is not None else sampler._n_startup_trials)
+        if multivariate is not None or tpe:
+            # the product's TPE with other settings; it leaves `multivariate` to Optuna (None: multivariate for one
+            # objective in Optuna 5.0), so True / False here are changes from it. `tpe` overrides any of these.
+            settings = dict(seed=seed, constant_liar=True, n_startup_trials=sampler._n_startup_trials)
+            if multivariate is not None:
+                settings.update(multivariate=multivariate, group=multivariate)
             sampler = optuna.samplers.TPESampler(**{**settings, **(tpe or {})})
         if gp:  # Optuna's Gaussian-process sampler (needs scipy), the same number of random start-up trials
             sampler = optuna.samplers.GPSampler(seed=seed, n_startup_trials=sampler._n_startup_trials,
@@ -560,36 +590,36 @@ def check_against_product(table: Table, seeds: int, budget: float, concurrency: 
 
 ROUND1_VARIANTS = {  # part 2 of issue 13, first pass (bench/RESULTS.md): runnable by name with --policies
     "sweeper_pruned": dict(pruned=True),
-    "sweeper_startup5": dict(startup=5),
-    "sweeper_startup20": dict(startup=20),
+    "sweeper_startup5": dict(startup=5, multivariate=False),
+    "sweeper_startup20": dict(startup=20, multivariate=False),
     "sweeper_multivariate": dict(multivariate=True),
     "sweeper_no_patience": dict(patience=False),
     "sweeper_grace2": dict(scheduler={"grace_period": 2}),
     "sweeper_no_asha": dict(scheduler={"type": "none"}),
-    "sweeper_no_asha_startup5": dict(scheduler={"type": "none"}, startup=5),
+    "sweeper_no_asha_startup5": dict(scheduler={"type": "none"}, startup=5, multivariate=False),
 }
 VARIANTS = {  # part 2 of issue 13, second pass: what --with-variants adds
     "sweeper_brackets3": dict(brackets=3),
-    "sweeper_brackets3_startup5": dict(brackets=3, startup=5),
+    "sweeper_brackets3_startup5": dict(brackets=3, startup=5, multivariate=False),
     "sweeper_rf3": dict(scheduler={"reduction_factor": 3}),
-    "sweeper_grace2_startup5": dict(scheduler={"grace_period": 2}, startup=5),
-    "sweeper_pruned_startup5": dict(pruned=True, startup=5),
+    "sweeper_grace2_startup5": dict(scheduler={"grace_period": 2}, startup=5, multivariate=False),
+    "sweeper_pruned_startup5": dict(pruned=True, startup=5, multivariate=False),
     "sweeper_multivariate_startup5": dict(multivariate=True, startup=5),
 }
 THIRD_PASS = {  # part 2 of issue 13, third pass (bench/RESULTS.md): runnable by name with --policies
     "sweeper_rungs_wait": dict(rungs=dict(metric="objective", min_trials=4, margin=0.1)),
     "sweeper_rungs_loss": dict(rungs=dict(metric="holdout_loss", min_trials=1, margin=0.0)),
     "sweeper_rungs_loss_wait": dict(rungs=dict(metric="holdout_loss", min_trials=4, margin=0.1)),
-    "sweeper_lr_first5": dict(lr_first=5, startup=5),
+    "sweeper_lr_first5": dict(lr_first=5, startup=5, multivariate=False),
     "sweeper_lr_first10": dict(lr_first=10),
-    "sweeper_lr_spread5": dict(lr_first=5, startup=5, lr_only=True),
+    "sweeper_lr_spread5": dict(lr_first=5, startup=5, lr_only=True, multivariate=False),
     "sweeper_lr_spread10": dict(lr_first=10, lr_only=True),
     "sweeper_half_epoch": dict(evals_per_epoch=2),
-    "sweeper_brackets3_startup5_lr_first5": dict(brackets=3, lr_first=5, startup=5),
-    "sweeper_brackets3_startup5_loss": dict(brackets=3, startup=5, bracket_metric="holdout_loss"),
-    "sweeper_brackets3_startup5_half_epoch": dict(brackets=3, startup=5, evals_per_epoch=2),
-    "sweeper_rungs_wait_startup5": dict(rungs=dict(metric="objective", min_trials=4, margin=0.1), startup=5),
-    "sweeper_rungs_loss_startup5": dict(rungs=dict(metric="holdout_loss", min_trials=1, margin=0.0), startup=5),
+    "sweeper_brackets3_startup5_lr_first5": dict(brackets=3, lr_first=5, startup=5, multivariate=False),
+    "sweeper_brackets3_startup5_loss": dict(brackets=3, startup=5, bracket_metric="holdout_loss", multivariate=False),
+    "sweeper_brackets3_startup5_half_epoch": dict(brackets=3, startup=5, evals_per_epoch=2, multivariate=False),
+    "sweeper_rungs_wait_startup5": dict(rungs=dict(metric="objective", min_trials=4, margin=0.1), startup=5, multivariate=False),
+    "sweeper_rungs_loss_startup5": dict(rungs=dict(metric="holdout_loss", min_trials=1, margin=0.0), startup=5, multivariate=False),
     # the default before the fourth pass: Ray's ASHAScheduler ranking by `scheduler.rung_metric: objective`
     "sweeper_asha_objective": dict(scheduler={"rung_metric": "objective"}),
 }
@@ -597,22 +627,34 @@ THIRD_PASS = {  # part 2 of issue 13, third pass (bench/RESULTS.md): runnable by
 # (`--policies sweeper_gp` runs it on a few).
 SLOW_VARIANTS = {"sweeper_gp": dict(gp=True)}
 FIFTH_PASS = {  # sub-epoch rungs again, now that the default ranks rungs on holdout loss (bench/RESULTS.md)
-    "sweeper_half_epoch_startup5": dict(evals_per_epoch=2, startup=5),
+    "sweeper_half_epoch_startup5": dict(evals_per_epoch=2, startup=5, multivariate=False),
     "sweeper_brackets3_startup5_loss_half_epoch": dict(brackets=3, startup=5, bracket_metric="holdout_loss",
-                                                       evals_per_epoch=2),
+                                                       evals_per_epoch=2, multivariate=False),
 }
 SIXTH_PASS = {  # quasi-random (Sobol) start-up points before TPE, in place of its random start-up draws
     "sweeper_qmc5": dict(qmc=5),
     "sweeper_qmc10": dict(qmc=10),
 }
-SEVENTH_PASS = {  # TPE's own settings (independent TPE unless `multivariate` is set, as in SweeperPolicy)
-    "sweeper_tpe_ei64": dict(tpe={"n_ei_candidates": 64}),
-    "sweeper_tpe_endpoints": dict(tpe={"consider_endpoints": True}),
+SEVENTH_PASS = {  # TPE's own settings, on an independent TPE as measured unless a variant's `tpe` says otherwise
+    "sweeper_tpe_ei64": dict(tpe={"n_ei_candidates": 64}, multivariate=False),
+    "sweeper_tpe_endpoints": dict(tpe={"consider_endpoints": True}, multivariate=False),
     "sweeper_tpe_independent": dict(tpe={"multivariate": False}),  # the control: the default, but independent TPE
     "sweeper_tpe_endpoints_multivariate": dict(tpe={"consider_endpoints": True, "multivariate": None}),
 }
+# The passes above that set `startup` or `tpe` were measured with an independent TPE (the seventh pass found it): they
+# say multivariate=False, so their commands reproduce. The eighth pass repeats the start-up counts on the product's
+# own sampler (multivariate, as Optuna 5.0 leaves it), the clean test of the start-up count alone.
+EIGHTH_PASS = {
+    "sweeper_startup2_mv": dict(startup=2),
+    "sweeper_startup3_mv": dict(startup=3),
+    "sweeper_startup4_mv": dict(startup=4),
+    "sweeper_startup5_mv": dict(startup=5),
+    "sweeper_startup20_mv": dict(startup=20),
+    "sweeper_pruned_startup5_mv": dict(pruned=True, startup=5),
+    "sweeper_half_epoch_startup5_mv": dict(evals_per_epoch=2, startup=5),
+}
 ALL_VARIANTS = {**ROUND1_VARIANTS, **VARIANTS, **THIRD_PASS, **FIFTH_PASS, **SIXTH_PASS, **SEVENTH_PASS,
-                **SLOW_VARIANTS}
+                **EIGHTH_PASS, **SLOW_VARIANTS}
 # bounds, not policies: random sampling with perfect early stopping, at epoch or at half-epoch rounds
 BOUNDS = {"oracle_stop": {}, "oracle_stop_half_epoch": dict(evals_per_epoch=2)}
 
@@ -719,14 +761,14 @@ def quantile(values: list[float], q: float) -> float:
 _WORK: dict = {}
 
 
-def _init(table_path, evals_per_epoch, budget, concurrency):
+def _init(table_path, evals_per_epoch, budget, concurrency, eval_cost=0.0):
     _WORK.update(path=Path(table_path), tables={}, budget=budget, concurrency=concurrency,
-                 evals_per_epoch=evals_per_epoch)
+                 evals_per_epoch=evals_per_epoch, eval_cost=eval_cost)
 
 
 def _table_for(evals_per_epoch: int) -> Table:
     if evals_per_epoch not in _WORK["tables"]:
-        _WORK["tables"][evals_per_epoch] = Table.load(_WORK["path"], evals_per_epoch)
+        _WORK["tables"][evals_per_epoch] = Table.load(_WORK["path"], evals_per_epoch, _WORK["eval_cost"])
     return _WORK["tables"][evals_per_epoch]
 
 
@@ -813,7 +855,7 @@ def goals(runs: list[dict], summary: dict) -> dict:
             "paired_vs_sweeper_95_wins_ties_losses": paired}
 
 
-def plot(task: str, policies: dict, budget: float, path: Path) -> None:
+def plot(task: str, policies: dict, budget: float, path: Path, unit: str = "trial-epochs") -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -826,7 +868,7 @@ def plot(task: str, policies: dict, budget: float, path: Path) -> None:
         # part-2 variants dashed (matplotlib's 10 colours repeat), the bounds dotted
         style = ":" if name in BOUNDS else "--" if name.startswith("sweeper_") else "-"
         ax.plot(grid, regret, style, label=name, lw=2.4 if name == "sweeper" else 1.2, color="black" if name == "sweeper" else None)
-    ax.set_xlabel("compute (trial-epochs)")
+    ax.set_xlabel(f"compute ({unit})")
     ax.set_ylabel("median regret (table best - best holdout found)")
     ax.set_yscale("log")
     ax.set_title(f"{task}: anytime median regret over seeds")
@@ -846,6 +888,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--budget", type=float, default=100.0, help="trial-epochs per run")
     parser.add_argument("--concurrency", type=int, default=2, help="trials at once (the spec's max_concurrent)")
     parser.add_argument("--evals-per-epoch", type=int, default=1, choices=(1, 2))
+    parser.add_argument("--eval-cost", default="0", metavar="EPOCHS|measured",
+                        help="charge each round's holdout evaluation and checkpoint this many epochs of training, or "
+                             "`measured`: what the table's recording timed (measured_eval_cost); default 0, rounds free")
     parser.add_argument("--policies", default=",".join(POLICIES), help=f"comma-separated; also {', '.join([*ALL_VARIANTS, *BOUNDS])}")
     parser.add_argument("--with-variants", action="store_true", help="add every sweeper_* variant to --policies")
     parser.add_argument("--jobs", type=int, default=2, help="processes")
@@ -873,7 +918,10 @@ def main(argv: list[str] | None = None) -> int:
               "concurrency": args.concurrency, "evals_per_epoch": args.evals_per_epoch, "tasks": {}}
     for task, path in tables.items():
         jobs = [(p, s) for s in range(args.first_seed, args.first_seed + args.seeds) for p in policies]
-        init = (str(path), args.evals_per_epoch, args.budget, args.concurrency)
+        eval_cost = measured_eval_cost(path) if args.eval_cost == "measured" else float(args.eval_cost)
+        if eval_cost:
+            report["compute_unit"] = "trial-epochs, each round's evaluation charged the task's eval_cost epochs"
+        init = (str(path), args.evals_per_epoch, args.budget, args.concurrency, eval_cost)
         if args.jobs > 1:
             with Pool(args.jobs, initializer=_init, initargs=init) as pool:
                 runs = pool.map(run_one, jobs, chunksize=4)
@@ -883,7 +931,7 @@ def main(argv: list[str] | None = None) -> int:
         table = Table.load(path, args.evals_per_epoch)
         summary = summarise(runs, table, args.budget)
         shown = path.relative_to(ROOT) if path.resolve().is_relative_to(ROOT) else path
-        report["tasks"][task] = {"table": {"path": str(shown), **table.size()}, "policies": summary,
+        report["tasks"][task] = {"table": {"path": str(shown), **table.size()}, "eval_cost": eval_cost, "policies": summary,
                                  "goals": goals(runs, summary)}
         if args.check_product:
             check = check_against_product(table, args.check_product, args.budget, args.concurrency,
@@ -892,7 +940,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"SweepSearch on a SQLite store vs the in-memory replay: {check}")
         plot_dir = args.plot_dir or args.json.parent
         plot_dir.mkdir(parents=True, exist_ok=True)
-        plot(task, summary, args.budget, plot_dir / f"replay_regret_{task}.png")
+        plot(task, summary, args.budget, plot_dir / f"replay_regret_{task}.png", report["compute_unit"])
         print_summary(task, table, summary)
         print(json.dumps(report["tasks"][task]["goals"]))
     report["seconds"] = round(time.perf_counter() - started, 1)

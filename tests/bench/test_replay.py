@@ -181,6 +181,40 @@ def test_tpe_variants_pass_their_settings_to_the_sampler_and_say_independent_or_
     assert independent.sampler._n_startup_trials == default.sampler._n_startup_trials
 
 
+def test_start_up_variants_build_the_products_sampler_and_the_earlier_passes_keep_their_independent_tpe(tmp_path):
+    table = _table(tmp_path, 6)
+    spec = replay.replay_spec(table, 20, 2, 2, 0)
+    clean, earlier = (replay.make_policy(name, spec, 1).study for name in ("sweeper_startup5_mv", "sweeper_startup5"))
+    assert clean.sampler._n_startup_trials == earlier.sampler._n_startup_trials == 5
+    assert clean.sampler._is_multivariate(clean) and not earlier.sampler._is_multivariate(earlier)
+    assert replay.make_policy("sweeper_startup5_mv", spec, 1).spec.search.startup_trials == 5  # through the spec
+
+
+def test_a_charged_evaluation_adds_its_cost_to_every_round_and_more_rounds_cost_more(tmp_path):
+    path = replay.write_synthetic_table(tmp_path / "t.jsonl", 12)
+    free, charged = replay.Table.load(path, 2), replay.Table.load(path, 2, eval_cost=0.25)
+    for a, b in zip(free.configs, charged.configs):
+        rounds = np.arange(1, len(a.curves[0].epoch) + 1)
+        assert list(a.curves[0].cost) == list(a.curves[0].epoch)
+        assert b.curves[0].cost == pytest.approx(a.curves[0].epoch + 0.25 * rounds)
+    best = max(charged.configs, key=lambda c: np.nanmax(c.curves[0].holdout)).curves[0]
+    at = int(np.argmax(best.holdout >= 0.95 * charged.best))
+    run = replay.simulate(Oracle(charged), charged, budget=50, concurrency=1, seed=0)
+    assert replay.compute_to(run["events"], 0.95 * charged.best) == pytest.approx(best.epoch[at] + 0.25 * (at + 1))
+
+
+def test_the_measured_evaluation_cost_is_a_rounds_untimed_seconds_over_an_epochs_training_seconds(tmp_path):
+    header = {"kind": "header", "columns": ["round", "epoch", "train_s"]}
+    # 2 rounds, 1 epoch: 10 s of training an epoch; 16 s wall - 2 s of test passes - 10 s training = 4 s, 2 s a round
+    curves = [{"kind": "curve", "wall_s": 16.0, "test_s": 2.0, "rounds": [[1, 0.5, 5.0], [2, 1.0, 10.0]]},
+              {"kind": "curve", "wall_s": 30.0, "test_s": 0.0, "rounds": [[1, 1.0, 10.0], [2, 2.0, 20.0]]}]
+    path = tmp_path / "t.jsonl"
+    path.write_text("".join(json.dumps(row) + "\n" for row in [header, *curves]) + '{"kind": "cu')  # a cut last line
+    assert replay.measured_eval_cost(path) == pytest.approx((0.2 + 0.5) / 2)
+    with pytest.raises(ValueError, match="--eval-cost"):  # a synthetic table has no timings
+        replay.measured_eval_cost(replay.write_synthetic_table(tmp_path / "s.jsonl", 4))
+
+
 def test_rungs_that_wait_stop_fewer_trials_than_asha_and_the_loss_rung_judges_loss(tmp_path):
     table = _table(tmp_path, 48)
     spec = replay.replay_spec(table, 40, 2, 2, 0)
@@ -271,3 +305,4 @@ def test_a_real_tune_run_with_a_replaying_trainable_decides_as_the_simulation(tm
         assert run["tune"] == run["simulated"], run
     # the policies differ: ASHA stops some trials of random search, OptunaSearch runs each to its end
     assert policies["asha_random"][0]["simulated"] != policies["tune_optuna"][0]["simulated"]
+
