@@ -93,6 +93,39 @@ def jobs(configs: list[dict]) -> list[tuple[dict, int]]:
     return out
 
 
+def todo_jobs(configs: list[dict], done: set[tuple[int, int]], shard: str = "0/1") -> list[tuple[dict, int]]:
+    """The jobs not yet `done`, and of those every N-th from the K-th (`shard` "K/N"): N shards started together
+    from the same table split its remaining jobs between them."""
+    k, n = (int(x) for x in shard.split("/"))
+    if not 0 <= k < n:
+        raise SystemExit(f"--shard {shard}: K must be 0 .. N-1")
+    return [(c, s) for c, s in jobs(configs) if (c["id"], s) not in done][k::n]
+
+
+def merge(table: Path, shards: list[Path]) -> int:
+    """Append the shards' curves (each recorded with `--out SHARD --table TABLE --shard K/N`) to the table, once each;
+    a shard recorded on other data is refused. Returns the number of curves added."""
+    data = json.loads(table.read_text().splitlines()[0])["data"]
+    added = 0
+    for shard in shards:
+        lines = shard.read_text().splitlines()
+        if json.loads(lines[0])["data"] != data:
+            raise SystemExit(f"{shard}: recorded on other data than {table}; not merged")
+        done = done_jobs(table)
+        rows = []
+        for line in lines[1:]:
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError:  # a line cut by a kill
+                continue
+            if (row["id"], row["seed"]) not in done:
+                rows.append(json.dumps(row, separators=(",", ":")) + "\n")
+        with open(table, "a") as f:
+            f.writelines(rows)
+        added += len(rows)
+    return added
+
+
 def banking_subset(spec: dict) -> None:
     """Write the banking77 subset (idempotent: same rows every time)."""
     target = ROOT / spec["folder"]
@@ -216,8 +249,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--minutes", type=float, default=38.0, help="start no configuration after this long")
     parser.add_argument("--configs", type=int, default=None, help="at most this many grid configurations")
     parser.add_argument("--out", type=Path, default=None, help="default: bench/results/curves/<task>.jsonl")
+    parser.add_argument("--table", type=Path, default=None, help="jobs already in this table count as done (with --out)")
     parser.add_argument("--smoke", action="store_true", help="2 configurations, 1 epoch, smallest batch cost")
+    parser.add_argument("--shard", default="0/1", metavar="K/N",
+                        help="record only the K-th of every N jobs still to do (N processes, one core each, each with "
+                             "its own --out; append their curve lines to the table afterwards)")
+    parser.add_argument("--merge", type=Path, nargs="+", metavar="SHARD", help="append these shards' curves to the table")
     args = parser.parse_args(argv)
+    if args.merge:
+        out = args.out or CURVES / f"{args.task}.jsonl"
+        print(f"{merge(out, args.merge)} curves added to {out}")
+        return 0
 
     import os
 
@@ -236,7 +278,8 @@ def main(argv: list[str] | None = None) -> int:
         configs = [c for c in configs if c["num_epochs"] == 1 and c["batch_size"] == 64][:2]
     if args.configs is not None:
         configs = configs[: args.configs]
-    todo = [(c, s) for c, s in jobs(configs) if (c["id"], s) not in done_jobs(out)]
+    done = done_jobs(out) | (done_jobs(args.table) if args.table else set())
+    todo = todo_jobs(configs, done, args.shard)
     if not out.is_file() or not out.read_text().strip():
         out.write_text(json.dumps(header(args.task, spec, argv), separators=(",", ":")) + "\n")
     model_path = resolve_model("minilm-l6")

@@ -4,7 +4,7 @@
     .venv/bin/python bench/search_efficiency.py --smoke --results /tmp/r.md                      # CI smoke (~2 min)
 
 Methods (every one trains through the SAME trainer, `trainers.<task>.train` / its data preparation, on the
-same data, LoRA MiniLM, the same search space `lora-quick`, one torch thread per trial):
+same data, LoRA MiniLM, the same search space (`--space`, default `lora-quick`), one torch thread per trial):
 
   sweeper      (a) sweeper's real path: `sweeper.sweeps.run` on a generated spec (TPE + ASHA + holdout-loss
                patience, 2 trials at a time, `tracking: none`); compute is read back from the trial store.
@@ -71,8 +71,11 @@ TASKS = {
                                ext="json", metric="f1_micro", max_seq_length=32, patience=1, min_delta=0.005),
     "banking77": dict(task="sequence_classification", format="csv", folder="examples/data/banking77",
                       ext="csv", metric="f1_macro", max_seq_length=64, patience=2, min_delta=0.001),
+    # the data bench/record_curves.py recorded its banking77-10 table on: to check the replay against live runs
+    "banking77-10": dict(task="sequence_classification", format="csv", folder="bench/results/curves/data/banking77-10",
+                         ext="csv", metric="f1_macro", max_seq_length=64, patience=2, min_delta=0.001),
 }
-SPACE = "lora-quick"
+SPACE = "lora-quick"  # the default --space
 NO_EARLY_STOPPING = 1_000_000  # patience in rounds: never reached
 ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors", "adapter_model.bin")
 WORKER_ENV = {"HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false", "TRANSFORMERS_NO_ADVISORY_WARNINGS": "1",
@@ -205,7 +208,7 @@ def method_random(ctx: dict) -> dict:
     from search_spaces import get_search_space
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    space = get_search_space(SPACE)
+    space = get_search_space(ctx["space"])
     study = optuna.create_study(direction="maximize", sampler=optuna.samplers.RandomSampler(seed=ctx["seed"]))
 
     def configs():
@@ -247,7 +250,9 @@ def grid_points(seed: int, space=None, middle_choice: bool = False) -> list[dict
 
 
 def method_grid(ctx: dict) -> dict:
-    points = grid_points(ctx["seed"])
+    from search_spaces import get_search_space
+
+    points = grid_points(ctx["seed"], get_search_space(ctx["space"]))
     recorder = run_sequential(ctx, ((p, lambda value: None) for p in itertools.cycle(points)))
     return {"events": recorder.events, "trials": recorder.trials, "grid_size": len(points)}
 
@@ -288,7 +293,7 @@ def method_hf_optuna(ctx: dict) -> dict:
     hf_logging.set_verbosity_error()
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     metric = TASKS[ctx["task_key"]]["metric"]
-    space = get_search_space(SPACE)
+    space = get_search_space(ctx["space"])
     prepared = prepared_for(ctx, DUMMY_HPARAMS)
     recorder = Recorder(ctx)
 
@@ -352,8 +357,8 @@ def budget_stopper(budget: float):
             self.epochs: dict[str, float] = {}
 
         def __call__(self, trial_id, result):
-            record = round_record(result)
-            epoch = float(record.bookkeeping.get("epoch", 0.0)) if record else 0.0
+            record = round_record(result)  # sweeper's trials; a plain trainable (tune_optuna) reports `epoch` itself
+            epoch = float(record.bookkeeping.get("epoch", 0.0)) if record else float(result.get("epoch", 0.0))
             self.epochs[trial_id] = max(self.epochs.get(trial_id, 0.0), epoch)
             return False
 
@@ -388,7 +393,7 @@ def method_sweeper(ctx: dict) -> dict:
     raw = {
         "name": name, "task": t["task"], "model": "minilm-l6",
         "data": {**files, "test": str(folder / f"test.{t['ext']}"), "max_seq_length": t["max_seq_length"]},
-        "search_space": SPACE, "objective": {"metric": t["metric"], "direction": "maximize"},
+        "search_space": ctx["space"], "objective": {"metric": t["metric"], "direction": "maximize"},
         "budget": {"trials": int(math.ceil(ctx["budget"])), "max_concurrent": 2, "max_failures": 0},
         "scheduler": {"type": "asha", "grace_period": 1, "reduction_factor": 2, "evals_per_epoch": 1,
                       **({"rung_metric": "objective"} if ctx["method"] == "sweeper_objective" else {})},
@@ -486,7 +491,7 @@ def method_tune_optuna(ctx: dict) -> dict:
         tuner = tune.Tuner(
             tune.with_resources(tune.with_parameters(_plain_trainable, ctx=ctx), {"cpu": 1}),
             tune_config=tune.TuneConfig(
-                search_alg=OptunaSearch(space=get_search_space(SPACE).sample, metric=metric, mode="max",
+                search_alg=OptunaSearch(space=get_search_space(ctx["space"]).sample, metric=metric, mode="max",
                                         seed=ctx["seed"]),
                 num_samples=int(math.ceil(ctx["budget"])), max_concurrent_trials=2, reuse_actors=True),
             run_config=tune.RunConfig(name="plain", storage_path=str(Path(ctx["workdir"]) / "ray"),
@@ -545,7 +550,7 @@ def run_all(args, workdir: Path) -> list[dict]:
         jobdir.mkdir(parents=True, exist_ok=True)
         ray_dir = f"/tmp/bse{os.getpid() % 100000}-{method[:3]}{seed}"
         ctx = {"task_key": args.task, "method": method, "seed": seed + args.seed_base, "budget": args.budget,
-               "workdir": str(jobdir)}
+               "space": args.space, "workdir": str(jobdir)}
         (jobdir / "job.json").write_text(json.dumps(ctx))
         env = {**os.environ, **WORKER_ENV, "RAY_TMPDIR": ray_dir, "PYTHONUNBUFFERED": "1"}
         log = open(jobdir / "log.txt", "w")
@@ -654,7 +659,7 @@ def render(results: list[dict], args, wall_s: float) -> tuple[str, dict]:
         "",
         f"Command: `{args.command}`",
         "",
-        f"Task {TASKS[args.task]['task']}, LoRA MiniLM-L6, search space `{SPACE}`, objective holdout `{metric}`, "
+        f"Task {TASKS[args.task]['task']}, LoRA MiniLM-L6, search space `{args.space}`, objective holdout `{metric}`, "
         f"{args.seeds} seed(s) per method, budget {budget:g} trial-epochs per run (compute = epochs trained, summed "
         f"over trials). Target = 90% of the best holdout {metric} any method found within budget "
         f"({best_any:.4f}) = **{target:.4f}**. Sweep wall time {wall_s / 60:.1f} min.",
@@ -715,6 +720,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--task", choices=sorted(TASKS), default="restaurant8k")
     parser.add_argument("--seeds", type=int, default=5)
+    parser.add_argument("--space", default=SPACE, help="search space (lora-default: the replay tables' space)")
     parser.add_argument("--seed-base", type=int, default=0)
     parser.add_argument("--budget", type=float, default=16.0, help="trial-epochs per (method, seed) run")
     parser.add_argument("--methods", default=None, help="comma-separated (default: all; with --smoke: all but "
@@ -731,6 +737,7 @@ def main() -> int:
         raw = json.loads(Path(args.from_raw).read_text())
         for key in ("task", "seeds", "budget", "methods", "command"):
             setattr(args, key, raw["args"][key])
+        args.space = raw["args"].get("space", SPACE)
         text, _ = render(raw["runs"], args, raw.get("wall_s", math.nan))
         print(text)
         with open(args.results, "a") as fh:

@@ -306,3 +306,59 @@ def test_a_real_tune_run_with_a_replaying_trainable_decides_as_the_simulation(tm
     # the policies differ: ASHA stops some trials of random search, OptunaSearch runs each to its end
     assert policies["asha_random"][0]["simulated"] != policies["tune_optuna"][0]["simulated"]
 
+
+def test_replay_vs_live_agrees_with_live_runs_drawn_from_the_replay_and_not_with_three_times_their_cost(tmp_path):
+    import replay_vs_live
+
+    table_path = replay.write_synthetic_table(tmp_path / "t.jsonl", 30)
+    table = replay.Table.load(table_path, 1)
+
+    def live_file(name, scale):  # "live" random runs: the replay's own, one trial at a time, their cost scaled
+        runs = []
+        for seed in range(6):
+            run = replay.simulate(replay.make_policy("random", replay.replay_spec(table, 20, 1, 1, seed), seed),
+                                  table, 20, 1, seed)
+            runs.append({"method": "random", "seed": seed,
+                         "events": [{"compute": e[0] * scale, "value": e[1]} for e in run["events"]]})
+        path = tmp_path / name
+        path.write_text(json.dumps({"args": {"task": "synthetic", "budget": 20 * scale, "command": "x"}, "runs": runs}))
+        return path
+
+    out = tmp_path / "out.json"
+    for name, scale, agrees in (("same.json", 1, True), ("costly.json", 3, False)):
+        assert replay_vs_live.main([str(live_file(name, scale)), "--table", str(table_path), "--seeds", "30",
+                                    "--json", str(out)]) == 0
+        result = json.loads(out.read_text())["methods"]["random"]
+        assert result["agrees"] is agrees, result
+        if scale == 1:  # random search with seed s replays the same configurations: the same compute, seed by seed
+            assert result["replay_to95_at_live_seeds"] == result["live_to95"]
+
+
+def test_record_curves_shards_split_the_jobs_left_between_them_without_overlap():
+    import record_curves
+
+    configs = record_curves.grid()[:12]
+    done = {(0, 1), (0, 2), (3, 1)}
+    left = [(c["id"], s) for c, s in record_curves.todo_jobs(configs, done)]
+    shards = [[(c["id"], s) for c, s in record_curves.todo_jobs(configs, done, f"{k}/3")] for k in range(3)]
+    assert sorted(sum(shards, [])) == sorted(left) and len(set(sum(shards, []))) == len(left) == 12 + 3 - 3
+    with pytest.raises(SystemExit, match="--shard"):
+        record_curves.todo_jobs(configs, done, "3/3")
+
+
+def test_record_curves_merges_shards_once_and_refuses_one_recorded_on_other_data(tmp_path):
+    import record_curves
+
+    table = replay.write_synthetic_table(tmp_path / "table.jsonl", 4)
+    lines = table.read_text().splitlines()
+    header, curves = lines[0], lines[1:]
+    table.write_text("\n".join([header, *curves[:2]]) + "\n")
+    shard = tmp_path / "shard.jsonl"
+    shard.write_text("\n".join([header, *curves[1:], '{"kind": "cu']) + "\n")  # one already in, a cut last line
+    assert record_curves.merge(table, [shard]) == 2 and record_curves.merge(table, [shard]) == 0
+    assert [json.loads(line)["id"] for line in table.read_text().splitlines()[1:]] == [0, 1, 2, 3]
+    other = json.loads(header)
+    other["data"]["train"]["path"] = "elsewhere.json"
+    shard.write_text(json.dumps(other) + "\n" + curves[0] + "\n")
+    with pytest.raises(SystemExit, match="other data"):
+        record_curves.merge(table, [shard])

@@ -1,0 +1,99 @@
+"""Check the replay against live runs (issue 13, part 1): does bench/replay.py's compute to 95% agree with
+bench/search_efficiency.py's, run for real on the data and space a table was recorded on?
+
+    .venv/bin/python bench/search_efficiency.py --task banking77-10 --space lora-default --seeds 5 --budget 50 \
+        --methods random,sweeper,tune_optuna --raw bench/raw/live-banking77-10-lora-default-2026-12-06.json \
+        --results bench/raw/live-banking77-10-lora-default-2026-12-06.md                               # ~70 min
+    .venv/bin/python bench/replay_vs_live.py bench/raw/live-banking77-10-lora-default-2026-12-06.json \
+        --json bench/results/replay_vs_live.json                                                        # seconds
+
+The target is 95% of the table's best holdout value, for both. Each live method is replayed as the policy of the same
+name (search_efficiency's sweeper is replay's sweeper: the same spec settings), at the live run's budget and with its
+concurrency (random search trains one trial at a time there, the Ray methods two), over `--seeds` seeds. Agreement:
+the live median lies inside the replay's interquartile range, and a Mann-Whitney test (a seed that never reaches the
+target ranks last) does not tell the live seeds from the replayed ones (p >= 0.05). Live random search with seed s
+samples the very configurations replayed random search with seed s snaps, so for it the seeds are also paired.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+from datetime import date
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "bench"))
+
+import replay  # noqa: E402
+from search_efficiency import compute_to_target  # noqa: E402
+
+CONCURRENCY = {"random": 1, "grid": 1, "hf_optuna": 1, "sweeper": 2, "sweeper_objective": 2, "tune_optuna": 2}
+POLICY = {"random": "random", "grid": "grid", "hf_optuna": "hf_median", "sweeper": "sweeper",
+          "sweeper_objective": "sweeper_asha_objective", "tune_optuna": "tune_optuna"}
+
+
+def replayed(path: Path, policy: str, seeds: range, budget: float, concurrency: int) -> dict[int, float]:
+    replay._init(str(path), 1, budget, concurrency)
+    return {seed: replay.run_one((policy, seed))["to95"] for seed in seeds}
+
+
+def agreement(live: list[float], replayed_values: list[float]) -> dict:
+    from scipy.stats import mannwhitneyu
+
+    q1, median, q3 = (replay.quantile(replayed_values, q) for q in (0.25, 0.5, 0.75))
+    live_median = replay.quantile(live, 0.5)
+    p = float(mannwhitneyu(live, replayed_values).pvalue)
+    return {"live_median": _num(live_median), "replay_median": _num(median), "replay_iqr": [_num(q1), _num(q3)],
+            "median_inside_iqr": q1 <= live_median <= q3, "mann_whitney_p": round(p, 3),
+            "agrees": q1 <= live_median <= q3 and p >= 0.05}
+
+
+def _num(value: float) -> float | None:
+    return round(value, 2) if math.isfinite(value) else None
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("live", type=Path, help="a --raw file of bench/search_efficiency.py")
+    parser.add_argument("--seeds", type=int, default=100, help="replayed seeds per method")
+    parser.add_argument("--table", type=Path, help="default: the live run's task's table under bench/results/curves")
+    parser.add_argument("--json", type=Path, default=ROOT / "bench" / "results" / "replay_vs_live.json")
+    args = parser.parse_args(argv)
+
+    live = json.loads(args.live.read_text())
+    task, budget = live["args"]["task"], float(live["args"]["budget"])
+    path = args.table or replay.CURVES / f"{task}.jsonl"
+    if not path.is_file():
+        parser.error(f"{args.live}: its task {task!r} has no table under {replay.CURVES}")
+    target = 0.95 * replay.Table.load(path, 1).best
+    out = {"command": " ".join(["python", "bench/replay_vs_live.py", *(sys.argv[1:] if argv is None else argv)]),
+           "date": date.today().isoformat(), "live": str(args.live), "live_command": live["args"].get("command"),
+           "task": task, "budget": budget, "target": round(target, 5), "methods": {}}
+    for method in dict.fromkeys(r["method"] for r in live["runs"]):
+        runs = sorted((r for r in live["runs"] if r["method"] == method), key=lambda r: r["seed"])
+        live_to95 = {r["seed"]: compute_to_target(r["events"], target, budget) for r in runs}
+        replay_to95 = replayed(path, POLICY[method], range(args.seeds), budget, CONCURRENCY[method])
+        at_live_seeds = replayed(path, POLICY[method], live_to95, budget, CONCURRENCY[method])
+        out["methods"][method] = {
+            "policy": POLICY[method], "concurrency": CONCURRENCY[method],
+            "live_to95": {s: _num(v) for s, v in live_to95.items()},
+            "replay_to95_at_live_seeds": {s: _num(v) for s, v in at_live_seeds.items()},
+            "live_reached": sum(map(math.isfinite, live_to95.values())),
+            "replay_reached": f"{sum(map(math.isfinite, replay_to95.values()))}/{args.seeds}",
+            **agreement(list(live_to95.values()), list(replay_to95.values()))}
+        m = out["methods"][method]
+        print(f"{method:12} live {m['live_median']} ({m['live_reached']}/{len(runs)} reached; "
+              f"{list(m['live_to95'].values())})  replay {m['replay_median']} IQR {m['replay_iqr']} "
+              f"({m['replay_reached']})  at the live seeds {list(m['replay_to95_at_live_seeds'].values())}  "
+              f"p {m['mann_whitney_p']}  agrees: {m['agrees']}")
+    args.json.parent.mkdir(parents=True, exist_ok=True)
+    args.json.write_text(json.dumps(out, indent=1) + "\n")
+    print(f"wrote {args.json}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
