@@ -146,6 +146,17 @@ def peak_memory() -> dict:
             "peak_memory_kind": "max_rss"}
 
 
+class ObservingTrainer(Trainer):
+    """A Trainer whose evaluation leaves the random generators as it found them. Creating a DataLoader iterator draws
+    from torch's global generator, so otherwise each evaluation would shift the dropout draws of every training step
+    after it, and how often a trial evaluates (`scheduler.evals_per_epoch`) would change the model it trains."""
+
+    def evaluate(self, *args, **kwargs):
+        devices = list(range(torch.cuda.device_count())) if torch.cuda.is_available() else []
+        with torch.random.fork_rng(devices=devices):
+            return super().evaluate(*args, **kwargs)
+
+
 class RoundReporter(TrainerCallback):
     """Reports each evaluation round, with its checkpoint, once the checkpoint is on disk.
 
@@ -265,7 +276,7 @@ def run(config: TrialConfig, reporter: Reporter, prepared: Prepared) -> TrialOut
                     "training_arguments": {**arguments, "output_dir": "<output_dir>"},  # a worker's temporary folder
                     "lora_config": lora_record(model, config)}
         callback = RoundReporter(config, reporter, prepared, round_steps, ran_with)
-        trainer = Trainer(
+        trainer = ObservingTrainer(
             model=model,
             args=TrainingArguments(**arguments),
             train_dataset=prepared.train_dataset,
