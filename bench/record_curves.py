@@ -105,24 +105,17 @@ def todo_jobs(configs: list[dict], done: set[tuple[int, int]], shard: str = "0/1
 def merge(table: Path, shards: list[Path]) -> int:
     """Append the shards' curves (each recorded with `--out SHARD --table TABLE --shard K/N`) to the table, once each;
     a shard recorded on other data is refused. Returns the number of curves added."""
-    data = json.loads(table.read_text().splitlines()[0])["data"]
+    data = table_rows(table)[0]["data"]
     added = 0
     for shard in shards:
-        lines = shard.read_text().splitlines()
-        if json.loads(lines[0])["data"] != data:
+        header, *curves = table_rows(shard)
+        if header["data"] != data:
             raise SystemExit(f"{shard}: recorded on other data than {table}; not merged")
         done = done_jobs(table)
-        rows = []
-        for line in lines[1:]:
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError:  # a line cut by a kill
-                continue
-            if (row["id"], row["seed"]) not in done:
-                rows.append(json.dumps(row, separators=(",", ":")) + "\n")
+        new = [json.dumps(row, separators=(",", ":")) + "\n" for row in curves if (row["id"], row["seed"]) not in done]
         with open(table, "a") as f:
-            f.writelines(rows)
-        added += len(rows)
+            f.writelines(new)
+        added += len(new)
     return added
 
 
@@ -228,18 +221,22 @@ def record_one(spec: dict, model_path: str, config: dict, seed: int, workdir: Pa
             "wall_s": round(wall, 2), "test_s": round(reporter.test_s, 2), "rounds": reporter.rows}
 
 
+def table_rows(path: Path) -> list[dict]:
+    """A table's lines, parsed: its header, then one row per recorded (configuration, seed). A line cut by a killed
+    recording is left out (that job runs again)."""
+    rows = []
+    for line in path.read_text().splitlines():
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue
+    return rows
+
+
 def done_jobs(path: Path) -> set[tuple[int, int]]:
     if not path.is_file():
         return set()
-    done = set()
-    for line in path.read_text().splitlines():
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError:  # a line cut by a kill: that job runs again
-            continue
-        if row.get("kind") == "curve":
-            done.add((row["id"], row["seed"]))
-    return done
+    return {(row["id"], row["seed"]) for row in table_rows(path) if row.get("kind") == "curve"}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -65,6 +65,9 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))
+
+from record_curves import table_rows  # noqa: E402
 
 CURVES = ROOT / "bench" / "results" / "curves"
 # The settings bench/search_efficiency.py runs sweeper with on each task (the shipped examples' scheduler and
@@ -116,11 +119,7 @@ class Table:
     @classmethod
     def load(cls, path: Path, evals_per_epoch: int = 2, eval_cost: float = 0.0) -> Table:
         header, by_id = None, {}
-        for line in path.read_text().splitlines():
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError:  # a line cut by a killed recording
-                continue
+        for row in table_rows(path):
             if row.get("kind") == "header":
                 header = row
             elif row.get("kind") == "curve":
@@ -158,11 +157,7 @@ def measured_eval_cost(path: Path) -> float:
     training: per curve, (wall seconds - its test passes - its training seconds) / rounds, over training seconds an
     epoch; the median over curves. The recorder's test pass is timed on its own and is not part of a sweep's round."""
     ratios, columns = [], None
-    for line in path.read_text().splitlines():
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError:
-            continue
+    for row in table_rows(path):
         if row.get("kind") == "header":
             columns = row["columns"]
         elif row.get("kind") == "curve" and "wall_s" in row and row["rounds"]:
@@ -968,7 +963,6 @@ def synthetic_configs(n_configs: int, good: int | None = None, seed: int = 0) ->
     """`n_configs` configurations of the recorder's grid, each with one made-up curve (2 rounds an epoch): the
     holdout value rises towards a ceiling set by the learning rate's distance from 1e-3 (or, with `good`, only
     configuration `good` reaches 1.0 and every other one stays at or below 0.5); the loss falls as the value rises."""
-    sys.path.insert(0, str(ROOT / "bench"))
     from record_curves import grid
 
     rng = random.Random(seed)

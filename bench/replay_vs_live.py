@@ -35,7 +35,7 @@ POLICY = {"random": "random", "grid": "grid", "hf_optuna": "hf_median", "sweeper
           "sweeper_objective": "sweeper_asha_objective", "tune_optuna": "tune_optuna"}
 
 
-def replayed(path: Path, policy: str, seeds: range, budget: float, concurrency: int) -> dict[int, float]:
+def replayed(path: Path, policy: str, seeds: list[int], budget: float, concurrency: int) -> dict[int, float]:
     replay._init(str(path), 1, budget, concurrency)
     return {seed: replay.run_one((policy, seed))["to95"] for seed in seeds}
 
@@ -75,8 +75,10 @@ def main(argv: list[str] | None = None) -> int:
     for method in dict.fromkeys(r["method"] for r in live["runs"]):
         runs = sorted((r for r in live["runs"] if r["method"] == method), key=lambda r: r["seed"])
         live_to95 = {r["seed"]: compute_to_target(r["events"], target, budget) for r in runs}
-        replay_to95 = replayed(path, POLICY[method], range(args.seeds), budget, CONCURRENCY[method])
-        at_live_seeds = replayed(path, POLICY[method], live_to95, budget, CONCURRENCY[method])
+        # one replay of each seed, whether it is among the --seeds or a live run's
+        by_seed = replayed(path, POLICY[method], sorted({*range(args.seeds), *live_to95}), budget, CONCURRENCY[method])
+        replay_to95 = {s: by_seed[s] for s in range(args.seeds)}
+        at_live_seeds = {s: by_seed[s] for s in live_to95}
         out["methods"][method] = {
             "policy": POLICY[method], "concurrency": CONCURRENCY[method],
             "live_to95": {s: _num(v) for s, v in live_to95.items()},

@@ -222,14 +222,12 @@ def method_random(ctx: dict) -> dict:
 
 
 # -- (c) grid -------------------------------------------------------------------------------------------
-def grid_points(seed: int, space=None, middle_choice: bool = False) -> list[dict]:
+def grid_points(seed: int, space, middle_choice: bool = False) -> list[dict]:
     """Learning rate at 4 log-spaced levels x batch sizes x epochs {low, high} x LR schedules; the rest at
     the middle of its range (for categoricals the first choice, or the middle one with `middle_choice`), in a
-    seeded random order. `space`: default the benchmark's."""
-    from search_spaces import get_search_space
+    seeded random order."""
     from search_spaces.space import CategoricalParam, IntParam
 
-    space = space or get_search_space(SPACE)
     axes: dict[str, list] = {}
     for name, p in space.params.items():
         if name == "learning_rate":
