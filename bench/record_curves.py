@@ -93,13 +93,15 @@ def jobs(configs: list[dict]) -> list[tuple[dict, int]]:
     return out
 
 
-def todo_jobs(configs: list[dict], done: set[tuple[int, int]], shard: str = "0/1") -> list[tuple[dict, int]]:
-    """The jobs not yet `done`, and of those every N-th from the K-th (`shard` "K/N"): N shards started together
-    from the same table split its remaining jobs between them."""
+def todo_jobs(configs: list[dict], done: set[tuple[int, int]], shard: str = "0/1",
+              ids: set[int] | None = None) -> list[tuple[dict, int]]:
+    """The jobs not yet `done` (of the configurations `ids` only, with the seeds the grid gives them), and of those
+    every N-th from the K-th (`shard` "K/N"): N shards started together from the same table split its remaining jobs
+    between them."""
     k, n = (int(x) for x in shard.split("/"))
     if not 0 <= k < n:
         raise SystemExit(f"--shard {shard}: K must be 0 .. N-1")
-    return [(c, s) for c, s in jobs(configs) if (c["id"], s) not in done][k::n]
+    return [(c, s) for c, s in jobs(configs) if (c["id"], s) not in done and (ids is None or c["id"] in ids)][k::n]
 
 
 def merge(table: Path, shards: list[Path]) -> int:
@@ -252,6 +254,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="record only the K-th of every N jobs still to do (N processes, one core each, each with "
                              "its own --out; append their curve lines to the table afterwards)")
     parser.add_argument("--merge", type=Path, nargs="+", metavar="SHARD", help="append these shards' curves to the table")
+    parser.add_argument("--ids", type=lambda s: {int(x) for x in s.split(",")}, default=None,
+                        help="only these configurations' jobs, with their seeds (e.g. to train a table's configurations "
+                             "again with today's trainer, into another --out)")
     args = parser.parse_args(argv)
     if args.merge:
         out = args.out or CURVES / f"{args.task}.jsonl"
@@ -276,7 +281,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.configs is not None:
         configs = configs[: args.configs]
     done = done_jobs(out) | (done_jobs(args.table) if args.table else set())
-    todo = todo_jobs(configs, done, args.shard)
+    todo = todo_jobs(configs, done, args.shard, args.ids)
     if not out.is_file() or not out.read_text().strip():
         out.write_text(json.dumps(header(args.task, spec, argv), separators=(",", ":")) + "\n")
     model_path = resolve_model("minilm-l6")

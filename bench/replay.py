@@ -32,7 +32,7 @@ Policies, each with the objects the product or the library builds (no copies):
                (Ray's ASHAScheduler, driven through on_trial_add / on_trial_result / on_trial_complete as Tune's
                controller calls them), the worker's patience rule (transformers' EarlyStoppingCallback itself,
                fed eval_loss, with the Trainer's best-metric update), and trials closed with `sweeper.search.tell`.
-  sweeper_*    variants of sweeper's default for part 2 of issue 13 (ROUND1_VARIANTS, VARIANTS, THIRD_PASS .. EIGHTH_PASS; run any
+  sweeper_*    variants of sweeper's default for part 2 of issue 13 (ROUND1_VARIANTS, VARIANTS, THIRD_PASS .. NINTH_PASS; run any
                by name with --policies, e.g. `--policies sweeper,sweeper_rungs_loss`: paired results need sweeper).
   oracle_stop  a bound, not a policy (BOUNDS): random's configurations with perfect early stopping (a trial that
                will reach 95% runs until it does, every other stops at its first round); `_half_epoch`: at
@@ -214,6 +214,7 @@ def simulate(policy, table: Table, budget: float, concurrency: int, seed: int, m
     trials = 0
     stops: dict[str, int] = {}
     configs: list[int] = []
+    replayed: list[tuple[int, int]] = []  # (configuration, curve seed) of each trial, in start order
 
     def start(now: float) -> None:
         nonlocal trials
@@ -228,6 +229,7 @@ def simulate(policy, table: Table, budget: float, concurrency: int, seed: int, m
         if hasattr(policy, "sees"):  # a bound (OracleStopPolicy) knows the curve it will be shown
             policy.sees(handle, run.curve)
         configs.append(config.id)
+        replayed.append((config.id, run.curve.seed))
         trials += 1
         heapq.heappush(queue, (now + float(run.curve.cost[0]), run.number, run))
 
@@ -254,7 +256,10 @@ def simulate(policy, table: Table, budget: float, concurrency: int, seed: int, m
         stops[reason] = stops.get(reason, 0) + 1
         policy.end(run.handle, reason)
         start(now)
-    return {"events": events, "trials": trials, "stops": stops, "configs": configs}
+    # A repeat replays a curve this run has already replayed: live, a trial there would train a fresh draw of the
+    # noise; here it sees the same numbers again (the cost of snapping to a finite table, heaviest for exploitation).
+    repeats = len(replayed) - len(set(replayed))
+    return {"events": events, "trials": trials, "stops": stops, "configs": configs, "repeats": repeats}
 
 
 # -- policies --------------------------------------------------------------------------------------------
@@ -382,7 +387,8 @@ class SweeperPolicy:
     at scrambled-Sobol points (qmc_points); `tpe`: TPESampler settings (e.g. consider_endpoints)."""
 
     def __init__(self, spec, seed, pruned=False, startup=None, multivariate=None, patience=True, scheduler=None,
-                 gp=False, brackets=1, rungs=None, lr_first=0, bracket_metric="objective", lr_only=False, qmc=0, tpe=None):
+                 gp=False, brackets=1, rungs=None, lr_first=0, bracket_metric="objective", lr_only=False, qmc=0, tpe=None,
+                 tell_loss=False):
         import optuna
 
         from sweeper import search
@@ -405,8 +411,9 @@ class SweeperPolicy:
         if gp:  # Optuna's Gaussian-process sampler (needs scipy), the same number of random start-up trials
             sampler = optuna.samplers.GPSampler(seed=seed, n_startup_trials=sampler._n_startup_trials,
                                                 warn_independent_sampling=False)
-        self.study = optuna.create_study(direction="minimize" if spec.objective.mode == "min" else "maximize",
-                                         sampler=sampler)
+        self.tell_loss = tell_loss  # the sampler models the best holdout loss (minimised), not the objective
+        minimize = tell_loss or spec.objective.mode == "min"
+        self.study = optuna.create_study(direction="minimize" if minimize else "maximize", sampler=sampler)
         self.scheduler = _scheduler(spec)
         self.rung_metric = spec.scheduler.rung_metric
         if rungs is not None:
@@ -448,7 +455,7 @@ class SweeperPolicy:
         if decision == "STOP":
             # At max_t ASHA says STOP on the last round too; the worker had finished anyway.
             return "completed" if last else ("patience" if stop_by_worker else "asha")
-        h.trial.report(h.best, step=round_)  # StudySearcher.on_trial_result -> SweepSearch.round_reported
+        h.trial.report(self._told(h), step=round_)  # StudySearcher.on_trial_result -> SweepSearch.round_reported
         return "patience" if stop_by_worker else CONTINUE
 
     def end(self, h, reason):
@@ -459,10 +466,13 @@ class SweeperPolicy:
             # Tune never hands the searcher the result ASHA stopped a trial on: report it, so that a trial stopped
             # at its first rung is pruned with its value rather than with none (which TPE ranks below every other)
             if h.result["round"] not in h.trial.storage.get_trial(h.trial._trial_id).intermediate_values:
-                h.trial.report(h.best, step=h.result["round"])
+                h.trial.report(self._told(h), step=h.result["round"])
             self.study.tell(h.trial.number, state=optuna.trial.TrialState.PRUNED)
         else:
-            self.search.tell(self.study, h.trial.number, h.best, error=False)
+            self.search.tell(self.study, h.trial.number, self._told(h), error=False)
+
+    def _told(self, h) -> float:
+        return h.loss if self.tell_loss else h.best
 
 
 class RungsScheduler:
@@ -648,8 +658,20 @@ EIGHTH_PASS = {
     "sweeper_pruned_startup5_mv": dict(pruned=True, startup=5),
     "sweeper_half_epoch_startup5_mv": dict(evals_per_epoch=2, startup=5),
 }
+# Passes one to eight were measured when the default's reduction factor was 2; from the ninth pass on it is 4, so they
+# now run on that base. The ninth pass's variants name their factor, so their commands reproduce.
+RF2 = {"reduction_factor": 2}
+NINTH_PASS = {  # ASHA's reduction factor on the loss rung; the sampler told the best holdout loss, not the objective
+    "sweeper_rf2": dict(scheduler=RF2),  # the default until this pass
+    "sweeper_rf3_loss": dict(scheduler={"reduction_factor": 3}),
+    "sweeper_rf4_loss": dict(scheduler={"reduction_factor": 4}),  # made the default
+    "sweeper_tell_loss": dict(tell_loss=True, scheduler=RF2),
+    "sweeper_tell_loss_startup3": dict(tell_loss=True, startup=3, scheduler=RF2),
+    "sweeper_tell_loss_startup5": dict(tell_loss=True, startup=5, scheduler=RF2),
+    "sweeper_rf4_tell_loss_startup5": dict(scheduler={"reduction_factor": 4}, tell_loss=True, startup=5),
+}
 ALL_VARIANTS = {**ROUND1_VARIANTS, **VARIANTS, **THIRD_PASS, **FIFTH_PASS, **SIXTH_PASS, **SEVENTH_PASS,
-                **EIGHTH_PASS, **SLOW_VARIANTS}
+                **EIGHTH_PASS, **NINTH_PASS, **SLOW_VARIANTS}
 # bounds, not policies: random sampling with perfect early stopping, at epoch or at half-epoch rounds
 BOUNDS = {"oracle_stop": {}, "oracle_stop_half_epoch": dict(evals_per_epoch=2)}
 
@@ -673,7 +695,7 @@ def replay_spec(table: Table, budget: float, concurrency: int, evals_per_epoch: 
         "data": {"format": fmt, **data, "max_seq_length": h.get("max_seq_length", 32)},
         "search_space": h.get("space", "lora-default"), "objective": {"metric": h["metric"], "direction": "maximize"},
         "budget": {"trials": max(1, int(math.ceil(budget))), "max_concurrent": concurrency},
-        "scheduler": {"type": "asha", "grace_period": 1, "reduction_factor": 2, "evals_per_epoch": evals_per_epoch},
+        "scheduler": {"type": "asha", "grace_period": 1, "evals_per_epoch": evals_per_epoch},  # the default factor
         "early_stopping": settings, "seed": seed, "tracking": {"mode": "none"},
     }
     return parse_spec(raw, ROOT)
@@ -791,7 +813,7 @@ def run_one(job: tuple[str, int]) -> dict:
     holdout, test = selected(events)
     return {"policy": name, "seed": seed, "to95": compute_to(events, 0.95 * best),
             "to99": compute_to(events, 0.99 * best), "holdout": holdout, "test": test,
-            "trials": result["trials"], "stops": result["stops"],
+            "trials": result["trials"], "stops": result["stops"], "repeats": result["repeats"],
             "curve": anytime_best(events, np.linspace(0, budget, 61)).tolist()}
 
 
@@ -821,6 +843,7 @@ def summarise(runs: list[dict], table: Table, budget: float) -> dict:
             "selected_test_median": round(float(np.nanmedian([r["test"] for r in mine])), 4),
             "selected_test_iqr": [round(float(v), 4) for v in np.nanpercentile([r["test"] for r in mine], [25, 75])],
             "trials_median": float(np.median([r["trials"] for r in mine])),
+            "repeated_share_median": round(float(np.median([r["repeats"] / max(1, r["trials"]) for r in mine])), 3),
             "stops": stops,
             "regret_median": [None if math.isnan(v) else round(float(v), 4)
                               for v in np.median(np.where(np.isnan(regret), np.inf, regret), axis=0)],
@@ -947,11 +970,12 @@ def main(argv: list[str] | None = None) -> int:
 
 def print_summary(task: str, table: Table, summary: dict) -> None:
     print(f"\n{task}: {table.size()}")
-    print(f"{'policy':28} {'to95 med':>9} {'IQR':>16} {'reach':>6} {'to99 med':>9} {'reach':>6} {'test':>7} {'trials':>6}")
+    print(f"{'policy':28} {'to95 med':>9} {'IQR':>16} {'reach':>6} {'to99 med':>9} {'reach':>6} {'test':>7} {'trials':>6} {'repeat':>6}")
     for name, p in summary.items():
         iqr = "-".join("inf" if v is None else f"{v:g}" for v in p["compute_to_95_iqr"])
         print(f"{name:28} {_fmt(p['compute_to_95']):>9} {iqr:>16} {p['reached_95']:>6} {_fmt(p['compute_to_99']):>9} "
-              f"{p['reached_99']:>6} {p['selected_test_median']:>7.4f} {p['trials_median']:>6g}")
+              f"{p['reached_99']:>6} {p['selected_test_median']:>7.4f} {p['trials_median']:>6g} "
+              f"{p['repeated_share_median']:>6.2f}")
 
 
 def _fmt(value) -> str:

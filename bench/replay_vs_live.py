@@ -12,7 +12,9 @@ name (search_efficiency's sweeper is replay's sweeper: the same spec settings), 
 concurrency (random search trains one trial at a time there, the Ray methods two), over `--seeds` seeds. Agreement:
 the live median lies inside the replay's interquartile range, and a Mann-Whitney test (a seed that never reaches the
 target ranks last) does not tell the live seeds from the replayed ones (p >= 0.05). Live random search with seed s
-samples the very configurations replayed random search with seed s snaps, so for it the seeds are also paired.
+samples the very configurations replayed random search with seed s snaps, so for it the seeds are also paired, and
+each of its live trials is compared with the table's curves of the configuration it snaps to (`random_trials`): how
+far apart their best holdout values are, and how often each reaches the target.
 """
 
 from __future__ import annotations
@@ -30,14 +32,51 @@ sys.path.insert(0, str(ROOT / "bench"))
 import replay  # noqa: E402
 from search_efficiency import compute_to_target  # noqa: E402
 
-CONCURRENCY = {"random": 1, "grid": 1, "hf_optuna": 1, "sweeper": 2, "sweeper_objective": 2, "tune_optuna": 2}
+CONCURRENCY = {"random": 1, "grid": 1, "hf_optuna": 1, "sweeper": 2, "sweeper_objective": 2, "sweeper_rf2": 2,
+               "tune_optuna": 2}
 POLICY = {"random": "random", "grid": "grid", "hf_optuna": "hf_median", "sweeper": "sweeper",
-          "sweeper_objective": "sweeper_asha_objective", "tune_optuna": "tune_optuna"}
+          "sweeper_objective": "sweeper_asha_objective", "sweeper_rf2": "sweeper_rf2", "tune_optuna": "tune_optuna"}
 
 
 def replayed(path: Path, policy: str, seeds: list[int], budget: float, concurrency: int) -> dict[int, float]:
     replay._init(str(path), 1, budget, concurrency)
     return {seed: replay.run_one((policy, seed))["to95"] for seed in seeds}
+
+
+def random_trials(table: replay.Table, runs: list[dict], space_name: str, target: float) -> dict:
+    """Live random search's trials against the table: each trial's configuration drawn again as search_efficiency
+    drew it (a seeded RandomSampler, asked in trial order), snapped as the replay snaps it; its live best holdout
+    value against the recorded best of each of that configuration's curves (the replay picks one of them)."""
+    import numpy as np
+    import optuna
+
+    from search_spaces import get_search_space
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    space = get_search_space(space_name)
+    gaps, live_hits, table_hits = [], [], []
+    for run in runs:
+        sampler = optuna.samplers.RandomSampler(seed=run["seed"])
+        study = optuna.create_study(direction="maximize", sampler=sampler)
+        best: dict[str, float] = {}
+        for e in run["events"]:
+            if e["value"] is not None and math.isfinite(e["value"]):
+                best[e["trial"]] = max(best.get(e["trial"], -math.inf), e["value"])
+        for i in range(len({e["trial"] for e in run["events"]})):
+            trial = study.ask()
+            constants = space.sample(trial)
+            config = table.snap({**trial.params, **(constants or {})})
+            study.tell(trial, 0.0)
+            recorded = [float(np.nanmax(c.holdout)) for c in config.curves]
+            live_best = best.get(f"t{i:03d}", math.nan)
+            gaps += [live_best - r for r in recorded]
+            live_hits.append(live_best >= target)
+            table_hits.append(sum(r >= target for r in recorded) / len(recorded))
+    gaps = [g for g in gaps if math.isfinite(g)]
+    return {"trials": len(live_hits), "gap_mean": round(float(np.mean(gaps)), 4),
+            "gap_median": round(float(np.median(gaps)), 4),
+            "live_share_reaching_target": round(sum(live_hits) / len(live_hits), 3),
+            "table_share_reaching_target": round(sum(table_hits) / len(table_hits), 3)}
 
 
 def agreement(live: list[float], replayed_values: list[float]) -> dict:
@@ -91,6 +130,11 @@ def main(argv: list[str] | None = None) -> int:
               f"{list(m['live_to95'].values())})  replay {m['replay_median']} IQR {m['replay_iqr']} "
               f"({m['replay_reached']})  at the live seeds {list(m['replay_to95_at_live_seeds'].values())}  "
               f"p {m['mann_whitney_p']}  agrees: {m['agrees']}")
+    randoms = [r for r in live["runs"] if r["method"] == "random"]
+    if randoms:
+        out["random_trials"] = random_trials(replay.Table.load(path, 1), randoms, live["args"].get("space", "lora-quick"),
+                                             target)
+        print(f"live random trials against the table's curves of the configurations they snap to: {out['random_trials']}")
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps(out, indent=1) + "\n")
     print(f"wrote {args.json}")

@@ -12,7 +12,8 @@ same data, LoRA MiniLM, the same search space (`--space`, default `lora-quick`),
   grid         (c) grid over the same space (learning rate x4 log levels, batch size, epochs {low, high},
                LR schedule; the other parameters at their midpoint), visited in a seeded random order.
   sweeper_objective  (a') as (a), with ASHA ranking trials by the objective (`scheduler.rung_metric:
-               objective`), the default before issue 13 changed it to holdout loss.
+               objective`, and reduction factor 2), the default before issue 13 changed it to holdout loss.
+  sweeper_rf2  (a'') as (a), with ASHA's `scheduler.reduction_factor: 2`, the default before issue 13's ninth pass.
   tune_optuna  (d) plain Ray Tune: `OptunaSearch(space, metric, mode, seed)` (Optuna's default TPE), no
                scheduler (FIFO), no early stopping, 2 trials at a time.
   hf_optuna    (e) `transformers.Trainer.hyperparameter_search(backend="optuna")` with a LoRA `model_init`
@@ -58,12 +59,16 @@ sys.path.insert(0, str(ROOT))
 METHODS = {
     "sweeper": "(a) sweeper default: TPE + ASHA (rungs on holdout loss) + patience",
     "sweeper_objective": "(a') sweeper with `scheduler.rung_metric: objective` (the default until issue 13)",
+    "sweeper_rf2": "(a'') sweeper with `scheduler.reduction_factor: 2` (the default until issue 13's ninth pass)",
     "random": "(b) random search, no early stopping",
     "grid": "(c) grid, same space",
     "tune_optuna": "(d) plain Ray Tune OptunaSearch, no scheduler",
     "hf_optuna": "(e) HF Trainer.hyperparameter_search (optuna)",
 }
-RAY_METHODS = {"sweeper", "sweeper_objective", "tune_optuna"}
+RAY_METHODS = {"sweeper", "sweeper_objective", "sweeper_rf2", "tune_optuna"}
+# The scheduler settings each sweeper method adds to the spec's block; sweeper itself takes the product's defaults.
+SWEEPER_SCHEDULERS = {"sweeper": {}, "sweeper_objective": {"rung_metric": "objective", "reduction_factor": 2},
+                      "sweeper_rf2": {"reduction_factor": 2}}
 TASKS = {
     "restaurant8k": dict(task="token_tagging", format="restaurant8k", folder="examples/data/restaurant8k",
                          ext="json", metric="f1_micro", max_seq_length=48, patience=1, min_delta=0.005),
@@ -393,8 +398,7 @@ def method_sweeper(ctx: dict) -> dict:
         "data": {**files, "test": str(folder / f"test.{t['ext']}"), "max_seq_length": t["max_seq_length"]},
         "search_space": ctx["space"], "objective": {"metric": t["metric"], "direction": "maximize"},
         "budget": {"trials": int(math.ceil(ctx["budget"])), "max_concurrent": 2, "max_failures": 0},
-        "scheduler": {"type": "asha", "grace_period": 1, "reduction_factor": 2, "evals_per_epoch": 1,
-                      **({"rung_metric": "objective"} if ctx["method"] == "sweeper_objective" else {})},
+        "scheduler": {"type": "asha", "grace_period": 1, "evals_per_epoch": 1, **SWEEPER_SCHEDULERS[ctx["method"]]},
         "early_stopping": {"patience": t["patience"], "min_delta": t["min_delta"]},
         "resources": {"cpus": 1, "torch_threads": 1}, "seed": ctx["seed"],
         "storage": {"root": str(Path(ctx["workdir"]) / "state")}, "tracking": {"mode": "none"},
@@ -465,7 +469,7 @@ def _plain_trainable(params: dict, ctx: dict) -> None:
         shutil.rmtree(out, ignore_errors=True)
 
 
-method_sweeper_objective = method_sweeper  # the scheduler block differs by ctx["method"]
+method_sweeper_objective = method_sweeper_rf2 = method_sweeper  # the scheduler block differs by ctx["method"]
 
 
 def method_tune_optuna(ctx: dict) -> dict:
@@ -722,7 +726,7 @@ def main() -> int:
     parser.add_argument("--seed-base", type=int, default=0)
     parser.add_argument("--budget", type=float, default=16.0, help="trial-epochs per (method, seed) run")
     parser.add_argument("--methods", default=None, help="comma-separated (default: all; with --smoke: all but "
-                                                         "sweeper_objective, the same code path as sweeper)")
+                                                         "sweeper_objective and sweeper_rf2, sweeper's code path)")
     parser.add_argument("--results", default=str(ROOT / "bench" / "RESULTS.md"))
     parser.add_argument("--raw", default=None, help="also write every run's trajectory as JSON here")
     parser.add_argument("--parallel", type=int, default=2, help="cores to fill: a Ray job takes 2, the others 1")
@@ -752,8 +756,8 @@ def main() -> int:
         args.task, args.seeds, args.budget = "restaurant8k-small", 1, 1.0
     if args.methods:
         args.methods = [m.strip() for m in args.methods.split(",") if m.strip()]
-    else:  # --smoke leaves out sweeper_objective: the same code path as sweeper
-        args.methods = [m for m in METHODS if not (args.smoke and m == "sweeper_objective")]
+    else:  # --smoke leaves out sweeper's variants: the same code path as sweeper
+        args.methods = [m for m in METHODS if not (args.smoke and m in SWEEPER_SCHEDULERS and m != "sweeper")]
     unknown = [m for m in args.methods if m not in METHODS]
     if unknown:
         parser.error(f"unknown methods {unknown}; known: {', '.join(METHODS)}")

@@ -171,6 +171,25 @@ def test_rungs_judged_on_holdout_loss_rank_by_the_best_loss_so_far(tmp_path):
     assert decision(default, higher_f1_higher_loss) == decision(on_loss, higher_f1_higher_loss) == "STOP"
 
 
+def test_asha_keeps_the_best_quarter_at_a_rung_by_default(tmp_path):
+    """Issue 13's ninth pass: a reduction factor of 4 (Ray's and Optuna's default) beat 2 on both replays."""
+    default, halving = (spec_with(tmp_path, scheduler={"type": "asha", "grace_period": 1, "evals_per_epoch": 2, **s})
+                        for s in ({}, {"reduction_factor": 2}))
+
+    def fourth(spec) -> str:
+        """ASHA's word on a fourth trial at the first rung, second best by holdout loss after the three before it."""
+        scheduler = _scheduler(spec)
+        for i, loss in enumerate((1.0, 2.0, 3.0, 1.6)):
+            trial = SimpleNamespace(trial_id=f"t{i}")
+            scheduler.on_trial_add(None, trial)
+            last = scheduler.on_trial_result(None, trial, {"round": 1, "objective": 0.5, "holdout_loss": loss})
+        return last
+
+    assert default.scheduler.reduction_factor == 4
+    # Ray cuts at the (1 - 1/factor) quantile of the trials before it: 2.0 with factor 2, 1.5 with factor 4
+    assert fourth(halving) == "CONTINUE" and fourth(default) == "STOP"
+
+
 # -- admission by the estimate --------------------------------------------------------------------------
 @pytest.fixture
 def clocked(tmp_path):

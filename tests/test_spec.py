@@ -321,6 +321,20 @@ def test_a_sweep_recorded_under_the_earlier_rung_default_goes_on_with_it_unless_
     assert keeping_recorded_defaults(new, unreadable) is new  # the fingerprint check refuses that resume
 
 
+def test_a_sweep_recorded_under_the_earlier_reduction_factor_goes_on_with_it_unless_the_spec_says_otherwise():
+    new = parse_spec(mutated(), EXAMPLES)  # the quickstart leaves the factor to the default
+    assert new.scheduler.reduction_factor == 4  # the default since issue 13's ninth pass
+    earlier = new.model_copy(update={"scheduler": new.scheduler.model_copy(update={"reduction_factor": 2.0})})
+    recorded = stored_spec(earlier)  # a stored spec always names its factor
+    kept = keeping_recorded_defaults(new, recorded)
+    assert kept.scheduler.reduction_factor == 2 and kept.fingerprint() == earlier.fingerprint()
+    assert budget_extension_errors(spec_from_store(recorded), kept, 0, 0.0) == []
+    said = keeping_recorded_defaults(parse_spec(mutated(scheduler__reduction_factor=4), EXAMPLES), recorded)
+    [(path, _)] = budget_extension_errors(spec_from_store(recorded), said, 0, 0.0)  # a change: refused on resume
+    assert path == "scheduler.reduction_factor"
+    assert keeping_recorded_defaults(new, stored_spec(new)).scheduler.reduction_factor == 4
+
+
 def test_the_search_block_and_max_compute_left_at_their_defaults_keep_the_fingerprint():
     plain = parse_spec(mutated(), EXAMPLES)
     spelled = mutated(search={"sampler": "tpe", "enqueue": []}, budget={**QUICKSTART["budget"], "compute_unit": "epochs"})

@@ -98,6 +98,42 @@ def test_sweepers_asha_stops_trials_so_it_runs_more_of_them_than_random_search(t
     assert sum(r["trials"] for r in sweeper) > sum(r["trials"] for r in random_)
 
 
+def test_a_repeat_is_a_trial_that_replays_a_curve_the_run_has_replayed_before(tmp_path):
+    table = _table(tmp_path, 24)
+    same = replay.simulate(Oracle(table), table, budget=50, concurrency=1, seed=0)  # one configuration, one curve
+    assert same["trials"] > 1 and same["repeats"] == same["trials"] - 1
+    spec = replay.replay_spec(table, 50, 1, 2, 0)
+    random_ = replay.simulate(replay.make_policy("random", spec, 0), table, 50, 1, 0)
+    assert random_["repeats"] == len(random_["configs"]) - len(set(random_["configs"])) < random_["trials"] - 1
+
+
+def test_the_default_reduction_factor_is_4_and_the_ninth_pass_variants_name_theirs(tmp_path):
+    table = _table(tmp_path, 48)
+    spec = replay.replay_spec(table, 40, 2, 2, 0)
+    factor = {name: replay.make_policy(name, spec, 1).scheduler._reduction_factor
+              for name in ("sweeper", "sweeper_rf2", "sweeper_rf3_loss", "sweeper_tell_loss")}
+    assert factor == {"sweeper": 4, "sweeper_rf2": 2, "sweeper_rf3_loss": 3, "sweeper_tell_loss": 2}
+    spec = replay.replay_spec(table, 120, 2, 2, 0)
+    stopped = {name: sum(replay.simulate(replay.make_policy(name, spec, s), table, 120, 2, s)["stops"].get("asha", 0)
+                         for s in range(3)) for name in ("sweeper", "sweeper_rf2")}
+    assert stopped["sweeper"] > stopped["sweeper_rf2"]  # a quarter kept at each rung, not a half
+
+
+def test_the_tell_loss_variant_tells_the_sampler_each_trials_best_holdout_loss(tmp_path):
+    import optuna
+
+    table = _table(tmp_path, 48)
+    spec = replay.replay_spec(table, 40, 2, 2, 0)
+    policy = replay.make_policy("sweeper_tell_loss", spec, 1)
+    replay.simulate(policy, table, 40, 2, 1)
+    done = policy.study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
+    assert policy.study.direction == optuna.study.StudyDirection.MINIMIZE and done
+    losses = {round(v, 5) for c in table.configs for cv in c.curves for v in cv.loss}
+    # the best loss so far: at most every loss it reported (ASHA's last round, withheld from the study, may be lower)
+    assert all(round(t.value, 5) in losses and t.value <= min(t.intermediate_values.values(), default=t.value)
+               for t in done)
+
+
 def test_patience_is_transformers_rule_best_loss_before_the_round_and_min_delta():
     one = replay.Patience(1, 0.005)
     assert [one.stop(x) for x in (1.0, 0.9, 0.898)] == [False, False, True]  # improved by less than min_delta
@@ -319,9 +355,11 @@ def test_replay_vs_live_agrees_with_live_runs_drawn_from_the_replay_and_not_with
             run = replay.simulate(replay.make_policy("random", replay.replay_spec(table, 20, 1, 1, seed), seed),
                                   table, 20, 1, seed)
             runs.append({"method": "random", "seed": seed,
-                         "events": [{"compute": e[0] * scale, "value": e[1]} for e in run["events"]]})
+                         "events": [{"trial": f"t{e[3]:03d}", "compute": e[0] * scale, "value": e[1]}
+                                    for e in run["events"]]})
         path = tmp_path / name
-        path.write_text(json.dumps({"args": {"task": "synthetic", "budget": 20 * scale, "command": "x"}, "runs": runs}))
+        path.write_text(json.dumps({"args": {"task": "synthetic", "budget": 20 * scale, "space": "lora-default",
+                                             "command": "x"}, "runs": runs}))
         return path
 
     out = tmp_path / "out.json"
@@ -334,6 +372,29 @@ def test_replay_vs_live_agrees_with_live_runs_drawn_from_the_replay_and_not_with
             assert result["replay_to95_at_live_seeds"] == result["live_to95"]
 
 
+def test_replay_vs_live_compares_each_live_random_trial_with_the_curve_of_the_configuration_it_snaps_to(tmp_path):
+    import replay_vs_live
+
+    table = replay.Table.load(replay.write_synthetic_table(tmp_path / "t.jsonl", 30), 1)
+    target = 0.95 * table.best
+
+    def live_runs(lift):  # "live" random runs: the replay's own trials, each value `lift` above the recorded one
+        runs = []
+        for seed in range(3):
+            run = replay.simulate(replay.make_policy("random", replay.replay_spec(table, 40, 1, 1, seed), seed),
+                                  table, 40, 1, seed)
+            runs.append({"method": "random", "seed": seed,
+                         "events": [{"trial": f"t{e[3]:03d}", "value": e[1] + lift} for e in run["events"]]})
+        return runs
+
+    same = replay_vs_live.random_trials(table, live_runs(0.0), "lora-default", target)
+    assert same["gap_median"] == 0.0 and same["trials"] >= 3 * 5
+    assert same["live_share_reaching_target"] == same["table_share_reaching_target"] > 0
+    lifted = replay_vs_live.random_trials(table, live_runs(0.3), "lora-default", target)
+    assert lifted["gap_median"] == pytest.approx(0.3)
+    assert lifted["live_share_reaching_target"] > lifted["table_share_reaching_target"]
+
+
 def test_record_curves_shards_split_the_jobs_left_between_them_without_overlap():
     import record_curves
 
@@ -344,6 +405,10 @@ def test_record_curves_shards_split_the_jobs_left_between_them_without_overlap()
     assert sorted(sum(shards, [])) == sorted(left) and len(set(sum(shards, []))) == len(left) == 12 + 3 - 3
     with pytest.raises(SystemExit, match="--shard"):
         record_curves.todo_jobs(configs, done, "3/3")
+    # --ids: those configurations only, each with the seeds the grid gives it (a second one every 5th)
+    a, b, c = (configs[i]["id"] for i in (0, 5, 7))
+    assert [(x["id"], s) for x, s in record_curves.todo_jobs(configs, set(), ids={a, b, c})] == \
+        [(a, 1), (a, 2), (b, 1), (b, 2), (c, 1)]
 
 
 def test_record_curves_merges_shards_once_and_refuses_one_recorded_on_other_data(tmp_path):
