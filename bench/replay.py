@@ -678,6 +678,7 @@ BOUNDS = {"oracle_stop": {}, "oracle_stop_half_epoch": dict(evals_per_epoch=2)}
 
 def own_settings(name: str) -> dict:
     return {**ALL_VARIANTS, **BOUNDS}.get(name, {})
+REGRET_POINTS = 61  # budget points of the anytime regret curves
 POLICIES = ["random", "grid", "tune_optuna", "hf_median", "asha_random", "hyperband", "bohb", "sweeper"]
 
 
@@ -814,7 +815,7 @@ def run_one(job: tuple[str, int]) -> dict:
     return {"policy": name, "seed": seed, "to95": compute_to(events, 0.95 * best),
             "to99": compute_to(events, 0.99 * best), "holdout": holdout, "test": test,
             "trials": result["trials"], "stops": result["stops"], "repeats": result["repeats"],
-            "curve": anytime_best(events, np.linspace(0, budget, 61)).tolist()}
+            "curve": anytime_best(events, np.linspace(0, budget, REGRET_POINTS)).tolist()}
 
 
 def summarise(runs: list[dict], table: Table, budget: float) -> dict:
@@ -852,7 +853,7 @@ def summarise(runs: list[dict], table: Table, budget: float) -> dict:
     return out
 
 
-def goals(runs: list[dict], summary: dict) -> dict:
+def goals(runs: list[dict], summary: dict, budget: float) -> dict:
     """Issue 13's goals for this task, and each policy paired with sweeper seed by seed (same seed: same first
     random points where both sample them) on compute to 95%: (wins, ties, losses) for the policy."""
     def ratio(other):
@@ -868,9 +869,27 @@ def goals(runs: list[dict], summary: dict) -> dict:
         pairs = [(by_seed[(name, seed)], by_seed[("sweeper", seed)]) for seed in seeds]
         paired[name] = [sum(a < b for a, b in pairs), sum(a == b for a, b in pairs), sum(a > b for a, b in pairs)]
     vs_random, vs_tune = ratio("random"), ratio("tune_optuna")
+    behind = regret_points_behind(summary, budget)
     return {"sweeper_over_random_95": vs_random, "met_third_of_random": vs_random is not None and vs_random <= 1 / 3,
             "sweeper_over_tune_optuna_95": vs_tune, "met_half_of_tune_optuna": vs_tune is not None and vs_tune <= 0.5,
+            "regret_points_behind": behind, "met_regret_at_every_budget": behind == [] if behind is not None else None,
             "paired_vs_sweeper_95_wins_ties_losses": paired}
+
+
+def regret_points_behind(summary: dict, budget: float) -> list | None:
+    """The budget points (of the regret curve) where sweeper's median regret is above another policy's (the issue's
+    policies, not sweeper's own variants or the bounds), each as [compute, sweeper's regret, the best other's, who]."""
+    if "sweeper" not in summary:
+        return None
+    others = [name for name in summary if name in POLICIES and name != "sweeper"]
+    as_num = lambda v: math.inf if v is None else v  # noqa: E731 - None: no evaluation yet (infinite regret)
+    at = np.linspace(0, budget, REGRET_POINTS)
+    behind = []
+    for i, mine in enumerate(map(as_num, summary["sweeper"]["regret_median"])):
+        best, who = min(((as_num(summary[o]["regret_median"][i]), o) for o in others), default=(math.inf, None))
+        if mine > best + 1e-12:
+            behind.append([round(float(at[i]), 2), None if math.isinf(mine) else mine, best, who])  # None: none yet
+    return behind
 
 
 def plot(task: str, policies: dict, budget: float, path: Path, unit: str = "trial-epochs") -> None:
@@ -879,7 +898,7 @@ def plot(task: str, policies: dict, budget: float, path: Path, unit: str = "tria
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    grid = np.linspace(0, budget, 61)
+    grid = np.linspace(0, budget, REGRET_POINTS)
     fig, ax = plt.subplots(figsize=(7, 4.5))
     for name, p in policies.items():
         regret = np.array([np.nan if v is None or not math.isfinite(v) else v for v in p["regret_median"]], dtype=float)
@@ -950,7 +969,7 @@ def main(argv: list[str] | None = None) -> int:
         summary = summarise(runs, table, args.budget)
         shown = path.relative_to(ROOT) if path.resolve().is_relative_to(ROOT) else path
         report["tasks"][task] = {"table": {"path": str(shown), **table.size()}, "eval_cost": eval_cost, "policies": summary,
-                                 "goals": goals(runs, summary)}
+                                 "goals": goals(runs, summary, args.budget)}
         if args.check_product:
             check = check_against_product(table, args.check_product, args.budget, args.concurrency,
                                           args.evals_per_epoch)

@@ -30,6 +30,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "bench"))
 
 import replay  # noqa: E402
+from record_curves import table_rows  # noqa: E402
 from search_efficiency import compute_to_target  # noqa: E402
 
 CONCURRENCY = {"random": 1, "grid": 1, "hf_optuna": 1, "sweeper": 2, "sweeper_objective": 2, "sweeper_rf2": 2,
@@ -79,6 +80,21 @@ def random_trials(table: replay.Table, runs: list[dict], space_name: str, target
             "table_share_reaching_target": round(sum(table_hits) / len(table_hits), 3)}
 
 
+def retrained(table_path: Path, again_path: Path, target: float) -> dict:
+    """The table's (configuration, seed) jobs trained again with today's trainer (record_curves.py --ids --out): the
+    same configuration and seed, so what differs is the trainer since the recording, not the noise of another draw."""
+    best = {}
+    for path in (table_path, again_path):
+        best[path] = {(row["id"], row["seed"]): max((r[6] for r in row["rounds"] if r[6] is not None), default=math.nan)
+                      for row in table_rows(path) if row.get("kind") == "curve"}
+    pairs = [(best[table_path][job], best[again_path][job]) for job in best[again_path] if job in best[table_path]]
+    gaps = sorted(b - a for a, b in pairs)
+    return {"jobs": len(pairs), "gap_mean": round(sum(gaps) / len(gaps), 4), "gap_median": round(gaps[len(gaps) // 2], 4),
+            "higher_again": sum(g > 0 for g in gaps), "lower_again": sum(g < 0 for g in gaps),
+            "table_reaching_target": sum(a >= target for a, _ in pairs),
+            "again_reaching_target": sum(b >= target for _, b in pairs)}
+
+
 def agreement(live: list[float], replayed_values: list[float]) -> dict:
     from scipy.stats import mannwhitneyu
 
@@ -100,6 +116,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seeds", type=int, default=100, help="replayed seeds per method")
     parser.add_argument("--table", type=Path, help="default: the live run's task's table under bench/results/curves")
     parser.add_argument("--json", type=Path, default=ROOT / "bench" / "results" / "replay_vs_live.json")
+    parser.add_argument("--methods", help="comma-separated: compare only these live methods (e.g. a run recorded "
+                                          "before a default changed, whose sweeper is no longer replay's sweeper)")
+    parser.add_argument("--retrained", type=Path, help="the table's jobs trained again (record_curves.py --ids --out): "
+                                                       "compared job by job with the table")
     args = parser.parse_args(argv)
 
     live = json.loads(args.live.read_text())
@@ -111,7 +131,8 @@ def main(argv: list[str] | None = None) -> int:
     out = {"command": " ".join(["python", "bench/replay_vs_live.py", *(sys.argv[1:] if argv is None else argv)]),
            "date": date.today().isoformat(), "live": str(args.live), "live_command": live["args"].get("command"),
            "task": task, "budget": budget, "target": round(target, 5), "methods": {}}
-    for method in dict.fromkeys(r["method"] for r in live["runs"]):
+    chosen = set(args.methods.split(",")) if args.methods else None
+    for method in dict.fromkeys(r["method"] for r in live["runs"] if chosen is None or r["method"] in chosen):
         runs = sorted((r for r in live["runs"] if r["method"] == method), key=lambda r: r["seed"])
         live_to95 = {r["seed"]: compute_to_target(r["events"], target, budget) for r in runs}
         # one replay of each seed, whether it is among the --seeds or a live run's
@@ -130,11 +151,14 @@ def main(argv: list[str] | None = None) -> int:
               f"{list(m['live_to95'].values())})  replay {m['replay_median']} IQR {m['replay_iqr']} "
               f"({m['replay_reached']})  at the live seeds {list(m['replay_to95_at_live_seeds'].values())}  "
               f"p {m['mann_whitney_p']}  agrees: {m['agrees']}")
-    randoms = [r for r in live["runs"] if r["method"] == "random"]
+    randoms = [r for r in live["runs"] if r["method"] == "random" and (chosen is None or "random" in chosen)]
     if randoms:
         out["random_trials"] = random_trials(replay.Table.load(path, 1), randoms, live["args"].get("space", "lora-quick"),
                                              target)
         print(f"live random trials against the table's curves of the configurations they snap to: {out['random_trials']}")
+    if args.retrained:
+        out["retrained"] = {"path": str(args.retrained), **retrained(path, args.retrained, target)}
+        print(f"the table's jobs trained again with today's trainer: {out['retrained']}")
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps(out, indent=1) + "\n")
     print(f"wrote {args.json}")

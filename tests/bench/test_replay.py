@@ -294,6 +294,20 @@ def test_smoke_writes_the_issue_shape_and_a_regret_plot(tmp_path):
         assert {"compute_to_95", "compute_to_95_iqr", "compute_to_99", "compute_to_99_iqr", "seeds"} <= set(policy)
         assert policy["seeds"] == 3 and len(policy["compute_to_95_iqr"]) == 2
     assert (tmp_path / "replay_regret_synthetic.png").stat().st_size > 1000
+    assert task["goals"]["met_regret_at_every_budget"] == (task["goals"]["regret_points_behind"] == [])
+
+
+def test_the_regret_goal_lists_each_budget_point_where_another_policy_is_ahead_of_sweeper():
+    n = replay.REGRET_POINTS
+    curve = lambda *head: [*head, *[0.0] * (n - len(head))]  # noqa: E731 - regret at the first points, then 0
+    summary = {"sweeper": {"regret_median": curve(None, 0.5, 0.2)}, "random": {"regret_median": curve(None, 0.4, 0.3)},
+               "grid": {"regret_median": curve(0.9, 0.6, 0.1)},
+               "sweeper_rf2": {"regret_median": curve(0.0, 0.0, 0.0)},  # a variant of sweeper: not a rival
+               "oracle_stop": {"regret_median": curve(0.0, 0.0, 0.0)}}  # a bound: not a rival
+    step = 60 / (n - 1)
+    assert replay.regret_points_behind(summary, 60) == [[0.0, None, 0.9, "grid"], [step, 0.5, 0.4, "random"],
+                                                        [2 * step, 0.2, 0.1, "grid"]]
+    assert replay.regret_points_behind({"random": summary["random"]}, 60) is None
 
 
 @pytest.mark.slow
@@ -393,6 +407,21 @@ def test_replay_vs_live_compares_each_live_random_trial_with_the_curve_of_the_co
     lifted = replay_vs_live.random_trials(table, live_runs(0.3), "lora-default", target)
     assert lifted["gap_median"] == pytest.approx(0.3)
     assert lifted["live_share_reaching_target"] > lifted["table_share_reaching_target"]
+
+
+def test_replay_vs_live_compares_a_tables_jobs_trained_again_job_by_job(tmp_path):
+    import replay_vs_live
+
+    table = replay.write_synthetic_table(tmp_path / "t.jsonl", 12)
+    lines = [json.loads(line) for line in table.read_text().splitlines()]
+    for row in lines[1:4]:  # three jobs trained again, each 0.2 higher at every round
+        row["rounds"] = [[*r[:6], r[6] + 0.2, *r[7:]] for r in row["rounds"]]
+    again = tmp_path / "again.jsonl"
+    again.write_text("".join(json.dumps(line) + "\n" for line in lines[:4]))
+    result = replay_vs_live.retrained(table, again, target=0.5)
+    assert (result["jobs"], result["higher_again"], result["lower_again"]) == (3, 3, 0)
+    assert result["gap_mean"] == pytest.approx(0.2) and result["gap_median"] == pytest.approx(0.2)
+    assert result["again_reaching_target"] >= result["table_reaching_target"]
 
 
 def test_record_curves_shards_split_the_jobs_left_between_them_without_overlap():
