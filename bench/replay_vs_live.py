@@ -85,8 +85,10 @@ def retrained(table_path: Path, again_path: Path, target: float) -> dict:
     same configuration and seed, so what differs is the trainer since the recording, not the noise of another draw."""
     best = {}
     for path in (table_path, again_path):
-        best[path] = {(row["id"], row["seed"]): max((r[6] for r in row["rounds"] if r[6] is not None), default=math.nan)
-                      for row in table_rows(path) if row.get("kind") == "curve"}
+        header, *rows = table_rows(path)
+        at = header["columns"].index("holdout")
+        best[path] = {(row["id"], row["seed"]): max((r[at] for r in row["rounds"] if r[at] is not None), default=math.nan)
+                      for row in rows if row.get("kind") == "curve"}
     pairs = [(best[table_path][job], best[again_path][job]) for job in best[again_path] if job in best[table_path]]
     gaps = sorted(b - a for a, b in pairs)
     return {"jobs": len(pairs), "gap_mean": round(sum(gaps) / len(gaps), 4), "gap_median": round(gaps[len(gaps) // 2], 4),
@@ -132,8 +134,9 @@ def main(argv: list[str] | None = None) -> int:
            "date": date.today().isoformat(), "live": str(args.live), "live_command": live["args"].get("command"),
            "task": task, "budget": budget, "target": round(target, 5), "methods": {}}
     chosen = set(args.methods.split(",")) if args.methods else None
-    for method in dict.fromkeys(r["method"] for r in live["runs"] if chosen is None or r["method"] in chosen):
-        runs = sorted((r for r in live["runs"] if r["method"] == method), key=lambda r: r["seed"])
+    compared = [r for r in live["runs"] if chosen is None or r["method"] in chosen]
+    for method in dict.fromkeys(r["method"] for r in compared):
+        runs = sorted((r for r in compared if r["method"] == method), key=lambda r: r["seed"])
         live_to95 = {r["seed"]: compute_to_target(r["events"], target, budget) for r in runs}
         # one replay of each seed, whether it is among the --seeds or a live run's
         by_seed = replayed(path, POLICY[method], sorted({*range(args.seeds), *live_to95}), budget, CONCURRENCY[method])
@@ -151,7 +154,7 @@ def main(argv: list[str] | None = None) -> int:
               f"{list(m['live_to95'].values())})  replay {m['replay_median']} IQR {m['replay_iqr']} "
               f"({m['replay_reached']})  at the live seeds {list(m['replay_to95_at_live_seeds'].values())}  "
               f"p {m['mann_whitney_p']}  agrees: {m['agrees']}")
-    randoms = [r for r in live["runs"] if r["method"] == "random" and (chosen is None or "random" in chosen)]
+    randoms = [r for r in compared if r["method"] == "random"]
     if randoms:
         out["random_trials"] = random_trials(replay.Table.load(path, 1), randoms, live["args"].get("space", "lora-quick"),
                                              target)
