@@ -384,7 +384,8 @@ class SweeperPolicy:
     Ray's ASHA (min_trials 1, margin 0 decide as ASHA does); `lr_first` = k: the first k trials spread over the
     learning rate (see lr_first_points), then the sampler; with `lr_only` the other parameters of those k are the
     sampler's (random start-up draws), not the middle values. Sixth and seventh passes: `qmc` = k: the first k trials
-    at scrambled-Sobol points (qmc_points); `tpe`: TPESampler settings (e.g. consider_endpoints)."""
+    at scrambled-Sobol points (qmc_points); `tpe`: TPESampler settings (e.g. consider_endpoints). Ninth pass:
+    `tell_loss`: the study is told each trial's best holdout loss (minimised) instead of its best objective."""
 
     def __init__(self, spec, seed, pruned=False, startup=None, multivariate=None, patience=True, scheduler=None,
                  gp=False, brackets=1, rungs=None, lr_first=0, bracket_metric="objective", lr_only=False, qmc=0, tpe=None,
