@@ -46,8 +46,9 @@ def replayed(path: Path, policy: str, seeds: list[int], budget: float, concurren
 
 def random_trials(table: replay.Table, runs: list[dict], space_name: str, target: float) -> dict:
     """Live random search's trials against the table: each trial's configuration drawn again as search_efficiency
-    drew it (a seeded RandomSampler, asked in trial order), snapped as the replay snaps it; its live best holdout
-    value against the recorded best of each of that configuration's curves (the replay picks one of them)."""
+    drew it (a seeded RandomSampler, asked in trial order, through replay's own random policy), snapped as the replay
+    snaps it; its live best holdout value against the recorded best of each of that configuration's curves (the
+    replay picks one of them)."""
     import numpy as np
     import optuna
 
@@ -57,17 +58,15 @@ def random_trials(table: replay.Table, runs: list[dict], space_name: str, target
     space = get_search_space(space_name)
     gaps, live_hits, table_hits = [], [], []
     for run in runs:
-        sampler = optuna.samplers.RandomSampler(seed=run["seed"])
-        study = optuna.create_study(direction="maximize", sampler=sampler)
+        policy = replay.OptunaPolicy(space, optuna.samplers.RandomSampler(seed=run["seed"]))
         best: dict[str, float] = {}
         for e in run["events"]:
             if e["value"] is not None and math.isfinite(e["value"]):
                 best[e["trial"]] = max(best.get(e["trial"], -math.inf), e["value"])
         for i in range(len({e["trial"] for e in run["events"]})):
-            trial = study.ask()
-            constants = space.sample(trial)
-            config = table.snap({**trial.params, **(constants or {})})
-            study.tell(trial, 0.0)
+            handle, params = policy.ask(i)
+            policy.study.tell(handle.trial, 0.0)
+            config = table.snap(params)
             recorded = [float(np.nanmax(c.holdout)) for c in config.curves]
             live_best = best.get(f"t{i:03d}", math.nan)
             gaps += [live_best - r for r in recorded]
