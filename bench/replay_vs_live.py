@@ -30,7 +30,6 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "bench"))
 
 import replay  # noqa: E402
-from record_curves import table_rows  # noqa: E402
 from search_efficiency import compute_to_target  # noqa: E402
 
 CONCURRENCY = {"random": 1, "grid": 1, "hf_optuna": 1, "sweeper": 2, "sweeper_objective": 2, "sweeper_rf2": 2,
@@ -82,13 +81,15 @@ def random_trials(table: replay.Table, runs: list[dict], space_name: str, target
 def retrained(table_path: Path, again_path: Path, target: float) -> dict:
     """The table's (configuration, seed) jobs trained again with today's trainer (record_curves.py --ids --out): the
     same configuration and seed, so what differs is the trainer since the recording, not the noise of another draw."""
-    best = {}
-    for path in (table_path, again_path):
-        header, *rows = table_rows(path)
-        at = header["columns"].index("holdout")
-        best[path] = {(row["id"], row["seed"]): max((r[at] for r in row["rounds"] if r[at] is not None), default=math.nan)
-                      for row in rows if row.get("kind") == "curve"}
-    pairs = [(best[table_path][job], best[again_path][job]) for job in best[again_path] if job in best[table_path]]
+    import numpy as np
+
+    def best_by_job(path: Path) -> dict[tuple[int, int], float]:  # every recorded round (2 an epoch) counts
+        table = replay.Table.load(path, evals_per_epoch=2)
+        return {(config.id, curve.seed): float(np.nanmax(curve.holdout)) for config in table.configs
+                for curve in config.curves}
+
+    recorded, again = best_by_job(table_path), best_by_job(again_path)
+    pairs = [(recorded[job], again[job]) for job in again if job in recorded]
     gaps = sorted(b - a for a, b in pairs)
     return {"jobs": len(pairs), "gap_mean": round(sum(gaps) / len(gaps), 4), "gap_median": round(gaps[len(gaps) // 2], 4),
             "higher_again": sum(g > 0 for g in gaps), "lower_again": sum(g < 0 for g in gaps),
